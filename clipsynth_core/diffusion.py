@@ -67,9 +67,7 @@ def space_timesteps(num_steps: int, count: int | str) -> list[int]:
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (
-        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def _approx_standard_normal_cdf(x: Tensor) -> Tensor:
@@ -292,9 +290,7 @@ class GaussianDiffusion:
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(
-        self, model: ModelFn, x0: Tensor, t: Tensor, noise: Tensor | None = None
-    ) -> dict[str, Tensor]:
+    def training_losses(self, model: ModelFn, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
         """Hybrid loss per example: {"loss", "mse", "vb"}.
 
         `model(x_t, model_timesteps)` returns eps (and v when learn_sigma). The vb term sees the mean
@@ -337,15 +333,26 @@ class GaussianDiffusion:
         return total + prior.double()
 
     # ----------------------------------------------------------------------------------------- sampling
-    def _noise(self, shape, generator, device, dtype) -> Tensor:
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    @staticmethod
+    def _noise(shape, generator, device, dtype) -> Tensor:
+        """Gaussian noise; with a list of generators, example i draws from generator i.
+
+        Per-example generators make a sample depend only on its own seed, not on what else shares its batch.
+        """
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != shape[0]:
+                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+            return torch.stack(
+                [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+            ).to(device)
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
     @torch.no_grad()
     def p_sample_loop(
         self,
         model: ModelFn,
         shape: Sequence[int],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         device: torch.device | str = "cpu",
         noise: Tensor | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -370,7 +377,7 @@ class GaussianDiffusion:
         self,
         model: ModelFn,
         shape: Sequence[int],
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         device: torch.device | str = "cpu",
         eta: float = 0.0,
         noise: Tensor | None = None,
@@ -400,7 +407,7 @@ class GaussianDiffusion:
         model: ModelFn,
         shape: Sequence[int],
         sampler: str = "ddpm",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         device: torch.device | str = "cpu",
         eta: float = 0.0,
         noise: Tensor | None = None,

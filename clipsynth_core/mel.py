@@ -89,9 +89,7 @@ class MelFrontend(nn.Module):
         if sample_rate is not None and sample_rate != c.sample_rate:
             wave = AF.resample(wave, orig_freq=int(sample_rate), new_freq=c.sample_rate)
         if wave.shape[-1] < c.n_fft:
-            raise ValueError(
-                f"waveform of {wave.shape[-1]} samples is shorter than one STFT frame ({c.n_fft} samples)"
-            )
+            raise ValueError(f"waveform of {wave.shape[-1]} samples is shorter than one STFT frame ({c.n_fft} samples)")
         # The STFT runs in fp32 even under autocast: low-precision FFTs are inaccurate and often unsupported.
         wave = wave.float()
         spec = torch.stft(

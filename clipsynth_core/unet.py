@@ -14,7 +14,7 @@ For classifier-free guidance a learned null condition replaces c where `drop_mas
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,51 @@
+"""CLIPSynth's model, in pure PyTorch (no Ray, no MLflow).
+
+from clipsynth_core import MelConfig, MelFrontend        # MelFrontend(MelConfig())(wave[B, N], sr) -> [B, 64, T]
+from clipsynth_core import ClipQueryEncoder             # encode_text(list[str]) / encode_image(images) -> [B, D]
+from clipsynth_core import GaussianDiffusion, cosine_betas
+from clipsynth_core import ConditionalUNet, HiFiGANGenerator
+from clipsynth_core import Synthesizer                  # Synthesizer.load(path).synthesize(queries, steps=, seed=)
+from clipsynth_core import ClipRetriever
+"""
+
+from .checkpoint import load_training_state, save_training_state
+from .clip_encoder import ClipConfig, ClipQueryEncoder, ClipWeightsError
+from .diffusion import DiffusionConfig, GaussianDiffusion, cosine_betas, space_timesteps
+from .ema import EMA
+from .hifigan import HiFiGANConfig, HiFiGANDiscriminator, HiFiGANGenerator, hifigan_config
+from .mel import MelConfig, MelFrontend, random_segment
+from .retriever import ClipRetriever
+from .synthesizer import SamplingDefaults, Synthesizer, SynthesizerConfig, frames_for_seconds
+from .training import HiFiGANStep, OptimConfig, diffusion_losses
+from .unet import ConditionalUNet, UNetConfig, unet_config
+
+__all__ = [
+    "EMA",
+    "ClipConfig",
+    "ClipQueryEncoder",
+    "ClipRetriever",
+    "ClipWeightsError",
+    "ConditionalUNet",
+    "DiffusionConfig",
+    "GaussianDiffusion",
+    "HiFiGANConfig",
+    "HiFiGANDiscriminator",
+    "HiFiGANGenerator",
+    "HiFiGANStep",
+    "MelConfig",
+    "MelFrontend",
+    "OptimConfig",
+    "SamplingDefaults",
+    "Synthesizer",
+    "SynthesizerConfig",
+    "UNetConfig",
+    "cosine_betas",
+    "diffusion_losses",
+    "frames_for_seconds",
+    "hifigan_config",
+    "load_training_state",
+    "random_segment",
+    "save_training_state",
+    "space_timesteps",
+    "unet_config",
+]

@@ -1,0 +1,235 @@
+"""The synthesizer: query (text or image) -> CLIP embedding -> mel (diffusion) -> waveform (HiFi-GAN).
+
+A synthesizer bundle is a directory that holds everything needed to run it, with no pickle:
+    bundle.json            format version, configs of every part (mel, CLIP, U-Net, diffusion, HiFi-GAN),
+                           defaults for sampling, and free-form metadata (run id, dataset, variant)
+    unet.safetensors       the diffusion model's weights (the EMA weights when training kept them)
+    vocoder.safetensors    the HiFi-GAN generator
+    clip.safetensors       only when CLIP is random (pretrained="none"), so a round trip is exact;
+                           pretrained CLIP weights are referenced by name/tag, not copied
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .clip_encoder import ClipConfig, ClipQueryEncoder
+from .diffusion import DiffusionConfig, GaussianDiffusion, guided_model
+from .hifigan import HiFiGANConfig, HiFiGANGenerator
+from .mel import MelConfig, MelFrontend
+from .unet import ConditionalUNet, UNetConfig
+
+BUNDLE_FORMAT = "clipsynth-bundle/1"
+PAPER_SECONDS = 4.16  # 64 frames, the paper's window
+ALLOWED_SECONDS = (4.16, 8.32)  # 64 and 128 frames (the paper's 64x64 and 64x128 samples)
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    steps: int = 1000  # the paper samples with 1,000 respaced steps
+    sampler: str = "ddpm"
+    guidance: float = 0.0
+    seconds: float = PAPER_SECONDS
+
+
+@dataclass
+class SynthesizerConfig:
+    mel: MelConfig = field(default_factory=MelConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    vocoder: HiFiGANConfig = field(default_factory=HiFiGANConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": BUNDLE_FORMAT,
+            "mel": asdict(self.mel),
+            "clip": asdict(self.clip),
+            "unet": asdict(self.unet),
+            "diffusion": asdict(self.diffusion),
+            "vocoder": asdict(self.vocoder),
+            "sampling": asdict(self.sampling),
+            "metadata": dict(self.metadata),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SynthesizerConfig:
+        if d.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"not a synthesizer bundle of format {BUNDLE_FORMAT!r}: format={d.get('format')!r}")
+        return cls(
+            mel=MelConfig(**d["mel"]),
+            clip=ClipConfig(**d["clip"]),
+            unet=UNetConfig.from_dict(d["unet"]),
+            diffusion=DiffusionConfig(**d["diffusion"]),
+            vocoder=HiFiGANConfig.from_dict(d["vocoder"]),
+            sampling=SamplingDefaults(**d.get("sampling", {})),
+            metadata=d.get("metadata", {}),
+        )
+
+    def check(self) -> None:
+        if self.unet.in_channels != 1:
+            raise ValueError("the U-Net models one mel channel")
+        if self.unet.out_channels != (2 if self.diffusion.learn_sigma else 1):
+            raise ValueError("U-Net out_channels must be 2 with learned variance, else 1")
+        if self.unet.input_height != self.mel.n_mels or self.vocoder.n_mels != self.mel.n_mels:
+            raise ValueError("U-Net input height, vocoder n_mels and mel n_mels must agree")
+        if self.vocoder.hop_length != self.mel.hop_length:
+            raise ValueError(f"vocoder upsamples by {self.vocoder.hop_length}, the mel hop is {self.mel.hop_length}")
+
+
+def frames_for_seconds(seconds: float, mel: MelConfig | None = None) -> int:
+    """4.16 s -> 64 frames, 8.32 s -> 128 (the paper's convention: 64 frames per 4.16 s)."""
+    mel = mel or MelConfig()
+    frames = round(seconds / PAPER_SECONDS * mel.segment_frames)
+    if frames < 8:
+        raise ValueError(f"{seconds} s is too short to synthesize")
+    return frames
+
+
+def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+class Synthesizer:
+    """Batched, seeded text/image-to-audio. `synthesize(queries, steps=, seed=)` -> [B, N] at 16 kHz."""
+
+    def __init__(
+        self,
+        config: SynthesizerConfig,
+        unet: ConditionalUNet | None = None,
+        vocoder: HiFiGANGenerator | None = None,
+        encoder: ClipQueryEncoder | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        config.check()
+        self.config = config
+        self.device = torch.device(device)
+        self.encoder = (encoder or ClipQueryEncoder(config.clip)).to(self.device)
+        if self.encoder.embed_dim != config.unet.cond_dim:
+            raise ValueError(f"CLIP embeds to {self.encoder.embed_dim} dims, the U-Net expects {config.unet.cond_dim}")
+        self.unet = (unet or ConditionalUNet(config.unet)).to(self.device).eval()
+        self.vocoder = (vocoder or HiFiGANGenerator(config.vocoder)).to(self.device).eval()
+        self.mel = MelFrontend(config.mel).to(self.device)
+        self.diffusion = GaussianDiffusion.from_config(config.diffusion)
+        self._respaced: dict[int, GaussianDiffusion] = {}
+
+    # --------------------------------------------------------------------------------------------- parts
+    def process(self, steps: int) -> GaussianDiffusion:
+        """The diffusion process respaced to `steps` (cached)."""
+        steps = int(steps)
+        if steps not in self._respaced:
+            self._respaced[steps] = (
+                self.diffusion if steps == self.diffusion.num_timesteps else self.diffusion.respaced(steps)
+            )
+        return self._respaced[steps]
+
+    def encode(self, queries: Sequence) -> Tensor:
+        """Text queries (str) or images -> [B, D] condition vectors."""
+        if len(queries) and all(isinstance(q, str) for q in queries):
+            return self.encoder.encode_text(list(queries))
+        return self.encoder.encode_image(queries)
+
+    @torch.no_grad()
+    def sample_mels(
+        self,
+        cond: Tensor,
+        *,
+        steps: int | None = None,
+        seed: int | Sequence[int] | None = None,
+        guidance: float | Sequence[float] | None = None,
+        seconds: float | None = None,
+        sampler: str | None = None,
+        eta: float = 0.0,
+    ) -> Tensor:
+        """Condition vectors [B, D] -> normalised mels [B, n_mels, frames]. Example i uses seed[i] (or seed + i)."""
+        d = self.config.sampling
+        steps = d.steps if steps is None else steps
+        sampler = d.sampler if sampler is None else sampler
+        guidance = d.guidance if guidance is None else guidance
+        frames = frames_for_seconds(d.seconds if seconds is None else seconds, self.config.mel)
+        n = cond.shape[0]
+        if seed is None:
+            seeds = torch.randint(0, 2**31 - 1, (n,)).tolist()
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(n)]
+        else:
+            seeds = list(seed)
+        gens = make_generators(seeds, "cpu")  # CPU generators: the same noise on every device
+        g = torch.as_tensor(guidance, dtype=torch.float32)
+        if bool((g != 0).any()) and self.config.diffusion.cond_drop_prob <= 0:
+            raise ValueError("guidance needs a model trained with condition dropout (cond_drop_prob > 0)")
+        model = guided_model(self.unet, cond.to(self.device), g.to(self.device), self.config.diffusion.learn_sigma)
+        shape = (n, 1, self.config.mel.n_mels, frames)
+        noise = GaussianDiffusion._noise(shape, gens, self.device, torch.float32)
+        process = self.process(steps)
+        x = process.sample(model, shape, sampler=sampler, generator=gens, device=self.device, eta=eta, noise=noise)
+        return x[:, 0].clamp(-1, 1)
+
+    @torch.no_grad()
+    def vocode(self, mel: Tensor) -> Tensor:
+        """Normalised mels [B, n_mels, T] -> waveforms [B, T * hop]."""
+        return self.vocoder(mel.to(self.device)).float()
+
+    @torch.no_grad()
+    def synthesize(self, queries: Sequence, **kwargs) -> Tensor:
+        """Queries (strings, or images) -> waveforms [B, N] at 16 kHz. kwargs as `sample_mels`."""
+        return self.vocode(self.sample_mels(self.encode(queries), **kwargs)).cpu()
+
+    # ------------------------------------------------------------------------------------------- bundle
+    def save(self, path: str | os.PathLike) -> Path:
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "bundle.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        save_file(_cpu(self.unet.state_dict()), str(d / "unet.safetensors"))
+        save_file(_cpu(self.vocoder.state_dict()), str(d / "vocoder.safetensors"))
+        if self.config.clip.is_random:
+            save_file(_cpu(self.encoder.model.state_dict()), str(d / "clip.safetensors"))
+        return d
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", clip_pretrained: str | None = None):
+        """Load a bundle directory; `clip_pretrained` overrides where pretrained CLIP weights come from."""
+        d = Path(path)
+        if not (d / "bundle.json").exists():
+            raise FileNotFoundError(f"{d} is not a synthesizer bundle (no bundle.json)")
+        config = SynthesizerConfig.from_dict(json.loads((d / "bundle.json").read_text()))
+        if clip_pretrained is not None:
+            config.clip = ClipConfig(**{**asdict(config.clip), "pretrained": clip_pretrained})
+        encoder = None
+        if (d / "clip.safetensors").exists() and config.clip.is_random:
+            encoder = ClipQueryEncoder(config.clip)
+            encoder.model.load_state_dict(load_file(str(d / "clip.safetensors")))
+        unet = ConditionalUNet(config.unet)
+        unet.load_state_dict(load_file(str(d / "unet.safetensors")))
+        vocoder = HiFiGANGenerator(config.vocoder)
+        vocoder.load_state_dict(load_file(str(d / "vocoder.safetensors")))
+        return cls(config, unet=unet, vocoder=vocoder, encoder=encoder, device=device)
+
+    @property
+    def identity(self) -> dict:
+        return {
+            "format": BUNDLE_FORMAT,
+            "clip": self.config.clip.identity,
+            "unet_channels": self.config.unet.model_channels,
+            "diffusion_steps": self.config.diffusion.num_steps,
+            **{k: v for k, v in self.config.metadata.items() if isinstance(v, (str, int, float, bool))},
+        }
+
+
+def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
