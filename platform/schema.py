@@ -97,3 +97,17 @@ def validate_table(table: pa.Table) -> None:
             raise ValueError("mel length does not match n_mels x mel_frames")
         if len(row["image_embeddings"]) % row["embed_dim"]:
             raise ValueError("image_embeddings length is not a multiple of embed_dim")
+
+
+# Layout of a preprocessed dataset at URI `root`:
+#   root/train/*.parquet, root/test/*.parquet   chunk rows (CHUNK_SCHEMA), one directory per split
+#   root/_summary.json                          accounting and throughput of the run that wrote it
+#   root/_failures.parquet                      FAILURE_SCHEMA rows: inputs that could not be used, and why
+SUMMARY_FILE = "_summary.json"
+FAILURES_FILE = "_failures.parquet"
+
+
+def split_dir(root: str, split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+    return f"{str(root).rstrip('/')}/{split}"
