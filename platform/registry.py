@@ -1,0 +1,73 @@
+"""Synthesizer bundles in MLflow: register one as a model, and resolve any model URI to a local bundle.
+
+Accepted URIs (`CLIPSYNTH_MODEL_URI`, `--model`): a bundle directory, `models:/NAME/VERSION`,
+`models:/NAME@ALIAS`, `runs:/RUN_ID/PATH`, or any other MLflow artifact URI of a logged synthesizer model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+MODEL_CODE = str(Path(__file__).with_name("mlflow_model.py"))
+BUNDLE_ARTIFACT = "bundle"
+
+
+def default_tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """MLFLOW_TRACKING_URI, else a SQLite file in `root` (default: the current directory)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path(root or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def ensure_experiment(name: str, artifact_root: str | os.PathLike | None = None) -> str:
+    """Experiment id of `name`, created with an explicit artifact location when it does not exist.
+
+    With a SQLite store and no artifact location MLflow writes ./mlruns wherever the process runs; the
+    artifact root defaults to `mlartifacts/` beside the SQLite file (or MLflow's default for servers).
+    """
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    tracking = mlflow.get_tracking_uri()
+    if artifact_root is not None:
+        location = str(artifact_root)
+    elif tracking.startswith("sqlite:///"):
+        location = str(Path(tracking[len("sqlite:///") :]).resolve().parent / "mlartifacts" / name)
+    if location and "://" not in location:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        location = Path(location).resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def log_bundle_model(bundle_dir: str | os.PathLike, registered_name: str | None = None, name: str = "synthesizer"):
+    """Log the bundle as a pyfunc model in the active run (and register it when `registered_name`).
+
+    Returns MLflow's ModelInfo; `model_info.registered_model_version` holds the version when registered.
+    """
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=MODEL_CODE,
+        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+        registered_model_name=registered_name,
+        pip_requirements=["clipsynth"],
+    )
+
+
+def resolve_bundle(uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """A local directory holding bundle.json for a bundle path or an MLflow model URI."""
+    p = Path(uri).expanduser()
+    if "://" not in uri and not uri.startswith(("models:", "runs:")):
+        if (p / "bundle.json").exists():
+            return p
+        raise FileNotFoundError(f"{uri} is not a synthesizer bundle directory (no bundle.json)")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
+    for candidate in [local, local / "artifacts" / BUNDLE_ARTIFACT, *local.rglob("bundle.json")]:
+        c = candidate.parent if candidate.name == "bundle.json" else candidate
+        if (c / "bundle.json").exists():
+            return c
+    raise FileNotFoundError(f"{uri} holds no synthesizer bundle (no bundle.json under {local})")
