@@ -24,6 +24,8 @@ any Parquet reader can load them without custom extension types.
 | clip_model         | string              | CLIP identity, "{model}/{pretrained}"                              |
 | audio_decoder      | string              | which decoder served the audio (e.g. "torchcodec", "decord")      |
 | video_decoder      | string              | which decoder served the frames                                   |
+| audio              | list<int16>, null   | the chunk's 16 kHz mono waveform as 16-bit PCM (HiFi-GAN training, |
+|                    |                     | FAD references); null when ingestion ran with --no-audio           |
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ CHUNK_SCHEMA = pa.schema(
         pa.field("clip_model", pa.string(), nullable=False),
         pa.field("audio_decoder", pa.string(), nullable=False),
         pa.field("video_decoder", pa.string(), nullable=False),
+        pa.field("audio", pa.list_(pa.int16()), nullable=True),
     ],
     metadata={"clipsynth.schema_version": SCHEMA_VERSION},
 )
@@ -82,6 +85,17 @@ def image_embeddings_of(row: dict) -> np.ndarray:
 def text_embedding_of(row: dict) -> np.ndarray | None:
     v = row.get("text_embedding")
     return None if v is None else np.asarray(v, dtype=np.float32)
+
+
+def audio_of(row: dict) -> np.ndarray | None:
+    """The row's waveform as float32 in [-1, 1) at 16 kHz, or None when the shard has no audio."""
+    v = row.get("audio")
+    return None if v is None else np.asarray(v, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def pcm16(wave: np.ndarray) -> np.ndarray:
+    """float waveform in [-1, 1] -> int16 PCM (clipped), the storage form of the `audio` column."""
+    return np.clip(np.round(np.asarray(wave, dtype=np.float32) * 32767.0), -32768, 32767).astype(np.int16)
 
 
 def validate_table(table: pa.Table) -> None:

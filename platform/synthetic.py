@@ -19,7 +19,7 @@ import torch
 
 from clipsynth_core import ClipQueryEncoder, MelFrontend
 
-from .schema import CHUNK_SCHEMA, SUMMARY_FILE, split_dir
+from .schema import CHUNK_SCHEMA, SUMMARY_FILE, pcm16, split_dir
 
 DEFAULT_LABELS = ("violin", "cello", "flute", "trumpet")
 
@@ -43,6 +43,7 @@ def write_synthetic_dataset(
     noise: float = 0.05,
     test_every: int = 0,
     seed: int = 0,
+    with_audio: bool = True,
 ) -> dict:
     """Write root/{train,test}/part-00000.parquet and root/_summary.json; returns the summary.
 
@@ -84,6 +85,7 @@ def write_synthetic_dataset(
                         "clip_model": encoder.config.identity,
                         "audio_decoder": "synthetic",
                         "video_decoder": "synthetic",
+                        "audio": pcm16(audio).tolist() if with_audio else None,
                     }
                 )
     for split, split_rows in rows.items():
