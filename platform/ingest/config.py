@@ -1,0 +1,173 @@
+"""The ingestion job's configuration: one typed dataclass with the paper's defaults, overridable from the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from clipsynth_core import ClipConfig, MelConfig
+
+# Containers FFmpeg reads that in-the-wild video corpora use; anything else in the input tree is ignored.
+DEFAULT_VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".ts",
+    ".mts",
+    ".m2ts",
+    ".3gp",
+    ".ogv",
+    ".wmv",
+)
+FRAME_SAMPLING_MODES = ("exact", "keyframe")
+LABEL_FORMATS = ("auto", "vggsound", "music", "csv")
+
+# Test-only hooks (a decoder crash, a forced decoder fallback, an abrupt exit after N commits). They are off
+# unless this variable is "1" in the driver's environment, and never appear in --help.
+TEST_HOOKS_ENV = "CLIPSYNTH_INGEST_TEST_HOOKS"
+TEST_EXIT_AFTER_COMMITS_ENV = "CLIPSYNTH_INGEST_TEST_EXIT_AFTER_COMMITS"
+
+
+@dataclass
+class IngestConfig:
+    """Everything one ingestion run needs. Defaults follow the paper (10 s chunks, 16 kHz, 1 fps, 10% test)."""
+
+    input: str = ""  # local directory or s3:// prefix of videos
+    output: str = ""  # local directory or s3:// prefix for shards, _summary.json, _failures.parquet
+    labels: str | None = None  # label index: vggsound.csv, MUSIC json, or a path,label csv
+    labels_format: str = "auto"
+    extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
+    limit: int | None = None  # process at most this many listed videos (smoke runs)
+
+    # Chunking and features.
+    chunk_seconds: float = 10.0
+    frames_per_second: float = 1.0
+    frame_sampling: str = "exact"  # "exact": the frame shown at each sampled time; "keyframe": nearest keyframe
+    image_size: int = 224  # shorter side of the stored JPEG frames
+    jpeg_quality: int = 90
+    with_audio: bool = True  # store the chunk's 16 kHz mono int16 PCM in the `audio` column
+    test_fraction: float = 0.1  # share of videos hashed to the test split when the index has no split
+
+    # CLIP (frozen) for frame and label embeddings.
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str = "openai"
+    clip_template: str = "a photo of {query}"
+    clip_cache_dir: str | None = None
+    clip_allow_download: bool = True
+
+    # Ray resources.
+    address: str | None = None  # Ray address; default RAY_ADDRESS, else a local cluster
+    num_cpus: int | None = None  # CPUs of a local cluster started by the job (default: all cores)
+    num_gpus: int = 0  # GPUs for the CLIP stage (one actor per GPU); 0 = CPU actors
+    decode_cpus: float = 1.0  # CPUs reserved per decode task
+    decode_concurrency: int | None = None  # max concurrent decode tasks (default: as resources allow)
+    videos_per_task: int = 1  # videos per decode task; a native crash loses all of them
+    clip_actors: int = 1  # CPU actor pool size (ignored with GPUs: one actor per GPU)
+    clip_cpus: float = 1.0  # CPUs reserved per CLIP actor
+    clip_batch_size: int = 32  # rows (chunks) per CLIP batch
+    object_store_gb: float | None = None  # object store of a local cluster started by the job
+
+    # Output.
+    shard_rows: int = 256  # commit a shard once complete videos hold at least this many chunk rows
+    retry_failed: bool = False  # re-process videos that earlier runs recorded as failed or crashed
+
+    # Test-only (see TEST_HOOKS_ENV); not exposed on the command line.
+    test_hooks: bool = field(default=False, repr=False)
+    test_exit_after_commits: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions)
+
+    def validate(self) -> None:
+        """Raise ValueError with a clear message for settings that cannot work."""
+        if not self.input:
+            raise ValueError("--input is required (a local directory or an s3:// prefix)")
+        if not self.output:
+            raise ValueError("--output is required (a local directory or an s3:// prefix)")
+        checks = [
+            (
+                self.chunk_seconds * MelConfig().sample_rate >= MelConfig().segment_samples,
+                "--chunk-seconds must hold one 4.16 s window (>= 4.16)",
+            ),
+            (0 < self.frames_per_second <= 30, "--fps must be in (0, 30]"),
+            (self.frame_sampling in FRAME_SAMPLING_MODES, f"--frame-sampling must be one of {FRAME_SAMPLING_MODES}"),
+            (32 <= self.image_size <= 1024, "--image-size must be in [32, 1024]"),
+            (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in [1, 100]"),
+            (0.0 <= self.test_fraction < 1.0, "--test-fraction must be in [0, 1)"),
+            (self.labels_format in LABEL_FORMATS, f"--labels-format must be one of {LABEL_FORMATS}"),
+            (self.num_gpus >= 0, "--num-gpus must be >= 0"),
+            (self.num_cpus is None or self.num_cpus >= 1, "--num-cpus must be >= 1"),
+            (self.decode_cpus > 0, "--decode-cpus must be > 0"),
+            (self.decode_concurrency is None or self.decode_concurrency >= 1, "--decode-concurrency must be >= 1"),
+            (1 <= self.videos_per_task <= 1000, "--videos-per-task must be in [1, 1000]"),
+            (self.clip_actors >= 1, "--clip-actors must be >= 1"),
+            (self.clip_cpus > 0, "--clip-cpus must be > 0"),
+            (1 <= self.clip_batch_size <= 4096, "--clip-batch-size must be in [1, 4096]"),
+            (1 <= self.shard_rows <= 1_000_000, "--shard-rows must be in [1, 1000000]"),
+            (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
+            ("{query}" in self.clip_template, "--clip-template must contain {query}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def clip_config(self) -> ClipConfig:
+        return ClipConfig(
+            model_name=self.clip_model,
+            pretrained=self.clip_pretrained,
+            template=self.clip_template,
+            cache_dir=self.clip_cache_dir,
+            allow_download=self.clip_allow_download,
+        )
+
+    @property
+    def min_chunk_samples(self) -> int:
+        """A trailing chunk is kept only if it holds a full training window (4.16 s = 66,560 samples)."""
+        return MelConfig().segment_samples
+
+    @property
+    def chunk_samples(self) -> int:
+        return round(self.chunk_seconds * MelConfig().sample_rate)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["extensions"] = list(self.extensions)
+        for f in fields(self):
+            if not f.repr:
+                d.pop(f.name)
+        return d
+
+    def row_settings(self) -> dict:
+        """The settings that change row contents: a resumed run must use the same ones."""
+        return {
+            "chunk_seconds": self.chunk_seconds,
+            "min_chunk_samples": self.min_chunk_samples,
+            "frames_per_second": self.frames_per_second,
+            "frame_sampling": self.frame_sampling,
+            "image_size": self.image_size,
+            "jpeg_quality": self.jpeg_quality,
+            "with_audio": self.with_audio,
+            "test_fraction": self.test_fraction,
+            "clip": self.clip_config.identity,
+            "clip_template": self.clip_template,
+            "mel": MelConfig().to_dict(),
+        }
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def with_test_hooks_from_env(self) -> IngestConfig:
+        """Turn the test-only hooks on when the environment asks for them (the CLI's only way in)."""
+        if os.environ.get(TEST_HOOKS_ENV) == "1":
+            self.test_hooks = True
+            exit_after = os.environ.get(TEST_EXIT_AFTER_COMMITS_ENV)
+            self.test_exit_after_commits = int(exit_after) if exit_after else None
+        return self

@@ -1,0 +1,79 @@
+"""The rows that flow between the job's stages: CHUNK_SCHEMA's columns plus a few bookkeeping ones.
+
+The decode stage emits, per video, its chunk rows ("chunk") and then one "video" row that says how the video
+went (ok, or failed with stage and reason) and how many chunks it has. The driver counts a video done when its
+"video" row and all its chunk rows have arrived; a video of which nothing arrived was lost with its worker.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from ..schema import CHUNK_SCHEMA
+
+RECORD_CHUNK = "chunk"
+RECORD_VIDEO = "video"
+RECORD_CHUNK_FAILED = "chunk_failed"  # a chunk the CLIP stage could not embed; its video fails
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# Failure stages recorded in _failures.parquet.
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_CHUNK = "chunk"
+STAGE_EMBED = "embed"
+CRASHED_REASON = "worker crashed (native)"
+
+EXTRA_FIELDS = [
+    pa.field("record", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("fail_stage", pa.string()),
+    pa.field("fail_reason", pa.string()),
+    pa.field("video_chunks", pa.int32()),
+    pa.field("silent_chunks", pa.int32()),
+    pa.field("info_json", pa.string()),
+]
+# Nullable everywhere: a "video" row carries no chunk columns, a chunk row no bookkeeping ones.
+RECORD_SCHEMA = pa.schema([f.with_nullable(True) for f in CHUNK_SCHEMA] + EXTRA_FIELDS)
+
+
+def record_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with any subset of RECORD_SCHEMA's columns) -> a table in exactly RECORD_SCHEMA."""
+    return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+
+
+def video_row(
+    source: dict,
+    status: str,
+    chunks: int = 0,
+    silent_chunks: int = 0,
+    stage: str | None = None,
+    reason: str | None = None,
+    audio_decoder: str | None = None,
+    video_decoder: str | None = None,
+    info: dict | None = None,
+) -> dict:
+    return {
+        "record": RECORD_VIDEO,
+        "video_id": source["video_id"],
+        "source_uri": source["uri"],
+        "split": source["split"],
+        "label": source.get("label"),
+        "status": status,
+        "fail_stage": stage,
+        "fail_reason": reason,
+        "video_chunks": chunks,
+        "silent_chunks": silent_chunks,
+        "audio_decoder": audio_decoder,
+        "video_decoder": video_decoder,
+        "info_json": json.dumps(info or {}, sort_keys=True),
+    }
+
+
+def to_chunk_table(records: pa.Table) -> pa.Table:
+    """Chunk records -> CHUNK_SCHEMA (non-null columns enforced), ordered by video and chunk index."""
+    table = records.select(CHUNK_SCHEMA.names).cast(CHUNK_SCHEMA)
+    return table.sort_by([("video_id", "ascending"), ("chunk_index", "ascending")])
