@@ -71,3 +71,41 @@ def resolve_bundle(uri: str, dst: str | os.PathLike | None = None) -> Path:
         if (c / "bundle.json").exists():
             return c
     raise FileNotFoundError(f"{uri} holds no synthesizer bundle (no bundle.json under {local})")
+
+
+VOCODER_ARTIFACT = "vocoder"
+
+
+def resolve_vocoder_dir(uri: str, dst: str | os.PathLike | None = None) -> Path:
+    """A local directory holding a HiFi-GAN (vocoder.json, as the HiFi-GAN job logs it, or a bundle.json).
+
+    `uri`: a local directory, `s3://...` (copied down), or any MLflow URI (`runs:/RUN_ID/vocoder`,
+    `models:/NAME/VERSION` of a synthesizer bundle, an artifact URI).
+    """
+    import tempfile
+
+    def find(root: Path) -> Path | None:
+        for name in ("vocoder.json", "bundle.json"):
+            if (root / name).exists():
+                return root
+        for name in ("vocoder.json", "bundle.json"):
+            hits = sorted(root.rglob(name))
+            if hits:
+                return hits[0].parent
+        return None
+
+    if uri.startswith("s3://"):
+        from .uri import fsspec_filesystem, strip_scheme
+
+        local = Path(dst or tempfile.mkdtemp(prefix="clipsynth-vocoder-"))
+        fsspec_filesystem(uri).get(strip_scheme(uri).rstrip("/") + "/", str(local), recursive=True)
+    elif "://" not in uri and not uri.startswith(("models:", "runs:")):
+        local = Path(uri).expanduser()
+        if not local.is_dir():
+            raise FileNotFoundError(f"vocoder {uri} is not a directory")
+    else:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst) if dst else None))
+    found = find(local)
+    if found is None:
+        raise FileNotFoundError(f"{uri} holds no vocoder (no vocoder.json or bundle.json under {local})")
+    return found

@@ -1,0 +1,34 @@
+"""The shared main() of the training jobs: parse, print, run, summarise; clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from .config import DiffusionTrainConfig, HiFiGANTrainConfig, parse_config
+from .data import DatasetError
+
+
+def main_diffusion(argv: list[str] | None, description: str, defaults: dict[str, Any]) -> int:
+    from .runner import run_diffusion_training
+
+    cfg = parse_config(DiffusionTrainConfig, argv, description, defaults)
+    return _run(lambda: run_diffusion_training(cfg))
+
+
+def main_hifigan(argv: list[str] | None, description: str, defaults: dict[str, Any] | None = None) -> int:
+    from .runner import run_hifigan_training
+
+    cfg = parse_config(HiFiGANTrainConfig, argv, description, defaults)
+    return _run(lambda: run_hifigan_training(cfg))
+
+
+def _run(fn) -> int:
+    try:
+        summary = fn()
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("[summary] " + json.dumps(summary.to_dict(), default=str), flush=True)
+    return 0

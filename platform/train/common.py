@@ -1,0 +1,124 @@
+"""Pieces both training loops share, inside a Ray Train worker: checkpoints reported from every rank,
+metric averaging across ranks, progress lines, parameter digests, and the fault drill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..uri import fsspec_filesystem, join, strip_scheme
+
+RANK_FILE = "rank_{rank}.json"
+
+
+def state_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and bytes): equal iff the weights are bit-identical."""
+    from clipsynth_core.ema import unwrap
+
+    state = module if isinstance(module, dict) else unwrap(module).state_dict()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalars over all workers (a no-op with one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storage_path: str, run_name: str) -> None:
+    """Test hook: rank 1 (rank 0 when alone) exits hard when it reaches `fail_at_step`, once per run.
+
+    A marker file in the run's storage makes the drill fire only the first time, so the restarted workers
+    go past that step.
+    """
+    if not fail_at_step or step != fail_at_step or rank != min(1, world_size - 1):
+        return
+    marker = join(storage_path, run_name, f"fault_drill_step_{fail_at_step}.done")
+    fs = fsspec_filesystem(marker)
+    if fs.exists(strip_scheme(marker)):
+        return
+    if not marker.startswith("s3://"):
+        os.makedirs(os.path.dirname(strip_scheme(marker)), exist_ok=True)
+    with fs.open(strip_scheme(marker), "w") as f:
+        f.write(json.dumps({"step": step, "rank": rank, "time": time.time()}))
+    print(f"[fault drill] rank {rank} exits at step {step}", flush=True)
+    os._exit(17)
+
+
+def report_checkpoint(
+    step: int,
+    metrics: dict,
+    rank: int,
+    write_state: Callable[[Path], None] | None,
+    rank_info: dict,
+) -> None:
+    """ray.train.report from every rank: rank 0 writes the training state (`write_state`), every rank adds
+    rank_<r>.json (its parameter digests), and Ray merges them into one checkpoint directory in storage."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="clipsynth-ckpt-") as tmp:
+        d = Path(tmp)
+        if rank == 0 and write_state is not None:
+            write_state(d)
+        (d / RANK_FILE.format(rank=rank)).write_text(json.dumps({"rank": rank, "step": step, **rank_info}, indent=2))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_{step:09d}",
+        )
+
+
+class Progress:
+    """Throughput and ETA over the steps of this attempt (restarts begin a new measurement)."""
+
+    def __init__(self, start_step: int, max_steps: int, global_batch: int) -> None:
+        self.start_step = start_step
+        self.max_steps = max_steps
+        self.global_batch = global_batch
+        self.t0 = time.perf_counter()
+        self.last_t = self.t0
+        self.last_step = start_step
+
+    def interval(self, step: int) -> dict[str, float]:
+        """samples/s over the last interval and the ETA from the average pace of this attempt."""
+        now = time.perf_counter()
+        dt = max(now - self.last_t, 1e-9)
+        rate = (step - self.last_step) * self.global_batch / dt
+        pace = (now - self.t0) / max(step - self.start_step, 1)
+        self.last_t, self.last_step = now, step
+        return {"samples_per_s": rate, "eta_s": pace * (self.max_steps - step)}
+
+    @staticmethod
+    def format_eta(seconds: float) -> str:
+        seconds = int(max(seconds, 0))
+        h, rem = divmod(seconds, 3600)
+        m, s = divmod(rem, 60)
+        return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def gpu_memory_metrics(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {
+        "gpu_mem_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+        "gpu_mem_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
+    }

@@ -1,0 +1,266 @@
+"""Typed configurations of the training jobs, with the paper's defaults, and their command-line form.
+
+Every field is one command-line option (`max_steps` -> `--max-steps`); its help text is the field's
+`metadata["help"]`. Booleans get `--flag/--no-flag`. The resolved config is printed at start and logged to
+MLflow as run parameters.
+
+Defaults, from Dong et al. (2023) and the implementations they cite:
+- diffusion: improved-diffusion (Nichol & Dhariwal, 2021): AdamW, lr 1e-4, no weight decay, EMA 0.9999,
+  batch 128 (its 64x64 setting), 4,000 cosine steps, hybrid loss; 500K steps on VGG-Sound, 100K on MUSIC.
+- HiFi-GAN (Kong et al., 2020, config V1): AdamW lr 2e-4, betas (0.8, 0.99), weight decay 0.01 (AdamW's
+  default, which the original code keeps), lr decay 0.999 per epoch, batch 16, a 32-frame segment
+  (8,192 samples at its hop of 256; here 32 x 1024 samples); 500K steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+VARIANTS = ("image", "text", "hybrid")
+MODEL_SIZES = ("tiny", "small", "paper")
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
+    """A dataclass field with a command-line help text (and argparse extras such as choices)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use immutable defaults (tuples) for config fields")
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every training job shares: data, cluster, storage, intervals, tracking."""
+
+    data: str = opt("", "URI of a preprocessed dataset (local path or s3://bucket/prefix) with train/*.parquet")
+    experiment: str = opt("clipsynth", "MLflow experiment name")
+    run_name: str = opt(
+        "", "Ray Train run name and MLflow run name; re-running with the same name and storage path resumes"
+    )
+    storage_path: str = opt(
+        "~/clipsynth_runs",
+        "where checkpoints go (local path or s3://...); must be shared storage (S3, NFS) on a multi-node cluster",
+    )
+    num_workers: int = opt(1, "data-parallel Ray Train workers (one GPU each with --use-gpu)")
+    use_gpu: bool = opt(False, "train on GPUs (bf16 autocast, channels_last)")
+    cpus_per_worker: float = opt(1.0, "logical CPUs reserved per Train worker (the rest feed the data pipeline)")
+    max_failures: int = opt(3, "worker failures to recover from (resuming from the last checkpoint); -1: no limit")
+    max_steps: int = opt(500_000, "optimizer steps to train for (in total, across resumptions)")
+    batch_size: int = opt(16, "examples per worker per step (global batch = batch size x workers)")
+    lr: float = opt(2e-4, "learning rate")
+    checkpoint_every: int = opt(10_000, "steps between checkpoints (a final one is always written)")
+    keep_checkpoints: int = opt(3, "checkpoints kept in storage (the newest)")
+    log_every: int = opt(100, "steps between metric logs and progress lines")
+    sample_every: int = opt(10_000, "steps between sample artifacts (audio and mel images) in MLflow; 0: never")
+    windows_per_chunk: int = opt(1, "random training windows drawn from each 10 s chunk per pass over the data")
+    min_examples_per_pass: int = opt(
+        2048, "draw more windows per chunk from small datasets so one pass holds at least this many examples"
+    )
+    shuffle_buffer: int = opt(256, "rows in each worker's local shuffle buffer")
+    seed: int = opt(0, "seed of the model initialisation and of the training noise")
+    tracking_uri: str = opt("", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    ray_address: str = opt(
+        "", "Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else a new local Ray)"
+    )
+    local_num_cpus: int = opt(
+        0, "logical CPUs of a new local Ray (0: max(cores, workers x cpus-per-worker + 2), so data stages run)"
+    )
+    fail_at_step: int = opt(
+        0, "fault drill: worker rank 1 (rank 0 when alone) exits hard at this step, once per storage path; 0: off"
+    )
+
+    def run_name_or_default(self) -> str:
+        return self.run_name or self.experiment
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def check(self) -> None:
+        """Raise ValueError for values no run can use."""
+        if not self.data:
+            raise ValueError("--data is required: the URI of a preprocessed dataset")
+        positive = ("num_workers", "max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.windows_per_chunk < 1:
+            raise ValueError("--windows-per-chunk must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not self.cpus_per_worker > 0:
+            raise ValueError("--cpus-per-worker must be > 0")
+        if self.max_failures < -1:
+            raise ValueError("--max-failures must be -1 (no limit) or >= 0")
+
+
+@dataclass(frozen=True)
+class DiffusionTrainConfig(TrainConfig):
+    """CLIPSynth's conditional diffusion model (U-Net on 64 x 64 log-mels, CLIP condition)."""
+
+    experiment: str = opt("clipsynth-vggsound", "MLflow experiment name")
+    variant: str = opt(
+        "image",
+        "condition: image (a frame's CLIP embedding, self-supervised), text (the label's), hybrid (50/50)",
+        choices=VARIANTS,
+    )
+    model_size: str = opt(
+        "paper",
+        "U-Net size: paper (improved-diffusion's 64x64 model), small, tiny (tests)",
+        choices=MODEL_SIZES,
+    )
+    max_steps: int = opt(500_000, "optimizer steps (paper: 500K on VGG-Sound, 100K on MUSIC)")
+    batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
+    lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
+    weight_decay: float = opt(0.0, "AdamW weight decay (improved-diffusion: 0)")
+    ema_decay: float = opt(0.9999, "EMA rate of the weights that samples and the bundle use")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0: off")
+    diffusion_steps: int = opt(4000, "diffusion steps of the training process (paper: 4,000, cosine schedule)")
+    cond_drop_prob: float = opt(0.0, "probability of training with the null condition (classifier-free guidance)")
+    window_frames: int = opt(64, "mel frames per training example (64 = 4.16 s, the paper's 64 x 64)")
+    bf16: bool = opt(True, "bf16 autocast on GPU (ignored on CPU)")
+    channels_last: bool = opt(True, "channels_last memory format on GPU (ignored on CPU)")
+    sample_steps: int = opt(25, "respaced diffusion steps for the periodic samples (the EMA model)")
+    sample_queries: tuple[str, ...] = opt(
+        (),
+        "text queries of the periodic samples, encoded by the dataset's CLIP (default: up to 4 dataset labels, "
+        "from their stored text embeddings; unlabeled data: frame embeddings of fixed chunks)",
+    )
+    sample_seed: int = opt(1234, "seed of the periodic samples (the same noise every time)")
+    vocoder: str = opt(
+        "",
+        "HiFi-GAN for samples and the bundle: a vocoder dir, a HiFi-GAN checkpoint, a synthesizer bundle or an "
+        "MLflow URI (runs:/ID/vocoder); default: Griffin-Lim for samples and an untrained HiFi-GAN in the bundle",
+    )
+    clip_template: str = opt("a photo of {query}", "query template stored in the bundle's CLIP config")
+    bundle_sampling_steps: int = opt(1000, "default sampling steps stored in the bundle (paper: 1,000)")
+    register_as: str = opt(
+        "clipsynth-vggsound", "MLflow registered model name of the final synthesizer bundle; empty: do not register"
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.variant not in VARIANTS:
+            raise ValueError(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.model_size not in MODEL_SIZES:
+            raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError("--ema-decay must lie in [0, 1]")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError("--cond-drop-prob must lie in [0, 1)")
+        if self.diffusion_steps < 2:
+            raise ValueError("--diffusion-steps must be >= 2")
+        if not 1 <= self.sample_steps <= self.diffusion_steps:
+            raise ValueError(f"--sample-steps must lie in 1..{self.diffusion_steps} (the diffusion steps)")
+        if self.window_frames < 8 or self.window_frames % 8:
+            raise ValueError("--window-frames must be a multiple of 8 (the U-Net downsamples by up to 8)")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("--grad-clip and --weight-decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class HiFiGANTrainConfig(TrainConfig):
+    """HiFi-GAN from scratch on the dataset's audio: random aligned (mel, waveform) segments."""
+
+    experiment: str = opt("clipsynth-hifigan", "MLflow experiment name")
+    model_size: str = opt("paper", "HiFi-GAN size: paper (V1), small, tiny (tests)", choices=MODEL_SIZES)
+    max_steps: int = opt(500_000, "optimizer steps (paper: 500K)")
+    batch_size: int = opt(16, "segments per worker per step (HiFi-GAN V1)")
+    lr: float = opt(2e-4, "AdamW learning rate of generator and discriminator (HiFi-GAN V1)")
+    adam_b1: float = opt(0.8, "AdamW beta1 (HiFi-GAN V1)")
+    adam_b2: float = opt(0.99, "AdamW beta2 (HiFi-GAN V1)")
+    weight_decay: float = opt(0.01, "AdamW weight decay (AdamW's default, which HiFi-GAN keeps)")
+    lr_decay: float = opt(0.999, "learning-rate decay per epoch (a pass over the training chunks)")
+    segment_frames: int = opt(32, "mel frames per training segment (x 1024 samples)")
+    num_samples: int = opt(2, "fixed reference segments reconstructed at each sample interval")
+
+    def check(self) -> None:
+        super().check()
+        if self.model_size not in MODEL_SIZES:
+            raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
+        if self.segment_frames < 4:
+            raise ValueError("--segment-frames must be >= 4")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError("--lr-decay must lie in (0, 1]")
+        if not (0.0 <= self.adam_b1 < 1.0 and 0.0 <= self.adam_b2 < 1.0):
+            raise ValueError("--adam-b1 and --adam-b2 must lie in [0, 1)")
+
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the job's docstring layout and shows every default."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_tuple_of_str(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def build_parser(cls: type[C], description: str, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one option per field of `cls`; `defaults` overrides the dataclass defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    hints = _field_types(cls)
+    defaults = defaults or {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        default = defaults.get(f.name, f.default)
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": default, "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif _is_tuple_of_str(tp):
+            parser.add_argument(flag, nargs="*", type=str, **kwargs)
+        elif isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+            raise TypeError(f"config field {f.name} must have a plain type for the command line")
+        else:
+            parser.add_argument(flag, type=tp, **kwargs)
+    return parser
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if _is_tuple_of_str(_field_types(cls)[f.name]):
+            values[f.name] = tuple(values[f.name] or ())
+    config = cls(**values)
+    config.check()
+    return config
+
+
+def config_from_dict(cls: type[C], values: dict) -> C:
+    """Rebuild a config from `to_dict()` output (JSON turns tuples into lists)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    hints = _field_types(cls)
+    fixed = {k: tuple(v) if _is_tuple_of_str(hints[k]) else v for k, v in values.items()}
+    return cls(**fixed)
+
+
+def parse_config(cls: type[C], argv: list[str] | None, description: str, defaults: dict[str, Any] | None = None) -> C:
+    """Parse the command line into a checked config; bad values exit with argparse's usage error."""
+    parser = build_parser(cls, description, defaults)
+    args = parser.parse_args(argv)
+    try:
+        return config_from_args(cls, args)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

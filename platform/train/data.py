@@ -1,0 +1,327 @@
+"""Training data: what a dataset holds (read from Parquet metadata and small columns on the driver), the Ray
+Datasets that feed the Train workers, and the per-example transforms that run inside Ray Data.
+
+Examples are made in Ray Data map tasks, so the Train workers only step the model:
+- diffusion: a random window of `window_frames` mel frames (64 = 4.16 s) from a chunk, with a condition:
+  a random frame's CLIP image embedding of the same chunk (variant "image"), the label's CLIP text
+  embedding ("text"), or either with probability 1/2 per example ("hybrid");
+- HiFi-GAN: a random segment of `segment_frames x hop` samples of the chunk's 16 kHz audio; the worker
+  computes the matching mel on its device.
+Each chunk yields `repeat` examples per pass, so that a tiny dataset still makes passes long enough that
+the per-pass start-up of the streaming split does not dominate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..schema import split_dir
+from ..uri import fsspec_filesystem, is_s3, pyarrow_filesystem, strip_scheme
+
+DIFFUSION_COLUMNS = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "text_embedding"]
+VOCODER_COLUMNS = ["chunk_id", "audio"]
+SAMPLE_LABELS = 4  # default number of labels whose text embeddings condition the periodic samples
+
+
+class DatasetError(ValueError):
+    """The dataset cannot feed this training job (missing files, columns, audio, text, mixed CLIPs)."""
+
+
+@dataclass
+class DatasetInfo:
+    """Facts about the train split that configure a run (all JSON-serialisable)."""
+
+    uri: str
+    files: list[str]  # full URIs of the train shards
+    num_rows: int
+    embed_dim: int
+    clip_model: str  # CLIP identity "{model}/{pretrained}" of the stored embeddings
+    min_mel_frames: int
+    n_mels: int
+    labels: list[str] = field(default_factory=list)
+    rows_with_text: int | None = None  # None: the Parquet statistics did not say
+    rows_with_audio: int | None = None
+
+    @property
+    def clip_model_name(self) -> str:
+        return self.clip_model.split("/", 1)[0]
+
+    @property
+    def clip_pretrained(self) -> str:
+        parts = self.clip_model.split("/", 1)
+        return parts[1] if len(parts) > 1 else "none"
+
+
+def list_train_files(uri: str) -> list[str]:
+    """URIs of root/train/*.parquet, sorted; DatasetError when there are none."""
+    train = split_dir(uri, "train")
+    fs = fsspec_filesystem(uri)
+    found = sorted(fs.glob(strip_scheme(train) + "/*.parquet"))
+    if not found:
+        raise DatasetError(
+            f"no training shards at {train}/*.parquet: --data must point at a preprocessed dataset "
+            "(the output root of the ingestion job, or platform.synthetic.write_synthetic_dataset)"
+        )
+    return [f"s3://{p}" if is_s3(uri) else p for p in found]
+
+
+def _non_null_rows(meta: pq.FileMetaData, column: str) -> int | None:
+    """Rows whose list column `column` is not null, from the row-group statistics (None when absent).
+
+    The leaf's null count counts null lists (our lists never hold null elements), so rows - nulls is exact.
+    """
+    total = 0
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        found = None
+        for j in range(group.num_columns):
+            col = group.column(j)
+            if col.path_in_schema.split(".")[0] == column:
+                found = col
+                break
+        if found is None or found.statistics is None or not found.statistics.has_null_count:
+            return None
+        total += group.num_rows - found.statistics.null_count
+    return total
+
+
+def inspect_dataset(uri: str, sample_labels: int = SAMPLE_LABELS) -> DatasetInfo:
+    """Read what a run needs to know from the train shards: sizes, CLIP identity, labels, text and audio."""
+    files = list_train_files(uri)
+    fs, _ = pyarrow_filesystem(uri)
+    num_rows = 0
+    embed_dims: set[int] = set()
+    clip_models: set[str] = set()
+    n_mels: set[int] = set()
+    min_frames = None
+    labels: set[str] = set()
+    rows_with_text: int | None = 0
+    rows_with_audio: int | None = 0
+    for f in files:
+        path = strip_scheme(f)
+        pf = pq.ParquetFile(path, filesystem=fs)
+        names = set(pf.schema_arrow.names)
+        missing = [
+            c for c in ("mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "clip_model") if c not in names
+        ]
+        if missing:
+            raise DatasetError(f"shard {f} lacks columns {missing}; is it a CLIPSynth dataset (platform/schema.py)?")
+        meta = pf.metadata
+        num_rows += meta.num_rows
+        small = pf.read(columns=["embed_dim", "clip_model", "n_mels", "mel_frames", "label"])
+        embed_dims.update(small.column("embed_dim").to_pylist())
+        clip_models.update(small.column("clip_model").to_pylist())
+        n_mels.update(small.column("n_mels").to_pylist())
+        if small.num_rows:
+            frames = min(small.column("mel_frames").to_pylist())
+            min_frames = frames if min_frames is None else min(min_frames, frames)
+        labels.update(v for v in small.column("label").to_pylist() if v)
+        for column, counter in (("text_embedding", "text"), ("audio", "audio")):
+            n = _non_null_rows(meta, column) if column in names else 0
+            if counter == "text":
+                rows_with_text = None if n is None or rows_with_text is None else rows_with_text + n
+            else:
+                rows_with_audio = None if n is None or rows_with_audio is None else rows_with_audio + n
+    if num_rows == 0:
+        raise DatasetError(f"the train split of {uri} has no rows")
+    if len(embed_dims) != 1:
+        raise DatasetError(f"shards mix CLIP embedding widths {sorted(embed_dims)}; train on one CLIP's embeddings")
+    if len(clip_models) != 1:
+        raise DatasetError(f"shards mix CLIP models {sorted(clip_models)}; train on one CLIP's embeddings")
+    if len(n_mels) != 1:
+        raise DatasetError(f"shards mix mel band counts {sorted(n_mels)}")
+    return DatasetInfo(
+        uri=uri,
+        files=files,
+        num_rows=num_rows,
+        embed_dim=int(embed_dims.pop()),
+        clip_model=str(clip_models.pop()),
+        min_mel_frames=int(min_frames or 0),
+        n_mels=int(n_mels.pop()),
+        labels=sorted(labels),
+        rows_with_text=rows_with_text,
+        rows_with_audio=rows_with_audio,
+    )
+
+
+def label_text_embeddings(info: DatasetInfo, max_labels: int = SAMPLE_LABELS) -> dict[str, list[float]]:
+    """Stored CLIP text embeddings of up to `max_labels` labels (the first in sorted order that have one).
+
+    Reads only the label and text_embedding columns, batch by batch, and stops once it has them all.
+    """
+    wanted = [lab for lab in info.labels][: max(0, max_labels)]
+    out: dict[str, list[float]] = {}
+    if not wanted:
+        return out
+    fs, _ = pyarrow_filesystem(info.uri)
+    for f in info.files:
+        pf = pq.ParquetFile(strip_scheme(f), filesystem=fs)
+        if "text_embedding" not in pf.schema_arrow.names:
+            return out
+        for batch in pf.iter_batches(columns=["label", "text_embedding"], batch_size=256):
+            for label, emb in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                if label in wanted and label not in out and emb is not None:
+                    out[label] = [float(x) for x in emb]
+            if len(out) == len(wanted):
+                return {k: out[k] for k in wanted}
+    return {k: out[k] for k in wanted if k in out}
+
+
+def first_rows(info: DatasetInfo, columns: list[str], count: int) -> list[dict]:
+    """The first `count` rows of the train split (a fixed, reproducible choice), only `columns`."""
+    fs, _ = pyarrow_filesystem(info.uri)
+    rows: list[dict] = []
+    for f in info.files:
+        pf = pq.ParquetFile(strip_scheme(f), filesystem=fs)
+        for batch in pf.iter_batches(columns=columns, batch_size=max(1, count)):
+            rows.extend(batch.to_pylist())
+            if len(rows) >= count:
+                return rows[:count]
+    return rows
+
+
+def repeat_factor(num_rows: int, windows_per_chunk: int, min_examples_per_pass: int) -> int:
+    """Examples drawn per chunk per pass: at least `windows_per_chunk`, more for small datasets."""
+    return max(int(windows_per_chunk), math.ceil(max(0, min_examples_per_pass) / max(1, num_rows)))
+
+
+# ------------------------------------------------------------------------------------------- transforms
+def _cell(column, i: int) -> np.ndarray | None:
+    v = column[i]
+    return None if v is None else np.asarray(v, dtype=np.float32)
+
+
+def diffusion_examples(
+    batch: dict[str, np.ndarray], *, variant: str, window_frames: int, repeat: int = 1, seed: int | None = None
+) -> dict[str, np.ndarray]:
+    """Chunks -> `repeat` examples each: {"mel": [n, n_mels, window_frames], "cond": [n, embed_dim]} float32.
+
+    Text conditions need the row's label text embedding: rows without one are dropped for "text"; for
+    "hybrid" they fall back to a frame embedding.
+    """
+    if variant not in ("image", "text", "hybrid"):
+        raise ValueError(f"unknown variant {variant!r}")
+    rng = np.random.default_rng(seed)
+    mels: list[np.ndarray] = []
+    conds: list[np.ndarray] = []
+    n = len(batch["mel"])
+    for i in range(n):
+        n_mels, frames, dim = int(batch["n_mels"][i]), int(batch["mel_frames"][i]), int(batch["embed_dim"][i])
+        mel = np.asarray(batch["mel"][i], dtype=np.float32).reshape(n_mels, frames)
+        if frames < window_frames:
+            raise ValueError(
+                f"chunk {batch['chunk_id'][i]} has {frames} mel frames, fewer than the {window_frames}-frame window"
+            )
+        images = np.asarray(batch["image_embeddings"][i], dtype=np.float32).reshape(-1, dim)
+        text = _cell(batch["text_embedding"], i) if "text_embedding" in batch else None
+        if variant == "text" and text is None:
+            continue
+        if len(images) == 0 and variant != "text":
+            raise ValueError(f"chunk {batch['chunk_id'][i]} has no frame embeddings")
+        for _ in range(repeat):
+            start = int(rng.integers(0, frames - window_frames + 1))
+            mels.append(mel[:, start : start + window_frames])
+            use_text = variant == "text" or (variant == "hybrid" and text is not None and rng.random() < 0.5)
+            conds.append(text if use_text else images[int(rng.integers(0, len(images)))])
+    if not mels:
+        dim = int(batch["embed_dim"][0]) if n else 0
+        n_mels = int(batch["n_mels"][0]) if n else 0
+        return {
+            "mel": np.zeros((0, n_mels, window_frames), np.float32),
+            "cond": np.zeros((0, dim), np.float32),
+        }
+    return {"mel": np.stack(mels).astype(np.float32), "cond": np.stack(conds).astype(np.float32)}
+
+
+def vocoder_examples(
+    batch: dict[str, np.ndarray], *, segment_samples: int, repeat: int = 1, seed: int | None = None
+) -> dict[str, np.ndarray]:
+    """Chunks -> `repeat` random waveform segments each: {"audio": [n, segment_samples]} float32 in [-1, 1).
+
+    Rows without audio are dropped (the driver refuses a dataset that has none at all); audio shorter than
+    a segment is zero-padded at the end.
+    """
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for i in range(len(batch["audio"])):
+        pcm = batch["audio"][i]
+        if pcm is None:
+            continue
+        wave = np.asarray(pcm, dtype=np.int16).astype(np.float32) / 32768.0
+        if len(wave) < segment_samples:
+            wave = np.pad(wave, (0, segment_samples - len(wave)))
+        for _ in range(repeat):
+            start = int(rng.integers(0, len(wave) - segment_samples + 1))
+            out.append(wave[start : start + segment_samples])
+    if not out:
+        return {"audio": np.zeros((0, segment_samples), np.float32)}
+    return {"audio": np.stack(out)}
+
+
+# ------------------------------------------------------------------------------------------ Ray Datasets
+def read_train_dataset(info: DatasetInfo, columns: list[str]):
+    """The train shards as a Ray Dataset of `columns` (file order shuffled every pass)."""
+    import ray.data
+
+    fs, _ = pyarrow_filesystem(info.uri)
+    paths = [strip_scheme(f) for f in info.files]
+    return ray.data.read_parquet(paths, filesystem=fs, columns=columns, shuffle="files")
+
+
+def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, repeat: int):
+    columns = [c for c in DIFFUSION_COLUMNS if c != "text_embedding" or variant != "image"]
+    ds = read_train_dataset(info, columns)
+    # Small map batches keep blocks small, so the streaming split hands out examples evenly.
+    return ds.map_batches(
+        diffusion_examples,
+        fn_kwargs={"variant": variant, "window_frames": window_frames, "repeat": repeat},
+        batch_format="numpy",
+        batch_size=8,
+        zero_copy_batch=True,
+    )
+
+
+def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int):
+    ds = read_train_dataset(info, VOCODER_COLUMNS)
+    return ds.map_batches(
+        vocoder_examples,
+        fn_kwargs={"segment_samples": segment_samples, "repeat": repeat},
+        batch_format="numpy",
+        batch_size=8,
+        zero_copy_batch=True,
+    )
+
+
+def endless_batches(shard, batch_size: int, shuffle_buffer: int = 0, device=None):
+    """Full batches of `batch_size` examples (dicts of tensors) from a Train dataset shard, pass after pass.
+
+    Batches may span the end of a pass. Every rank gets the same number of examples per pass (the split is
+    equal), so all ranks cross pass boundaries at the same step, as the streaming split requires.
+    """
+    import torch
+
+    pending: dict[str, list] = {}
+    held = 0
+    while True:
+        seen = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+            device=device if device is not None else "auto",
+        ):
+            count = len(next(iter(batch.values())))
+            seen += count
+            for k, v in batch.items():
+                pending.setdefault(k, []).append(v)
+            held += count
+            while held >= batch_size:
+                merged = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in pending.items()}
+                yield {k: v[:batch_size] for k, v in merged.items()}
+                held -= batch_size
+                pending = {k: [v[batch_size:]] for k, v in merged.items()} if held else {}
+        if seen == 0:
+            raise DatasetError("a pass over this worker's data shard yielded no examples")

@@ -1,0 +1,338 @@
+"""The Ray Train worker function of the diffusion model (one per data-parallel worker).
+
+Per step: a batch of (64-frame mel window, CLIP condition) examples from this worker's dataset shard, the
+hybrid loss, backward through DDP (gradients averaged over workers), gradient clipping, AdamW, EMA.
+At intervals: metrics averaged over workers (MLflow, rank 0), EMA samples (rank 0), checkpoints (all ranks
+report; rank 0 writes the state). At the end, rank 0 registers the synthesizer bundle with the EMA weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipsynth_core import (
+    EMA,
+    ClipConfig,
+    ConditionalUNet,
+    DiffusionConfig,
+    GaussianDiffusion,
+    HiFiGANConfig,
+    HiFiGANGenerator,
+    SamplingDefaults,
+    Synthesizer,
+    SynthesizerConfig,
+    UNetConfig,
+    load_training_state,
+    save_training_state,
+)
+from clipsynth_core.synthesizer import make_generators
+from clipsynth_core.training import autocast_context, clip_and_step
+
+from ..registry import log_bundle_model
+from .common import (
+    Progress,
+    fault_drill,
+    gpu_memory_metrics,
+    mean_across_ranks,
+    report_checkpoint,
+    state_digest,
+)
+from .config import DiffusionTrainConfig, config_from_dict
+from .data import endless_batches
+from .tracking import RunTracker, log_samples
+from .vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
+
+
+def diffusion_terms(
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    mel: torch.Tensor,
+    cond: torch.Tensor,
+    *,
+    cond_drop_prob: float,
+    generator: torch.Generator,
+    bf16: bool,
+) -> dict[str, torch.Tensor]:
+    """Batch-mean hybrid loss terms {"loss", "mse", "vb"}, as core's diffusion_losses computes them, except
+    that a drop mask is always passed (all False without condition dropout): the learned null condition
+    then takes part in every step's graph, as DDP requires of every parameter."""
+    b, device = mel.shape[0], mel.device
+    t = torch.randint(0, diffusion.num_timesteps, (b,), generator=generator).to(device)
+    noise = torch.randn(mel.shape, generator=generator).to(device)
+    drop = (torch.rand(b, generator=generator) < cond_drop_prob).to(device)
+    with autocast_context(device, bf16):
+        terms = diffusion.training_losses(lambda x, tt: model(x, tt, cond, drop), mel.float(), t, noise)
+    return {k: v.float().mean() for k, v in terms.items()}
+
+
+class _ReferencedClip(torch.nn.Module):
+    """Stands in for a pretrained CLIP when a bundle is written: bundles reference pretrained CLIP weights by
+    name (they never copy them), so the weights need not be present on the training workers."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self._embed_dim = embed_dim
+
+    @property
+    def embed_dim(self) -> int:
+        return self._embed_dim
+
+
+def build_bundle(
+    directory: Path,
+    *,
+    clip: ClipConfig,
+    unet_config: UNetConfig,
+    unet_state: dict[str, torch.Tensor],
+    diffusion: DiffusionConfig,
+    vocoder: HiFiGANGenerator,
+    sampling_steps: int,
+    metadata: dict,
+) -> Path:
+    """Write a synthesizer bundle (core format) with the given U-Net weights and vocoder."""
+    from clipsynth_core import ClipQueryEncoder
+
+    config = SynthesizerConfig(
+        clip=clip,
+        unet=unet_config,
+        diffusion=diffusion,
+        vocoder=vocoder.config,
+        sampling=SamplingDefaults(steps=min(sampling_steps, diffusion.num_steps)),
+        metadata=metadata,
+    )
+    unet = ConditionalUNet(unet_config)
+    unet.load_state_dict(unet_state)
+    encoder = ClipQueryEncoder(clip) if clip.is_random else _ReferencedClip(unet_config.cond_dim)
+    return Synthesizer(config, unet=unet, vocoder=vocoder, encoder=encoder).save(directory)
+
+
+@torch.no_grad()
+def sample_mels(
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    cond: torch.Tensor,
+    frames: int,
+    n_mels: int,
+    seed: int,
+) -> torch.Tensor:
+    """EMA-model samples [K, n_mels, frames] (DDPM over the respaced steps), example i seeded with seed + i."""
+    device = cond.device
+    gens = make_generators([seed + i for i in range(cond.shape[0])], "cpu")
+    shape = (cond.shape[0], 1, n_mels, frames)
+    x = diffusion.p_sample_loop(lambda x, t: model(x, t, cond, None), shape, generator=gens, device=device)
+    return x[:, 0].clamp(-1, 1)
+
+
+def train_diffusion_worker(loop_config: dict) -> None:
+    """Ray Train's train_loop_per_worker for the diffusion model; `loop_config` comes from the runner."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(DiffusionTrainConfig, loop_config["config"])
+    job = loop_config["job"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    bf16 = cfg.bf16 and on_gpu
+
+    unet_config = UNetConfig.from_dict(job["unet"])
+    diffusion_config = DiffusionConfig(**job["diffusion"])
+    diffusion = GaussianDiffusion.from_config(diffusion_config)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = ConditionalUNet(unet_config).to(device)
+    if on_gpu and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = EMA(model, cfg.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+
+    start_step, resumed = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device)
+        start_step = int(state["step"])
+        resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
+        print(f"[train rank {rank}] resumed from the checkpoint at step {start_step}", flush=True)
+    ddp_model = ray.train.torch.prepare_model(model)
+
+    # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
+    noise_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_step)
+    batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
+
+    tracker, vocoder = None, None
+    if rank == 0:
+        tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+        tracker.log_params(job["params"])
+        if cfg.vocoder:
+            generator, _ = load_vocoder(cfg.vocoder)
+            vocoder = HiFiGANVocoder(generator, cfg.vocoder)
+        else:
+            vocoder = GriffinLimVocoder()
+        tracker.set_tags({"sample_vocoder": vocoder.name, "resumed_at_step": str(start_step) if resumed else "0"})
+        if start_step < cfg.max_steps:
+            print(
+                f"[train] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
+                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}",
+                flush=True,
+            )
+    sample_diffusion = diffusion.respaced(cfg.sample_steps)
+    sample_cond = torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device)
+
+    def write_state(d: Path, step: int) -> None:
+        save_training_state(
+            d,
+            model=ddp_model,
+            step=step,
+            ema=ema,
+            optimizer=optimizer,
+            extra={"mlflow_run_id": tracker.run_id if tracker else None, "kind": "diffusion", "config": cfg.to_dict()},
+        )
+
+    progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
+    sums = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "grad_norm": 0.0, "data_wait_s": 0.0}
+    count = 0
+    last_checkpoint = start_step
+    ddp_model.train()
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+        t_wait = time.perf_counter()
+        batch = next(batches)
+        sums["data_wait_s"] += time.perf_counter() - t_wait
+        mel = batch["mel"].unsqueeze(1).float()
+        cond = batch["cond"].float()
+        if on_gpu and cfg.channels_last:
+            mel = mel.contiguous(memory_format=torch.channels_last)
+        terms = diffusion_terms(
+            ddp_model,
+            diffusion,
+            mel,
+            cond,
+            cond_drop_prob=diffusion_config.cond_drop_prob,
+            generator=noise_gen,
+            bf16=bf16,
+        )
+        terms["loss"].backward()
+        grad_norm = clip_and_step(ddp_model.parameters(), optimizer, cfg.grad_clip or None)
+        ema.update(ddp_model)
+        for k in ("loss", "mse", "vb"):
+            sums[k] += float(terms[k].detach())
+        sums["grad_norm"] += float(grad_norm)
+        count += 1
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            means = mean_across_ranks({k: v / count for k, v in sums.items()}, device)
+            pace = progress.interval(step)
+            if tracker is not None:
+                metrics = {
+                    **means,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "samples_per_s": pace["samples_per_s"],
+                    "samples_per_s_per_worker": pace["samples_per_s"] / world,
+                    **gpu_memory_metrics(device),
+                }
+                tracker.log_metrics(metrics, step)
+                print(
+                    f"[train] step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
+                    f"vb {means['vb']:.4f} grad {means['grad_norm']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
+                    f"ETA {Progress.format_eta(pace['eta_s'])}",
+                    flush=True,
+                )
+            sums = dict.fromkeys(sums, 0.0)
+            count = 0
+
+        if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
+            mels = sample_mels(
+                ema.model, sample_diffusion, sample_cond, cfg.window_frames, unet_config.input_height, cfg.sample_seed
+            )
+            waves = vocoder(mels.cpu())
+            log_samples(
+                tracker,
+                step,
+                names=job["sample_names"],
+                mels=mels.cpu().numpy(),
+                waves=waves.numpy(),
+                sample_rate=16_000,
+                title=f"step {step}, EMA model, {cfg.sample_steps} DDPM steps, vocoder {vocoder.name}",
+            )
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            rank_info = {"model_digest": state_digest(ddp_model), "ema_digest": state_digest(ema.model), **resumed}
+            report_checkpoint(
+                step,
+                {"step": step, "loss": float(terms["loss"].detach())},
+                rank,
+                lambda d, s=step: write_state(d, s),
+                rank_info,
+            )
+            last_checkpoint = step
+
+    if tracker is not None:
+        _finish(cfg, job, tracker, ema, unet_config, diffusion_config, last_checkpoint)
+
+
+def _finish(
+    cfg: DiffusionTrainConfig,
+    job: dict,
+    tracker: RunTracker,
+    ema: EMA,
+    unet_config: UNetConfig,
+    diffusion_config: DiffusionConfig,
+    final_step: int,
+) -> None:
+    """Rank 0 at the end: the synthesizer bundle (EMA weights) as an MLflow model, registered when asked."""
+    import mlflow
+
+    done = tracker.record.get("bundle_step")
+    if done is not None and int(done) >= cfg.max_steps:
+        print(f"[train] already finished: the bundle of step {done} is logged (run {tracker.run_id})", flush=True)
+        tracker.finish()
+        return
+    if cfg.vocoder:
+        vocoder, _ = load_vocoder(cfg.vocoder)
+        vocoder_note = cfg.vocoder
+    else:
+        vocoder = HiFiGANGenerator(HiFiGANConfig.from_dict(job["vocoder_config"]))
+        vocoder_note = "untrained (random init): train one with jobs/train_hifigan.py and pass --vocoder"
+    metadata = {
+        "mlflow_run_id": tracker.run_id,
+        "dataset": cfg.data,
+        "variant": cfg.variant,
+        "step": cfg.max_steps,
+        "ema_decay": cfg.ema_decay,
+        "vocoder": vocoder_note,
+        "experiment": cfg.experiment,
+    }
+    with tempfile.TemporaryDirectory(prefix="clipsynth-bundle-") as tmp:
+        ema_state = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+        build_bundle(
+            Path(tmp) / "bundle",
+            clip=ClipConfig(**job["clip"]),
+            unet_config=unet_config,
+            unet_state=ema_state,
+            diffusion=diffusion_config,
+            vocoder=vocoder,
+            sampling_steps=cfg.bundle_sampling_steps,
+            metadata=metadata,
+        )
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
+    version = getattr(info, "registered_model_version", None)
+    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri})
+    tracker.update_record(
+        bundle_step=cfg.max_steps,
+        model_uri=info.model_uri,
+        registered_model=cfg.register_as or None,
+        registered_version=int(version) if version is not None else None,
+    )
+    where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
+    print(
+        f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})", flush=True
+    )
+    tracker.finish()

@@ -1,0 +1,221 @@
+"""The Ray Train worker function of HiFi-GAN (one per data-parallel worker).
+
+Per step: a batch of random waveform segments (segment_frames x 1024 samples) from this worker's shard;
+their mels are computed on the worker's device with the platform's mel function, padded as core
+HiFiGANStep.mel_of pads, so a segment of T x 1024 samples gives exactly T frames; then one discriminator
+and one generator update (core HiFiGANStep) through DDP. The learning rates decay by `lr_decay` per epoch
+(a pass over the training chunks), as in HiFi-GAN. At the end rank 0 logs the generator as the MLflow
+artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion jobs accepts as runs:/RUN_ID/vocoder.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipsynth_core import (
+    HiFiGANConfig,
+    HiFiGANDiscriminator,
+    HiFiGANGenerator,
+    HiFiGANStep,
+    MelConfig,
+    MelFrontend,
+    load_training_state,
+    save_training_state,
+)
+
+from ..registry import VOCODER_ARTIFACT
+from .common import Progress, fault_drill, gpu_memory_metrics, mean_across_ranks, report_checkpoint, state_digest
+from .config import HiFiGANTrainConfig, config_from_dict
+from .data import endless_batches
+from .tracking import RunTracker, log_samples
+from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
+
+LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
+
+
+def train_hifigan_worker(loop_config: dict) -> None:
+    """Ray Train's train_loop_per_worker for HiFi-GAN; `loop_config` comes from the runner."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(HiFiGANTrainConfig, loop_config["config"])
+    job = loop_config["job"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    hcfg = HiFiGANConfig.from_dict(job["hifigan"])
+
+    torch.manual_seed(cfg.seed)
+    generator = HiFiGANGenerator(hcfg).to(device)
+    discriminator = HiFiGANDiscriminator(hcfg).to(device)
+    adam = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
+    opt_g = torch.optim.AdamW(generator.parameters(), **adam)
+    opt_d = torch.optim.AdamW(discriminator.parameters(), **adam)
+    sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
+    sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
+
+    start_step, resumed = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_training_state(
+                d,
+                model=generator,
+                optimizer=opt_g,
+                modules={"discriminator": discriminator},
+                optimizers={"discriminator": opt_d},
+                map_location=device,
+            )
+        sched_g.load_state_dict(state["scheduler_g"])
+        sched_d.load_state_dict(state["scheduler_d"])
+        start_step = int(state["step"])
+        resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(generator)}
+        print(f"[hifigan rank {rank}] resumed from the checkpoint at step {start_step}", flush=True)
+
+    g_ddp = ray.train.torch.prepare_model(generator)
+    d_ddp = ray.train.torch.prepare_model(discriminator)
+    mel_frontend = MelFrontend(MelConfig()).to(device)
+    step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
+    batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
+    steps_per_epoch = max(1, int(job["steps_per_epoch"]))
+
+    tracker = None
+    if rank == 0:
+        tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+        tracker.log_params(job["params"])
+        if start_step < cfg.max_steps:
+            print(
+                f"[hifigan] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
+                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}",
+                flush=True,
+            )
+    reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
+
+    def write_state(d: Path, step: int) -> None:
+        save_training_state(
+            d,
+            model=g_ddp,
+            step=step,
+            optimizer=opt_g,
+            modules={"discriminator": d_ddp},
+            optimizers={"discriminator": opt_d},
+            extra={
+                "mlflow_run_id": tracker.run_id if tracker else None,
+                "kind": "hifigan",
+                "scheduler_g": sched_g.state_dict(),
+                "scheduler_d": sched_d.state_dict(),
+                "config": cfg.to_dict(),
+            },
+        )
+        # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
+        (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
+
+    progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
+    sums = dict.fromkeys((*LOSS_KEYS, "data_wait_s"), 0.0)
+    count = 0
+    g_ddp.train()
+    d_ddp.train()
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+        t_wait = time.perf_counter()
+        wave = next(batches)["audio"].float()
+        sums["data_wait_s"] += time.perf_counter() - t_wait
+        with torch.no_grad():
+            mel = step_fn.mel_of(wave)
+        losses = step_fn(mel, wave)
+        for k in LOSS_KEYS:
+            sums[k] += losses[k]
+        count += 1
+        if step % steps_per_epoch == 0:
+            sched_g.step()
+            sched_d.step()
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            means = mean_across_ranks({k: v / count for k, v in sums.items()}, device)
+            pace = progress.interval(step)
+            if tracker is not None:
+                tracker.log_metrics(
+                    {
+                        **means,
+                        "lr": opt_g.param_groups[0]["lr"],
+                        "samples_per_s": pace["samples_per_s"],
+                        "samples_per_s_per_worker": pace["samples_per_s"] / world,
+                        **gpu_memory_metrics(device),
+                    },
+                    step,
+                )
+                print(
+                    f"[hifigan] step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
+                    f"D {means['loss_d']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
+                    f"ETA {Progress.format_eta(pace['eta_s'])}",
+                    flush=True,
+                )
+            sums = dict.fromkeys(sums, 0.0)
+            count = 0
+
+        if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0 and len(reference):
+            _log_reconstructions(tracker, step, generator, step_fn, reference, device)
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            rank_info = {
+                "model_digest": state_digest(g_ddp),
+                "discriminator_digest": state_digest(d_ddp),
+                **resumed,
+            }
+            report_checkpoint(
+                step,
+                {"step": step, "loss_mel": losses["loss_mel"]},
+                rank,
+                lambda d, s=step: write_state(d, s),
+                rank_info,
+            )
+
+    if tracker is not None:
+        done = tracker.record.get("vocoder_step")
+        if done is None or int(done) < cfg.max_steps:
+            with tempfile.TemporaryDirectory(prefix="clipsynth-vocoder-") as tmp:
+                save_vocoder(Path(tmp), generator, hcfg, cfg.max_steps)
+                tracker.log_artifacts(tmp, VOCODER_ARTIFACT)
+            uri = f"runs:/{tracker.run_id}/{VOCODER_ARTIFACT}"
+            tracker.set_tags({"vocoder_uri": uri})
+            tracker.update_record(vocoder_step=cfg.max_steps, vocoder_uri=uri)
+            print(f"[hifigan] finished at step {cfg.max_steps}; vocoder: {uri} (pass it as --vocoder)", flush=True)
+        tracker.finish()
+
+
+@torch.no_grad()
+def _log_reconstructions(
+    tracker: RunTracker,
+    step: int,
+    generator: torch.nn.Module,
+    step_fn: HiFiGANStep,
+    reference: torch.Tensor,
+    device: torch.device,
+) -> None:
+    """Real vs reconstructed mels (PNG) and the reconstructed audio (WAV) of the fixed reference segments."""
+    was_training = generator.training
+    generator.eval()
+    real = reference.to(device)
+    real_mel = step_fn.mel_of(real)
+    fake = generator(real_mel).clamp(-1, 1)
+    fake_mel = step_fn.mel_of(fake)
+    generator.train(was_training)
+    names = [f"reference_{i}" for i in range(len(reference))]
+    l1 = float((fake_mel - real_mel).abs().mean())
+    log_samples(
+        tracker,
+        step,
+        names=names,
+        mels=fake_mel.cpu().numpy(),
+        waves=fake.cpu().numpy(),
+        sample_rate=16_000,
+        title=f"step {step}: HiFi-GAN reconstructions (mel-L1 {l1:.3f})",
+        reference_mels=real_mel.cpu().numpy(),
+    )
+    tracker.log_metrics({"sample_mel_l1": l1}, step)

@@ -1,0 +1,325 @@
+"""The driver side of a training job: connect to Ray, inspect the data, resolve every location, and run a
+Ray Train TorchTrainer (Train V2 API) that survives worker failures and resumes across re-runs.
+
+Fault tolerance: FailureConfig(max_failures) restarts the worker group after a crash, and every worker
+reloads the newest checkpoint reported to RunConfig(storage_path, name) through ray.train.get_checkpoint();
+running the same command again (same run name and storage path) finds the same checkpoints and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
+
+from ..uri import is_s3, pyarrow_filesystem, strip_scheme
+from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
+from .data import (
+    DatasetError,
+    DatasetInfo,
+    diffusion_dataset,
+    first_rows,
+    inspect_dataset,
+    label_text_embeddings,
+    repeat_factor,
+    vocoder_dataset,
+)
+from .tracking import flatten_params, git_commit, read_run_record, resolve_tracking_uri, run_record_uri
+
+
+@dataclass
+class TrainingSummary:
+    run_name: str
+    storage_path: str
+    final_step: int | None
+    checkpoint_path: str | None
+    mlflow_run_id: str | None
+    record: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+def connect_ray(cfg: TrainConfig) -> None:
+    """Join the cluster named by --ray-address or $RAY_ADDRESS (set by `ray job submit`); otherwise start a
+    local Ray with more logical CPUs than Train workers need, so that the data stages get CPUs too."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"RAY_DEDUP_LOGS": "0"}
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    need = int(cfg.num_workers * cfg.cpus_per_worker) + 2
+    num_cpus = cfg.local_num_cpus or max(os.cpu_count() or 1, need)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+
+
+def check_cluster_resources(cfg: TrainConfig) -> None:
+    """Refuse a layout that would starve the data pipeline (the known TorchTrainer + Ray Data hang)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0))
+    train_cpus = cfg.num_workers * cfg.cpus_per_worker
+    if cpus - train_cpus < 1:
+        raise RuntimeError(
+            f"the cluster has {cpus:g} CPUs and the {cfg.num_workers} Train workers reserve {train_cpus:g}: "
+            "Ray Data would get none and the run would hang. Lower --cpus-per-worker (e.g. 0.5), use fewer "
+            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`)."
+        )
+    if cfg.use_gpu and float(resources.get("GPU", 0)) < cfg.num_workers:
+        raise RuntimeError(
+            f"--use-gpu with {cfg.num_workers} workers, but the cluster has {resources.get('GPU', 0)} GPUs"
+        )
+
+
+def configure_data_context() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # Progress bars flood job logs; the training loop prints its own progress lines.
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.execution_options.preserve_order = False
+
+
+def resolve_storage(storage_path: str) -> str:
+    """Absolute local path or s3:// URI (relative paths would land in a job's temporary working dir)."""
+    if is_s3(storage_path):
+        return storage_path.rstrip("/")
+    return str(Path(strip_scheme(os.path.expanduser(storage_path))))
+
+
+def run_trainer(
+    cfg: TrainConfig,
+    train_fn,
+    job: dict,
+    dataset,
+) -> TrainingSummary:
+    """TorchTrainer with the Train V2 API; returns what the run produced."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = job["storage_path"]
+    storage_fs, storage_fs_path = pyarrow_filesystem(storage) if is_s3(storage) else (None, storage)
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config={"config": cfg.to_dict(), "job": job},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=job["run_name"],
+            storage_path=storage_fs_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - t0
+    record = read_run_record(job["record_uri"]) or {}
+    metrics = result.metrics or {}
+    return TrainingSummary(
+        run_name=job["run_name"],
+        storage_path=storage,
+        final_step=metrics.get("step"),
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        mlflow_run_id=record.get("mlflow_run_id"),
+        record=record,
+        seconds=seconds,
+    )
+
+
+def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
+    storage = resolve_storage(cfg.storage_path)
+    run_name = cfg.run_name_or_default()
+    return {
+        "kind": kind,
+        "storage_path": storage,
+        "run_name": run_name,
+        "record_uri": run_record_uri(storage, run_name),
+        "tracking_uri": resolve_tracking_uri(cfg.tracking_uri),
+        "dataset": {
+            "uri": info.uri,
+            "train_rows": info.num_rows,
+            "train_files": len(info.files),
+            "embed_dim": info.embed_dim,
+            "clip_model": info.clip_model,
+            "labels": len(info.labels),
+        },
+    }
+
+
+def _tags(cfg: TrainConfig, info: DatasetInfo, kind: str, extra: dict[str, str]) -> dict[str, str]:
+    return {
+        "kind": kind,
+        "dataset": cfg.data,
+        "git_commit": git_commit(),
+        "clip_model": info.clip_model_name,
+        "clip_weights": info.clip_pretrained,
+        "ray_train_run": cfg.run_name_or_default(),
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------------------------------- diffusion
+def sample_conditions(cfg: DiffusionTrainConfig, info: DatasetInfo) -> tuple[list[str], list[list[float]], str]:
+    """(names, CLIP embeddings, kind) that condition the periodic samples; see --sample-queries."""
+    if cfg.sample_queries:
+        from clipsynth_core import ClipQueryEncoder
+
+        clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
+        encoder = ClipQueryEncoder(clip)
+        if encoder.embed_dim != info.embed_dim:
+            raise DatasetError(
+                f"CLIP {clip.identity} embeds to {encoder.embed_dim} dims, the shards hold {info.embed_dim}"
+            )
+        emb = encoder.encode_text(list(cfg.sample_queries)).numpy()
+        return list(cfg.sample_queries), emb.tolist(), "text queries"
+    labelled = label_text_embeddings(info)
+    if labelled:
+        return list(labelled), list(labelled.values()), "dataset labels"
+    rows = first_rows(info, ["chunk_id", "image_embeddings", "embed_dim"], 4)
+    names = [f"chunk {r['chunk_id']}" for r in rows]
+    conds = [list(r["image_embeddings"][: r["embed_dim"]]) for r in rows]
+    return names, conds, "frame embeddings of fixed chunks"
+
+
+def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
+    """Everything the workers need, resolved on the driver (raises DatasetError for unusable data)."""
+    info = inspect_dataset(cfg.data)
+    if info.n_mels != MelConfig().n_mels:
+        raise DatasetError(f"the shards hold {info.n_mels}-band mels; the platform's mel has {MelConfig().n_mels}")
+    if info.min_mel_frames < cfg.window_frames:
+        raise DatasetError(
+            f"some chunks have only {info.min_mel_frames} mel frames, fewer than the {cfg.window_frames}-frame window"
+        )
+    if cfg.variant in ("text", "hybrid") and info.rows_with_text == 0:
+        raise DatasetError(
+            f"--variant {cfg.variant} needs label text embeddings, but no training row has one (unlabeled data): "
+            "use --variant image"
+        )
+    unet = unet_config(cfg.model_size, cond_dim=info.embed_dim)
+    diffusion = DiffusionConfig(num_steps=cfg.diffusion_steps, cond_drop_prob=cfg.cond_drop_prob)
+    clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
+    names, conds, sample_kind = sample_conditions(cfg, info)
+    repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
+    job = _common_job(cfg, info, "diffusion")
+    job.update(
+        {
+            "unet": unet.to_dict(),
+            "diffusion": diffusion.to_dict(),
+            "clip": clip.to_dict(),
+            "vocoder_config": hifigan_config(cfg.model_size).to_dict(),
+            "sample_names": names,
+            "sample_conds": conds,
+            "repeat": repeat,
+        }
+    )
+    job["params"] = flatten_params(
+        {
+            **cfg.to_dict(),
+            "unet": unet.to_dict(),
+            "diffusion": diffusion.to_dict(),
+            "optim": {"betas": [0.9, 0.999]},
+            "mel": asdict(MelConfig()),
+            "clip": clip.to_dict(),
+            "data": {**job["dataset"], "examples_per_chunk_per_pass": repeat},
+            "samples": {"kind": sample_kind, "names": names},
+        }
+    )
+    job["tags"] = _tags(cfg, info, "diffusion", {"variant": cfg.variant, "model_size": cfg.model_size})
+    return job, info
+
+
+def run_diffusion_training(cfg: DiffusionTrainConfig) -> TrainingSummary:
+    from .diffusion_loop import train_diffusion_worker
+
+    cfg.check()
+    job, info = prepare_diffusion(cfg)
+    connect_ray(cfg)
+    check_cluster_resources(cfg)
+    configure_data_context()
+    dataset = diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"])
+    print_plan(cfg, job)
+    return run_trainer(cfg, train_diffusion_worker, job, dataset)
+
+
+# -------------------------------------------------------------------------------------------- HiFi-GAN
+REFERENCE_FRAMES = 64  # reference segments for reconstructions: 4.16 s
+
+
+def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
+    info = inspect_dataset(cfg.data)
+    if info.rows_with_audio == 0:
+        raise DatasetError(
+            f"the shards at {cfg.data} have no audio (the `audio` column is empty): HiFi-GAN needs waveforms. "
+            "Re-run ingestion without --no-audio."
+        )
+    hifigan = hifigan_config(cfg.model_size)
+    if hifigan.hop_length != MelConfig().hop_length:
+        raise ValueError(f"HiFi-GAN upsamples by {hifigan.hop_length}, the mel hop is {MelConfig().hop_length}")
+    repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
+    rows = [r for r in first_rows(info, ["chunk_id", "audio"], max(cfg.num_samples * 4, 4)) if r["audio"]]
+    ref_len = REFERENCE_FRAMES * MelConfig().hop_length
+    reference = []
+    for r in rows[: cfg.num_samples]:
+        wave = [x / 32768.0 for x in r["audio"][:ref_len]]
+        reference.append(wave + [0.0] * (ref_len - len(wave)))
+    job = _common_job(cfg, info, "hifigan")
+    steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * cfg.num_workers))
+    job.update(
+        {
+            "hifigan": hifigan.to_dict(),
+            "repeat": repeat,
+            "steps_per_epoch": steps_per_epoch,
+            "sample_audio": reference,
+        }
+    )
+    job["params"] = flatten_params(
+        {
+            **cfg.to_dict(),
+            "hifigan": hifigan.to_dict(),
+            "mel": asdict(MelConfig()),
+            "segment_samples": cfg.segment_frames * hifigan.hop_length,
+            "steps_per_epoch": steps_per_epoch,
+            "data": {**job["dataset"], "segments_per_chunk_per_pass": repeat, "rows_with_audio": info.rows_with_audio},
+        }
+    )
+    job["tags"] = _tags(cfg, info, "hifigan", {"model_size": cfg.model_size})
+    return job, info
+
+
+def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
+    from .hifigan_loop import train_hifigan_worker
+
+    cfg.check()
+    job, info = prepare_hifigan(cfg)
+    connect_ray(cfg)
+    check_cluster_resources(cfg)
+    configure_data_context()
+    segment = cfg.segment_frames * MelConfig().hop_length
+    dataset = vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"])
+    print_plan(cfg, job)
+    return run_trainer(cfg, train_hifigan_worker, job, dataset)
+
+
+def print_plan(cfg: TrainConfig, job: dict) -> None:
+    """The resolved configuration, printed at start (the same values go to MLflow as params)."""
+    shown = {k: v for k, v in job.items() if k not in ("params", "sample_conds", "sample_audio", "tags")}
+    print(f"[{job['kind']}] config:\n{cfg.to_json()}", flush=True)
+    print(f"[{job['kind']}] resolved:\n{json.dumps(shown, indent=2, default=str)}", flush=True)
