@@ -1,0 +1,142 @@
+"""The model deployments: CLIP query encoder, diffusion sampler (dynamic batching), vocoder.
+
+Each loads only its own part of the synthesizer bundle (clipsynth_platform.serving), so a GPU fraction given to
+one holds only that part's weights. Model work runs in a worker thread, so a replica keeps accepting requests
+(and filling its next batch) while the current batch computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import serve
+
+from clipsynth_platform.registry import resolve_bundle
+from clipsynth_platform.serving import (
+    SampleSpec,
+    load_bundle_config,
+    load_mel_sampler,
+    load_query_encoder,
+    load_vocoder,
+    model_info,
+    resolve_device,
+    sample_batch,
+    vocode_batch,
+)
+
+from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+def _prepare(config: ServeConfig, settings: DeploymentSettings, part: str) -> tuple[str, Path, torch.device]:
+    """Model URI -> local bundle directory, and this replica's device and thread count."""
+    uri = config.resolved_model_uri()
+    if not uri:
+        raise RuntimeError(f"no model to serve: set {MODEL_URI_ENV} or pass the builder argument model_uri=...")
+    if config.mlflow_tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(config.mlflow_tracking_uri)
+    bundle_dir = resolve_bundle(uri)
+    device = resolve_device(config.device, settings.num_gpus)
+    if device.type == "cpu":
+        # One intra-op thread per CPU this replica reserved: replicas on one node must not oversubscribe it.
+        torch.set_num_threads(max(1, math.ceil(settings.num_cpus)))
+    logger.info("%s: serving %s (bundle %s) on %s", part, uri, bundle_dir, device)
+    return uri, bundle_dir, device
+
+
+@serve.deployment(name="ClipEncoder")
+class ClipEncoder:
+    """Text queries (batched) and images -> L2-normalised CLIP embeddings (float32 [D])."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.model_uri, bundle_dir, device = _prepare(config, config.encoder, "ClipEncoder")
+        self.encoder = load_query_encoder(
+            bundle_dir, load_bundle_config(bundle_dir), device, clip_pretrained=config.clip_pretrained or None
+        )
+        self._encode_texts.set_max_batch_size(config.encoder_max_batch_size)
+        self._encode_texts.set_batch_wait_timeout_s(config.encoder_batch_wait_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _encode_texts(self, queries: list[str]) -> list[np.ndarray]:
+        emb = await asyncio.to_thread(self.encoder.encode_text, queries)
+        return list(emb.cpu().numpy())
+
+    async def encode_text(self, query: str) -> np.ndarray:
+        return await self._encode_texts(query)
+
+    async def encode_image(self, image: np.ndarray) -> np.ndarray:
+        """One uint8 image [H, W, 3]."""
+        emb = await asyncio.to_thread(self.encoder.encode_image, np.asarray(image, dtype=np.uint8)[None])
+        return emb[0].cpu().numpy()
+
+    def info(self) -> dict:
+        return {"clip": self.encoder.config.identity, "embed_dim": self.encoder.embed_dim}
+
+
+@serve.deployment(name="DiffusionSampler")
+class DiffusionSampler:
+    """Condition vector + sampling spec -> normalised mel, with @serve.batch dynamic batching.
+
+    A batch mixes requests freely: it is split by (steps, length, sampler, guided or not) and each example
+    draws its noise from its own seed, so its mel does not depend on its batch-mates.
+    """
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.model_uri, self.bundle_dir, device = _prepare(config, config.sampler, "DiffusionSampler")
+        self.synthesizer = load_mel_sampler(self.bundle_dir, device=device)
+        self._sample_batch.set_max_batch_size(config.sampler_max_batch_size)
+        self._sample_batch.set_batch_wait_timeout_s(config.sampler_batch_wait_s)
+        self.batches = 0
+        self.requests = 0
+        self.largest_batch = 0
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    async def _sample_batch(self, requests: list[dict]) -> list[dict]:
+        specs = [SampleSpec(r["steps"], r["seconds"], r["sampler"], r["seed"], r["guidance"]) for r in requests]
+        conds = np.stack([np.asarray(r["cond"], dtype=np.float32) for r in requests])
+        outs = await asyncio.to_thread(sample_batch, self.synthesizer, conds, specs)
+        self.batches += 1
+        self.requests += len(requests)
+        self.largest_batch = max(self.largest_batch, len(requests))
+        return [{"mel": o.mel, "group_size": o.group_size, "batch_size": o.batch_size} for o in outs]
+
+    async def sample(self, request: dict) -> dict:
+        """request: cond (float32 [D]), steps, seconds, sampler, seed, guidance (validated by the ingress)."""
+        return await self._sample_batch(request)
+
+    def info(self) -> dict:
+        return {
+            **model_info(self.synthesizer, self.model_uri, self.bundle_dir),
+            "batches": self.batches,
+            "requests": self.requests,
+            "largest_batch": self.largest_batch,
+        }
+
+
+@serve.deployment(name="Vocoder")
+class Vocoder:
+    """Normalised mel [n_mels, frames] -> waveform float32 [frames * hop] (HiFi-GAN), batched by length."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.model_uri, bundle_dir, device = _prepare(config, config.vocoder, "Vocoder")
+        self.vocoder = load_vocoder(bundle_dir, device=device)
+        self._vocode_batch.set_max_batch_size(config.vocoder_max_batch_size)
+        self._vocode_batch.set_batch_wait_timeout_s(config.vocoder_batch_wait_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _vocode_batch(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        return await asyncio.to_thread(vocode_batch, self.vocoder, mels)
+
+    async def vocode(self, mel: np.ndarray) -> np.ndarray:
+        return await self._vocode_batch(mel)
+
+    def info(self) -> dict:
+        return {"hop_length": self.vocoder.config.hop_length}

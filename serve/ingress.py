@@ -1,0 +1,242 @@
+"""The HTTP API (FastAPI ingress): validates requests, calls encoder -> sampler -> vocoder, answers a WAV.
+
+    POST /synthesize        JSON {"query": str, "steps": int, "seed": int, "guidance": float, "seconds": float,
+                            "sampler": "ddpm"|"ddim"}; only query is required -> 200 audio/wav
+    POST /synthesize/image  multipart: an "image" file as the query, plus the same optional fields
+    GET  /healthz           200 JSON with the model's identity once every deployment is ready, else 503
+    GET  /                  a small web page to try it
+Bad input of any kind gets a 4xx JSON {"error": "..."}; a full queue gets 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import ServeConfig
+from .schemas import RequestError, parse_form_options, parse_json_request, resolve_spec
+from .wav import wav_bytes
+
+logger = logging.getLogger("ray.serve")
+
+PAGE = (Path(__file__).with_name("page.html")).read_text()
+MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and the small option fields next to the image
+HEALTH_TIMEOUT_S = 10.0
+
+# No interactive docs: FastAPI's pages load scripts from a CDN, and the service page needs none.
+api = FastAPI(title="CLIPSynth", docs_url=None, redoc_url=None)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error(422, "; ".join(str(e.get("msg")) for e in exc.errors()))
+
+
+@api.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("request failed: %s", exc)
+    return _error(500, "internal error (logged on the server)")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes (413) without reading an announced oversized body."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            announced = int(length)
+        except ValueError:
+            raise RequestError(400, "invalid Content-Length header") from None
+        if announced > limit:
+            raise RequestError(413, f"the body is {announced} bytes; the limit is {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise RequestError(413, f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Uploaded bytes -> uint8 RGB [H, W, 3]; 415 when they are not an image, 413 when it is too large."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise RequestError(413, f"the image has {width}x{height} pixels; the limit is {max_pixels} pixels")
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except RequestError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise RequestError(415, "the upload is not an image this service can decode (PNG, JPEG, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(415, f"the image could not be decoded: {exc}") from None
+
+
+@serve.deployment(name="SynthesizerIngress")
+@serve.ingress(api)
+class SynthesizerIngress:
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        sampler: DeploymentHandle,
+        vocoder: DeploymentHandle,
+        config: ServeConfig,
+    ) -> None:
+        self.encoder = encoder
+        self.sampler = sampler
+        self.vocoder = vocoder
+        self.config = config
+        self._info: dict | None = None
+
+    # ------------------------------------------------------------------------------------------ helpers
+    async def _call(self, response):
+        """Await a deployment call; a full queue downstream becomes 503 with Retry-After."""
+        try:
+            return await response
+        except BackPressureError:
+            raise RequestError(
+                503,
+                "the service is at capacity; retry later",
+                {"Retry-After": str(math.ceil(self.config.retry_after_s))},
+            ) from None
+        except DeploymentUnavailableError:
+            raise RequestError(503, "the model is not available yet; retry later", {"Retry-After": "5"}) from None
+
+    async def _model_info(self) -> dict:
+        if self._info is None:
+            self._info = await self._call(self.sampler.info.remote())
+        return self._info
+
+    async def _synthesize(self, cond: np.ndarray, spec: dict, info: dict) -> Response:
+        sample = await self._call(self.sampler.sample.remote({**spec, "cond": cond}))
+        wave = await self._call(self.vocoder.vocode.remote(sample["mel"]))
+        headers = {
+            "X-Seed": str(spec["seed"]),
+            "X-Steps": str(spec["steps"]),
+            "X-Sampler": spec["sampler"],
+            "X-Seconds": str(spec["seconds"]),
+            "X-Guidance": str(spec["guidance"]),
+            # Requests that shared this one's sampling loop, and requests in the whole dynamic batch.
+            "X-Batch-Size": str(sample["group_size"]),
+            "X-Batch-Requests": str(sample["batch_size"]),
+            "Content-Disposition": f'inline; filename="clipsynth-{spec["seed"]}.wav"',
+        }
+        return Response(wav_bytes(wave, info["sample_rate"]), media_type="audio/wav", headers=headers)
+
+    # ------------------------------------------------------------------------------------------- routes
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return HTMLResponse(PAGE.replace("__ROOT__", json.dumps(root)))
+
+    @api.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        try:
+            sampler, encoder, vocoder = await asyncio.wait_for(
+                asyncio.gather(self.sampler.info.remote(), self.encoder.info.remote(), self.vocoder.info.remote()),
+                timeout=HEALTH_TIMEOUT_S,
+            )
+        except Exception as exc:
+            return _error(503, f"not ready: {type(exc).__name__}: {exc}", {"Retry-After": "5"})
+        self._info = sampler
+        c = self.config
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model_uri": sampler["model_uri"],
+                "identity": sampler["identity"],
+                "clip": encoder["clip"],
+                "trained_steps": sampler["trained_steps"],
+                "guidance_allowed": sampler["guidance_allowed"],
+                "sample_rate": sampler["sample_rate"],
+                "defaults": {
+                    "steps": min(c.default_steps, sampler["trained_steps"]),
+                    "sampler": c.default_sampler,
+                    "seconds": c.default_seconds,
+                    "guidance": 0.0,
+                },
+                "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
+                "vocoder_hop_length": vocoder["hop_length"],
+            }
+        )
+
+    @api.post("/synthesize")
+    async def synthesize(self, request: Request) -> Response:
+        media = _media_type(request)
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise RequestError(415, f"send JSON (Content-Type: application/json), not {media}")
+        req = parse_json_request(await read_body(request, self.config.max_json_bytes))
+        info = await self._model_info()
+        spec = resolve_spec(req, info, self.config)
+        cond = await self._call(self.encoder.encode_text.remote(req.query))
+        return await self._synthesize(cond, spec, info)
+
+    @api.post("/synthesize/image")
+    async def synthesize_image(self, request: Request) -> Response:
+        if _media_type(request) != "multipart/form-data":
+            raise RequestError(415, 'send multipart/form-data with the image in a file field named "image"')
+        body = await read_body(request, self.config.max_image_bytes + MULTIPART_OVERHEAD)
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        except StarletteHTTPException as exc:
+            raise RequestError(400, f"malformed multipart body: {exc.detail}") from None
+        except Exception as exc:
+            raise RequestError(400, f"malformed multipart body: {exc}") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise RequestError(422, 'image: field required (a file field named "image")')
+        data = await upload.read()
+        if len(data) > self.config.max_image_bytes:
+            raise RequestError(413, f"the image is {len(data)} bytes; the limit is {self.config.max_image_bytes}")
+        fields = {}
+        for key, value in form.multi_items():
+            if key == "image":
+                continue
+            if not isinstance(value, str):
+                raise RequestError(422, f"{key}: expected a plain form field, got a file")
+            fields[key] = value
+        options = parse_form_options(fields)
+        image = await asyncio.to_thread(decode_image, data, self.config.max_image_pixels)
+        info = await self._model_info()
+        spec = resolve_spec(options, info, self.config)
+        cond = await self._call(self.encoder.encode_image.remote(image))
+        return await self._synthesize(cond, spec, info)

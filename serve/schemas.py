@@ -1,0 +1,138 @@
+"""Request validation of the HTTP API: bounds that hold for every model (pydantic, strict types), then the
+bounds of the model being served (trained steps, guidance only with condition dropout)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .config import ALLOWED_SECONDS, ServeConfig
+
+QUERY_MAX_CHARS = 200
+SEED_MAX = 2**31 - 1
+STEPS_MAX = 1000
+GUIDANCE_MAX = 20.0
+
+
+class RequestError(Exception):
+    """A bad request: answered with `status` and JSON {"error": message}."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class SynthesisOptions(BaseModel):
+    """Optional sampling parameters; None means the service default (a random seed for `seed`)."""
+
+    # Strict: "5" is not a step count and true is not a seed; unknown fields are typos, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    steps: int | None = Field(None, ge=1, le=STEPS_MAX)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    guidance: float | None = Field(None, ge=0.0, le=GUIDANCE_MAX, allow_inf_nan=False)
+    seconds: float | None = Field(None, allow_inf_nan=False)
+    sampler: Literal["ddpm", "ddim"] | None = None
+
+    @field_validator("seconds")
+    @classmethod
+    def _seconds_allowed(cls, v: float | None) -> float | None:
+        if v is None:
+            return v
+        for allowed in ALLOWED_SECONDS:
+            if abs(v - allowed) < 1e-6:
+                return allowed
+        raise ValueError(f"seconds must be one of {', '.join(str(s) for s in ALLOWED_SECONDS)}")
+
+
+class TextSynthesisRequest(SynthesisOptions):
+    query: str = Field(min_length=1, max_length=QUERY_MAX_CHARS)
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query must contain a non-blank character")
+        return v
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One readable line per problem: `steps: Input should be less than or equal to 1000`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "missing":
+            msg = "field required"
+        elif err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json_request(body: bytes) -> TextSynthesisRequest:
+    """Body bytes -> validated request; RequestError 400 (not JSON / not an object) or 422 (bad fields)."""
+    try:
+        # NaN and Infinity are not JSON (Python's parser accepts them by default).
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RequestError(400, 'the body must be a JSON object like {"query": "a dog barking"}')
+    try:
+        return TextSynthesisRequest.model_validate(obj)
+    except ValidationError as exc:
+        raise RequestError(422, validation_message(exc)) from None
+
+
+def parse_form_options(fields: dict[str, str]) -> SynthesisOptions:
+    """Form fields (strings) -> options: numbers are read as JSON scalars ("5" -> 5), then checked strictly."""
+    values: dict[str, Any] = {}
+    for key, raw in fields.items():
+        text = raw.strip()
+        if text == "":
+            continue  # an empty form field means "use the default"
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+            values[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
+        except ValueError:
+            values[key] = text
+    try:
+        return SynthesisOptions.model_validate(values)
+    except ValidationError as exc:
+        raise RequestError(422, validation_message(exc)) from None
+
+
+def resolve_spec(options: SynthesisOptions, info: dict, config: ServeConfig) -> dict:
+    """Fill defaults and check the options against the served model. Returns steps, seconds, sampler, seed,
+    guidance (a dict, as it travels to the sampler deployment)."""
+    trained = int(info["trained_steps"])
+    limit = min(trained, config.max_steps)
+    steps = options.steps if options.steps is not None else min(config.default_steps, limit)
+    if steps > trained:
+        raise RequestError(422, f"steps: {steps} is more than the {trained} diffusion steps the model was trained with")
+    if steps > config.max_steps:
+        raise RequestError(422, f"steps: {steps} is more than this service allows ({config.max_steps})")
+    guidance = options.guidance if options.guidance is not None else 0.0
+    if guidance != 0 and not info["guidance_allowed"]:
+        raise RequestError(
+            422,
+            "guidance: this model was trained without condition dropout (cond_drop_prob = 0), so classifier-free "
+            "guidance is not available; send guidance 0 or leave it out",
+        )
+    return {
+        "steps": int(steps),
+        "seconds": float(options.seconds if options.seconds is not None else config.default_seconds),
+        "sampler": options.sampler or config.default_sampler,
+        "seed": int(options.seed if options.seed is not None else secrets.randbelow(SEED_MAX + 1)),
+        "guidance": float(guidance),
+    }

@@ -1,0 +1,260 @@
+"""The service's pieces without Ray: settings, request validation, WAV encoding, image decoding, and the
+serving-side model code (parts loaded separately, batched sampling independent of batch-mates)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipsynth_core import (
+    ClipConfig,
+    DiffusionConfig,
+    SamplingDefaults,
+    Synthesizer,
+    SynthesizerConfig,
+    hifigan_config,
+    unet_config,
+)
+from clipsynth_platform.serving import (
+    SampleSpec,
+    group_indices,
+    load_bundle_config,
+    load_mel_sampler,
+    load_query_encoder,
+    load_vocoder,
+    model_info,
+    sample_batch,
+    vocode_batch,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `serve` package lives at the repo root
+
+from serve.config import DeploymentSettings, ServeConfig
+from serve.ingress import decode_image
+from serve.schemas import (
+    SEED_MAX,
+    RequestError,
+    SynthesisOptions,
+    parse_form_options,
+    parse_json_request,
+    resolve_spec,
+)
+from serve.wav import wav_bytes
+
+
+def tiny_config(cond_drop_prob: float = 0.0) -> SynthesizerConfig:
+    return SynthesizerConfig(
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        unet=unet_config("tiny", cond_dim=64),
+        vocoder=hifigan_config("tiny"),
+        diffusion=DiffusionConfig(num_steps=100, cond_drop_prob=cond_drop_prob),
+        sampling=SamplingDefaults(steps=10),
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return Synthesizer(tiny_config()).save(tmp_path_factory.mktemp("serve_units") / "bundle")
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def test_config_from_builder_args_coerces_types_and_dotted_deployment_keys():
+    c = ServeConfig.from_args(
+        {"default_steps": "50", "sampler.num_gpus": "0.5", "sampler.max_replicas": "4", "default_sampler": "ddim"}
+    )
+    assert c.default_steps == 50 and c.default_sampler == "ddim"
+    assert c.sampler.num_gpus == 0.5 and c.sampler.max_replicas == 4
+    opts = c.sampler.options(retry_after_s=c.retry_after_s)
+    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert opts["autoscaling_config"]["min_replicas"] == 1 and opts["autoscaling_config"]["max_replicas"] == 4
+    assert "num_replicas" not in opts  # Serve refuses num_replicas together with autoscaling
+    assert opts["max_queued_requests"] == c.sampler.max_queued_requests > 0
+    fixed = DeploymentSettings(min_replicas=2, max_replicas=2).options(retry_after_s=3)
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["backpressure_config"] == {"status_code": 503, "retry_after_s": 3}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"no_such_key": "1"}, "unknown setting 'no_such_key'"),
+        ({"gpu.num_gpus": "1"}, "unknown setting 'gpu.num_gpus'"),
+        ({"default_steps": "fast"}, "default_steps must be a int"),
+        ({"default_steps": "0"}, "default_steps must be in 1..max_steps"),
+        ({"default_sampler": "euler"}, "default_sampler must be one of"),
+        ({"default_seconds": "5"}, "default_seconds must be one of"),
+        ({"sampler.max_ongoing_requests": "4"}, "sampler.max_ongoing_requests must be >= sampler_max_batch_size"),
+        ({"vocoder.min_replicas": "3"}, "vocoder: need 0 <= min_replicas <= max_replicas"),
+        ({"ingress.max_queued_requests": "0"}, "ingress: max_queued_requests must be >= 1"),
+    ],
+)
+def test_config_rejects_bad_settings_with_a_clear_message(args, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        ServeConfig.from_args(args)
+
+
+def test_model_uri_comes_from_the_environment_when_not_given(monkeypatch):
+    monkeypatch.setenv("CLIPSYNTH_MODEL_URI", "models:/clipsynth/7")
+    assert ServeConfig().resolved_model_uri() == "models:/clipsynth/7"
+    assert ServeConfig(model_uri="/bundles/a").resolved_model_uri() == "/bundles/a"
+
+
+# ------------------------------------------------------------------------------------------ validation
+INFO = {"trained_steps": 100, "guidance_allowed": False}
+
+
+def status_of(fn, *args) -> tuple[int, str]:
+    with pytest.raises(RequestError) as exc:
+        fn(*args)
+    return exc.value.status, exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b'{"query": "a", "guidance": NaN}', 400, "NaN is not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b'["dog"]', 400, "must be a JSON object"),
+        (b"{}", 422, "query: field required"),
+        (b'{"query": ""}', 422, "query: String should have at least 1 character"),
+        (b'{"query": "   "}', 422, "query must contain a non-blank character"),
+        (json.dumps({"query": "x" * 201}).encode(), 422, "at most 200 characters"),
+        (b'{"query": 7}', 422, "query: Input should be a valid string"),
+        (b'{"query": "a", "steps": 0}', 422, "steps: Input should be greater than or equal to 1"),
+        (b'{"query": "a", "steps": 1001}', 422, "steps: Input should be less than or equal to 1000"),
+        (b'{"query": "a", "steps": "10"}', 422, "steps: Input should be a valid integer"),
+        (b'{"query": "a", "steps": 2.5}', 422, "steps: Input should be a valid integer"),
+        (b'{"query": "a", "seed": true}', 422, "seed: Input should be a valid integer"),
+        (b'{"query": "a", "seed": -1}', 422, "seed: Input should be greater than or equal to 0"),
+        (b'{"query": "a", "seed": 2147483648}', 422, "seed: Input should be less than or equal to 2147483647"),
+        (b'{"query": "a", "guidance": 20.5}', 422, "guidance: Input should be less than or equal to 20"),
+        (b'{"query": "a", "seconds": 5.0}', 422, "seconds must be one of 4.16, 8.32"),
+        (b'{"query": "a", "sampler": "euler"}', 422, "sampler: Input should be 'ddpm' or 'ddim'"),
+        (b'{"query": "a", "temperature": 1}', 422, "temperature: unknown field"),
+    ],
+)
+def test_json_requests_are_rejected_with_the_right_status_and_message(body, status, fragment):
+    got_status, message = status_of(parse_json_request, body)
+    assert got_status == status
+    assert fragment in message
+
+
+def test_valid_request_gets_defaults_and_checks_against_the_model():
+    config = ServeConfig(default_steps=50, default_sampler="ddim")
+    spec = resolve_spec(parse_json_request(b'{"query": "a dog", "seconds": 8.32}'), INFO, config)
+    assert (spec["steps"], spec["sampler"], spec["seconds"], spec["guidance"]) == (50, "ddim", 8.32, 0.0)
+    assert 0 <= spec["seed"] <= SEED_MAX
+    seeds = {resolve_spec(SynthesisOptions(), INFO, config)["seed"] for _ in range(8)}
+    assert len(seeds) > 1  # random when not given
+    assert resolve_spec(SynthesisOptions(seed=7, steps=100), INFO, config)["seed"] == 7
+    # The default never exceeds what the model was trained with.
+    assert resolve_spec(SynthesisOptions(), {**INFO, "trained_steps": 20}, config)["steps"] == 20
+    status, message = status_of(resolve_spec, SynthesisOptions(steps=101), INFO, config)
+    assert status == 422 and "101 is more than the 100 diffusion steps the model was trained with" in message
+    capped = ServeConfig(max_steps=400, default_steps=100)
+    status, message = status_of(resolve_spec, SynthesisOptions(steps=500), {**INFO, "trained_steps": 4000}, capped)
+    assert status == 422 and "more than this service allows (400)" in message
+    status, message = status_of(resolve_spec, SynthesisOptions(guidance=2.0), INFO, config)
+    assert status == 422 and "cond_drop_prob = 0" in message
+    guided = resolve_spec(SynthesisOptions(guidance=2.0), {**INFO, "guidance_allowed": True}, config)
+    assert guided["guidance"] == 2.0
+
+
+def test_form_fields_are_read_as_json_scalars_then_checked_strictly():
+    opts = parse_form_options({"steps": "12", "seed": "3", "seconds": "8.32", "sampler": "ddim", "guidance": ""})
+    assert (opts.steps, opts.seed, opts.seconds, opts.sampler, opts.guidance) == (12, 3, 8.32, "ddim", None)
+    assert status_of(parse_form_options, {"steps": "ten"})[0] == 422
+    assert "steps: Input should be a valid integer" in status_of(parse_form_options, {"steps": "1.5"})[1]
+    assert "query: unknown field" in status_of(parse_form_options, {"query": "dog"})[1]
+
+
+# ---------------------------------------------------------------------------------------------- WAV, image
+def test_wav_is_16_bit_mono_pcm_of_the_clipped_rounded_samples():
+    x = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.7, -3.0, 1e-5], dtype=np.float32)
+    data = wav_bytes(x, 16_000)
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (16_000, 1, 2, len(x))
+        pcm = np.frombuffer(w.readframes(len(x)), dtype="<i2")
+    assert pcm.tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767, 0]
+    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt " and len(data) == 44 + 2 * len(x)
+    with pytest.raises(ValueError, match="NaN"):
+        wav_bytes(np.array([0.0, np.nan]), 16_000)
+
+
+def test_uploaded_images_are_decoded_or_refused():
+    from PIL import Image
+
+    rgb = (np.arange(12 * 10 * 3) % 256).astype(np.uint8).reshape(12, 10, 3)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    assert np.array_equal(decode_image(buf.getvalue(), max_pixels=1000), rgb)
+    assert decode_image(buf.getvalue(), max_pixels=120).shape == (12, 10, 3)  # exactly at the limit
+    assert status_of(decode_image, buf.getvalue(), 119)[0] == 413
+    assert status_of(decode_image, b"GIF89a but not really", 1000)[0] == 415
+    assert status_of(decode_image, b"plain text, no image", 1000)[0] == 415
+    assert status_of(decode_image, buf.getvalue()[:60], 1000)[0] == 415  # truncated PNG
+
+
+# ------------------------------------------------------------------------------------- serving model code
+def test_group_indices_keeps_order_of_first_appearance():
+    assert group_indices(["a", "b", "a", "c", "b"]) == [[0, 2], [1, 4], [3]]
+    assert group_indices([]) == []
+
+
+def test_parts_loaded_separately_reproduce_the_whole_synthesizer(bundle):
+    whole = Synthesizer.load(bundle)
+    config = load_bundle_config(bundle)
+    encoder = load_query_encoder(bundle, config)
+    sampler = load_mel_sampler(bundle, config)
+    vocoder = load_vocoder(bundle, config)
+    cond = encoder.encode_text(["a dog barking"])
+    assert torch.equal(cond, whole.encode(["a dog barking"]))
+    mel = sampler.sample_mels(cond, steps=2, seed=[11], seconds=4.16)
+    wave_parts = vocode_batch(vocoder, [mel[0].numpy()])[0]
+    wave_whole = whole.synthesize(["a dog barking"], steps=2, seed=[11], seconds=4.16)[0].numpy()
+    assert wave_parts.shape == (64 * 1024,)
+    np.testing.assert_allclose(wave_parts, wave_whole, atol=1e-6)
+    # The sampler process holds no CLIP and no HiFi-GAN: using them is an error, not a random model.
+    with pytest.raises(RuntimeError, match="does not load the CLIP query encoder"):
+        sampler.encode(["a dog"])
+    with pytest.raises(RuntimeError, match="does not load the HiFi-GAN vocoder"):
+        sampler.vocode(mel)
+    info = model_info(sampler, "models:/x/1", bundle)
+    assert info["identity"] == whole.identity and info["trained_steps"] == 100 and not info["guidance_allowed"]
+
+
+def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
+    sampler = load_mel_sampler(bundle)
+    encoder = load_query_encoder(bundle)
+    conds = encoder.encode_text(["violin", "dog", "violin", "rain"])
+    specs = [
+        SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=5),
+        SampleSpec(steps=3, seconds=4.16, sampler="ddpm", seed=6),
+        SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=7),
+        SampleSpec(steps=2, seconds=8.32, sampler="ddim", seed=5),
+    ]
+    outs = sample_batch(sampler, conds, specs)
+    assert [o.group_size for o in outs] == [2, 1, 2, 1]
+    assert all(o.batch_size == 4 for o in outs)
+    assert [o.mel.shape for o in outs] == [(64, 64), (64, 64), (64, 64), (64, 128)]
+    for i, spec in enumerate(specs):
+        alone = sampler.sample_mels(
+            conds[i : i + 1], steps=spec.steps, seed=[spec.seed], seconds=spec.seconds, sampler=spec.sampler
+        )[0].numpy()
+        np.testing.assert_allclose(outs[i].mel, alone, atol=1e-5)
+    # Same condition and steps, different seeds: different mels.
+    assert torch.equal(conds[0], conds[2]) and np.abs(outs[0].mel - outs[2].mel).max() > 1e-3
+    # Waveforms of mixed lengths come back per request, with frames x hop samples.
+    waves = vocode_batch(load_vocoder(bundle), [o.mel for o in outs])
+    assert [w.shape[0] for w in waves] == [65_536, 65_536, 65_536, 131_072]
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample_batch(sampler, conds[:1], [SampleSpec(steps=2, seconds=4.16, sampler="euler", seed=1)])
