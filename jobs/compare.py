@@ -1,0 +1,36 @@
+"""Build the paper's Table 1 from an MLflow experiment of evaluation runs (jobs/evaluate.py).
+
+    python jobs/compare.py --experiment clipsynth-eval --out results/table1
+
+Writes table.md (with the modality gap), table.csv, modality_gap.csv and table.png to --out, and logs them
+to a "table1-comparison" run in the same experiment.
+"""
+
+import argparse
+import sys
+
+from clipsynth_platform.evaluation.compare import compare_experiment
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="clipsynth-eval", help="MLflow experiment (default: clipsynth-eval)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the table to MLflow")
+    args = parser.parse_args(argv)
+    print(f"[compare] config {vars(args)}")
+    try:
+        result = compare_experiment(args.experiment, args.out, log_to_mlflow=not args.no_mlflow)
+    except ValueError as exc:
+        print(f"[compare] error: {exc}", file=sys.stderr)
+        return 2
+    print(result["paths"]["markdown"].read_text())
+    print(
+        f"[compare] {result['runs']} evaluation runs -> {len(result['rows'])} rows x {len(result['datasets'])} "
+        f"datasets; wrote {', '.join(str(p) for p in result['paths'].values())}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""FID features and relevance from a mel-spectrogram classifier trained on the dataset's labels.
+
+As SpecVQGAN's Melception does for its FID, the platform trains a small CNN to classify the dataset's
+labels from 64x64 normalised log-mel windows (the diffusion model's sample size): its penultimate layer gives
+the FID features, its softmax the relevance of a generated sample to the label it was asked for.
+
+`MelFeatureExtractor` is the interface FID uses: `features(mels [B, n_mels, T]) -> [M, D]` over non-
+overlapping `window_frames` windows, plus an `identity` for the statistics cache. `build_mel_feature_extractor`
+makes one from a command-line string: a classifier directory (mel_classifier.json + .safetensors), `tiny-
+random[:SEED]` (a random narrow CNN, for tests), or `module:factory`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .data import iter_split_rows
+from .embedders import resolve_device
+
+CLASSIFIER_ENV = "CLIPSYNTH_MEL_CLASSIFIER"
+CONFIG_FILE = "mel_classifier.json"
+WEIGHTS_FILE = "mel_classifier.safetensors"
+FORMAT = "clipsynth-mel-classifier/1"
+
+
+@runtime_checkable
+class MelFeatureExtractor(Protocol):
+    identity: str
+    window_frames: int
+
+    def features(self, mels: Tensor | np.ndarray) -> np.ndarray:
+        """mels [B, n_mels, T] -> features [M, D] of its windows."""
+        ...
+
+
+def mel_windows(mels: Tensor, frames: int = 64, hop: int | None = None) -> tuple[Tensor, int]:
+    """[B, n_mels, T] -> ([B * W, n_mels, frames], W): the non-overlapping windows of each mel."""
+    if mels.dim() != 3:
+        raise ValueError(f"expected mels [B, n_mels, T], got shape {tuple(mels.shape)}")
+    if mels.shape[-1] < frames:
+        raise ValueError(f"mels of {mels.shape[-1]} frames are shorter than the {frames}-frame window")
+    w = mels.unfold(-1, frames, hop or frames)  # [B, n_mels, W, frames]
+    return w.permute(0, 2, 1, 3).reshape(-1, mels.shape[1], frames), int(w.shape[2])
+
+
+@dataclass(frozen=True)
+class MelClassifierConfig:
+    n_mels: int = 64
+    window_frames: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 256)  # one block (2 convs + 2x2 pool) per entry
+    feature_dim: int = 256
+    dropout: float = 0.2
+    labels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MelClassifierConfig:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a mel classifier config of format {FORMAT!r}: format={d.get('format')!r}")
+        d = {k: v for k, v in d.items() if k not in ("format", "training")}
+        return cls(**{**d, "channels": tuple(d["channels"]), "labels": tuple(d["labels"])})
+
+
+TINY_CLASSIFIER = dict(channels=(4, 8), feature_dim=16, dropout=0.0)
+
+
+class MelClassifier(nn.Module):
+    """A small CNN: [B, n_mels, frames] normalised log-mel windows -> logits [B, classes]."""
+
+    def __init__(self, config: MelClassifierConfig) -> None:
+        super().__init__()
+        if not config.labels:
+            raise ValueError("a mel classifier needs at least one label")
+        self.config = c = config
+        blocks: list[nn.Module] = []
+        c_in = 1
+        for c_out in c.channels:
+            blocks += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c_in = c_out
+        self.body = nn.Sequential(*blocks)
+        self.penultimate = nn.Sequential(nn.Linear(c_in, c.feature_dim), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(c.dropout)
+        self.head = nn.Linear(c.feature_dim, len(c.labels))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate features [B, feature_dim] of windows [B, n_mels, frames]."""
+        if x.dim() != 3 or x.shape[1] != self.config.n_mels:
+            raise ValueError(f"expected windows [B, {self.config.n_mels}, T], got {tuple(x.shape)}")
+        h = self.body(x[:, None].float())
+        return self.penultimate(h.mean(dim=(-2, -1)))  # global average pool: any window length works
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.embed(x)))
+
+    def save(self, directory: str | os.PathLike, training: dict | None = None) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(d / WEIGHTS_FILE))
+        (d / CONFIG_FILE).write_text(json.dumps({**self.config.to_dict(), "training": training or {}}, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> MelClassifier:
+        d = Path(directory).expanduser()
+        if not (d / CONFIG_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(
+                f"{d} is not a mel classifier directory (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "train one with jobs/train_mel_classifier.py"
+            )
+        model = cls(MelClassifierConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())))
+        model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        return model.eval()
+
+
+def state_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class ClassifierFeatures:
+    """MelFeatureExtractor (and relevance scorer) over a MelClassifier."""
+
+    def __init__(
+        self, model: MelClassifier, identity: str, device: str | torch.device | None = "auto", batch_size: int = 256
+    ):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.identity = identity
+        self.window_frames = model.config.window_frames
+        self.labels = model.config.labels
+        self.batch_size = batch_size
+
+    def _windows(self, mels: Tensor | np.ndarray) -> tuple[Tensor, int]:
+        x = torch.as_tensor(np.asarray(mels) if not isinstance(mels, Tensor) else mels, dtype=torch.float32)
+        return mel_windows(x, self.window_frames)
+
+    @torch.no_grad()
+    def features(self, mels: Tensor | np.ndarray) -> np.ndarray:
+        windows, _ = self._windows(mels)
+        out = [
+            self.model.embed(windows[i : i + self.batch_size].to(self.device)).double().cpu()
+            for i in range(0, len(windows), self.batch_size)
+        ]
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def predict_proba(self, mels: Tensor | np.ndarray) -> np.ndarray:
+        """Class probabilities [B, classes] per mel (softmax averaged over its windows)."""
+        windows, per_mel = self._windows(mels)
+        probs = torch.cat(
+            [
+                F.softmax(self.model(windows[i : i + self.batch_size].to(self.device)).float(), dim=-1).cpu()
+                for i in range(0, len(windows), self.batch_size)
+            ]
+        )
+        return probs.view(-1, per_mel, probs.shape[-1]).mean(dim=1).double().numpy()
+
+
+def tiny_random_classifier(labels: tuple[str, ...] = ("a", "b"), seed: int = 0) -> MelClassifier:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MelClassifier(MelClassifierConfig(labels=tuple(labels), **TINY_CLASSIFIER)).eval()
+
+
+def build_mel_feature_extractor(
+    spec: str, device: str | torch.device | None = "auto", labels: tuple[str, ...] = ()
+) -> MelFeatureExtractor:
+    """A classifier directory, 'mel-classifier' (from $CLIPSYNTH_MEL_CLASSIFIER), 'tiny-random[:SEED]'
+    (random narrow CNN over `labels`), or 'module:factory'."""
+    spec = str(spec).strip()
+    if spec == "mel-classifier":
+        path = os.environ.get(CLASSIFIER_ENV)
+        if not path:
+            raise FileNotFoundError(
+                f"no mel classifier for FID: set ${CLASSIFIER_ENV} or pass --fid-backbone DIR (train one with "
+                "jobs/train_mel_classifier.py), or --fid-backbone none to skip FID and relevance"
+            )
+        spec = path
+    if spec == "tiny-random" or spec.startswith("tiny-random:"):
+        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        model = tiny_random_classifier(tuple(labels) or ("a", "b"), seed)
+        return ClassifierFeatures(model, f"tiny-random-mel-cnn/seed:{seed}/labels:{len(model.config.labels)}", device)
+    p = Path(spec).expanduser()
+    if p.is_dir() or os.sep in spec:
+        model = MelClassifier.load(p)
+        return ClassifierFeatures(model, f"mel-classifier/{state_digest(model)}", device)
+    if ":" in spec:
+        module_name, attr = spec.split(":", 1)
+        try:
+            extractor = getattr(importlib.import_module(module_name), attr)(device=device)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load the FID feature extractor {spec!r}: {exc}") from exc
+        if not isinstance(extractor, MelFeatureExtractor):
+            raise TypeError(f"{spec!r} gave {type(extractor).__name__}, which lacks identity/window_frames/features")
+        return extractor
+    raise ValueError(
+        f"unknown FID backbone {spec!r}; use a mel classifier directory, 'mel-classifier', 'tiny-random[:SEED]', "
+        "'module:factory' or 'none'"
+    )
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class MelClassifierTrainConfig:
+    data: str = field(default="", metadata={"help": "preprocessed dataset URI (root with train/ and test/)"})
+    out: str = field(default="mel_classifier", metadata={"help": "output directory (safetensors + JSON config)"})
+    epochs: int = field(default=30, metadata={"help": "passes over the train clips (one random window each)"})
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    feature_dim: int = 256
+    dropout: float = 0.2
+    window_frames: int = 64
+    max_train_clips: int = field(default=0, metadata={"help": "0 = every labelled train clip"})
+    seed: int = 0
+    device: str = "auto"
+    experiment: str = "clipsynth-mel-classifier"
+
+
+def load_labelled_mels(data: str, split: str, max_clips: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """Mels (float16, to halve memory) and labels of the split's labelled rows."""
+    mels, labels = [], []
+    for row in iter_split_rows(data, split, ["mel", "n_mels", "mel_frames", "label"]):
+        if row["label"] is None:
+            continue
+        mels.append(np.asarray(row["mel"], dtype=np.float16).reshape(row["n_mels"], row["mel_frames"]))
+        labels.append(row["label"])
+        if max_clips and len(mels) >= max_clips:
+            break
+    return mels, labels
+
+
+@torch.no_grad()
+def window_accuracy(model: MelClassifier, mels: list[np.ndarray], labels: list[int], device: torch.device) -> float:
+    """Accuracy over every non-overlapping window of the given clips."""
+    model.eval()
+    correct = total = 0
+    for mel, y in zip(mels, labels):
+        windows, _ = mel_windows(torch.from_numpy(mel.astype(np.float32))[None], model.config.window_frames)
+        pred = model(windows.to(device)).argmax(-1).cpu()
+        correct += int((pred == y).sum())
+        total += len(pred)
+    return correct / max(total, 1)
+
+
+def train_mel_classifier(
+    config: MelClassifierTrainConfig, log: Callable[[dict, int], None] | None = None
+) -> tuple[MelClassifier, dict]:
+    """Train on random windows of the train split; report window accuracy on train and test splits."""
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    mels, label_names = load_labelled_mels(config.data, "train", config.max_train_clips)
+    if not mels:
+        raise ValueError(f"no labelled clips in the train split of {config.data}")
+    short = [i for i, m in enumerate(mels) if m.shape[-1] < config.window_frames]
+    if short:
+        raise ValueError(f"{len(short)} train mels are shorter than the {config.window_frames}-frame window")
+    labels = tuple(sorted(set(label_names)))
+    index = {name: i for i, name in enumerate(labels)}
+    targets = np.array([index[n] for n in label_names])
+    model_cfg = MelClassifierConfig(
+        window_frames=config.window_frames,
+        channels=tuple(config.channels),
+        feature_dim=config.feature_dim,
+        dropout=config.dropout,
+        labels=labels,
+        n_mels=int(mels[0].shape[0]),
+    )
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = MelClassifier(model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(mels) / config.batch_size)
+    step = 0
+    for epoch in range(config.epochs):
+        model.train()
+        order = rng.permutation(len(mels))
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            starts = [int(rng.integers(0, mels[i].shape[-1] - config.window_frames + 1)) for i in idx]
+            x = torch.from_numpy(
+                np.stack([mels[i][:, s : s + config.window_frames] for i, s in zip(idx, starts)]).astype(np.float32)
+            ).to(device)
+            loss = F.cross_entropy(model(x), torch.from_numpy(targets[idx]).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_loss += float(loss) * len(idx)
+            step += 1
+        if log is not None:
+            log({"train_loss": epoch_loss / len(mels)}, epoch)
+    model.eval()
+    metrics = {
+        "train_window_accuracy": window_accuracy(model, mels, list(targets), device),
+        "num_train_clips": len(mels),
+        "num_classes": len(labels),
+        "steps": step,
+    }
+    test_mels, test_names = load_labelled_mels(config.data, "test")
+    known = [(m, index[n]) for m, n in zip(test_mels, test_names) if n in index]
+    if known:
+        metrics["test_window_accuracy"] = window_accuracy(model, [m for m, _ in known], [y for _, y in known], device)
+        metrics["num_test_clips"] = len(known)
+    metrics["seconds"] = time.perf_counter() - t0
+    return model.cpu(), metrics
