@@ -221,12 +221,28 @@ def _vggish_help(reason: str) -> str:
     )
 
 
-def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None) -> VGGish:
+def vggish_config_from_state(state: dict[str, Tensor], final_relu: bool = True) -> VGGishConfig:
+    """The widths of a VGGish state dict (conv groups of 1, 1, 2, 2 convs, then the FC layers)."""
+
+    def weights(prefix: str) -> list[Tensor]:
+        keys = [k for k in state if k.startswith(prefix) and k.endswith(".weight") and k.count(".") == 2]
+        return [state[k] for k in sorted(keys, key=lambda k: int(k.split(".")[1]))]
+
+    convs, fcs = weights("features."), weights("embeddings.")
+    if len(convs) != 6 or not fcs:
+        raise ValueError(f"not a VGGish state dict: {len(convs)} conv and {len(fcs)} linear weights (need 6 and >= 1)")
+    channels = (convs[0].shape[0], convs[1].shape[0], convs[2].shape[0], convs[4].shape[0])
+    dims = [w.shape[0] for w in fcs]
+    return VGGishConfig(channels=channels, fc_dims=tuple(dims[:-1]), embed_dim=dims[-1], final_relu=final_relu)
+
+
+def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None, final_relu: bool = True) -> VGGish:
+    """VGGish with the state dict at `path`; its widths are read from the file unless `config` is given."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise BackboneWeightsError(_vggish_help(f"no file at {p}"))
     state = {k: v for k, v in load_state_dict_file(p).items() if not k.startswith("pproc.")}
-    model = VGGish(config)
+    model = VGGish(config or vggish_config_from_state(state, final_relu))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -81,6 +81,13 @@ class MelClassifierConfig:
 TINY_CLASSIFIER = dict(channels=(4, 8), feature_dim=16, dropout=0.0)
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # GroupNorm, not BatchNorm: no running statistics, so features are the same in training and evaluation
+    # and do not depend on how long training ran or what else shares a batch.
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
 class MelClassifier(nn.Module):
     """A small CNN: [B, n_mels, frames] normalised log-mel windows -> logits [B, classes]."""
 
@@ -94,16 +101,19 @@ class MelClassifier(nn.Module):
         for c_out in c.channels:
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                _group_norm(c_out),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
+                _group_norm(c_out),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
             c_in = c_out
         self.body = nn.Sequential(*blocks)
-        self.penultimate = nn.Sequential(nn.Linear(c_in, c.feature_dim), nn.ReLU(inplace=True))
+        freq_bins = c.n_mels // 2 ** len(c.channels)
+        if freq_bins < 1:
+            raise ValueError(f"{len(c.channels)} pooling blocks leave no frequency bins of {c.n_mels} mels")
+        self.penultimate = nn.Sequential(nn.Linear(c_in * freq_bins, c.feature_dim), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.feature_dim, len(c.labels))
 
@@ -111,8 +121,9 @@ class MelClassifier(nn.Module):
         """Penultimate features [B, feature_dim] of windows [B, n_mels, frames]."""
         if x.dim() != 3 or x.shape[1] != self.config.n_mels:
             raise ValueError(f"expected windows [B, {self.config.n_mels}, T], got {tuple(x.shape)}")
-        h = self.body(x[:, None].float())
-        return self.penultimate(h.mean(dim=(-2, -1)))  # global average pool: any window length works
+        h = self.body(x[:, None].float())  # [B, C, F', T']
+        # Average over time only: where energy sits in frequency is what tells instruments apart.
+        return self.penultimate(h.mean(dim=-1).flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.dropout(self.embed(x)))
@@ -315,7 +326,7 @@ def train_mel_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            epoch_loss += float(loss) * len(idx)
+            epoch_loss += float(loss.detach()) * len(idx)
             step += 1
         if log is not None:
             log({"train_loss": epoch_loss / len(mels)}, epoch)

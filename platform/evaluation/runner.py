@@ -175,6 +175,8 @@ class EvalResult:
     metrics: dict
     tags: dict
     generated: GeneratedSet | None = None
+    cache_hits: int = 0  # reference statistics served from the cache (cumulative within one invocation)
+    cache_misses: int = 0
 
 
 def resolve_training_run_id(model_uri: str, metadata: dict) -> str | None:
@@ -631,7 +633,9 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = print) -> li
                 f"[evaluate] run {run_id} ({query_type}): "
                 + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
             )
-            results.append(EvalResult(run_id, ev.variant, query_type, metrics, tags, generated))
+            results.append(
+                EvalResult(run_id, ev.variant, query_type, metrics, tags, generated, ev.cache.hits, ev.cache.misses)
+            )
         by_query = {r.test_query_type: r for r in results}
         if {"text", "image"} <= by_query.keys():
             gap = {"modality_gap_fad": by_query["text"].metrics["fad"] - by_query["image"].metrics["fad"]}
