@@ -29,7 +29,7 @@ DEFAULT_VIDEO_EXTENSIONS = (
 FRAME_SAMPLING_MODES = ("exact", "keyframe")
 LABEL_FORMATS = ("auto", "vggsound", "music", "csv")
 
-# Test-only hooks (a decoder crash, a forced decoder fallback, an abrupt exit after N commits). They are off
+# Test-only hooks (a decoder crash, a forced decoder fallback, an interrupt after N commits). They are off
 # unless this variable is "1" in the driver's environment, and never appear in --help.
 TEST_HOOKS_ENV = "CLIPSYNTH_INGEST_TEST_HOOKS"
 TEST_EXIT_AFTER_COMMITS_ENV = "CLIPSYNTH_INGEST_TEST_EXIT_AFTER_COMMITS"

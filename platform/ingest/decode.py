@@ -516,8 +516,12 @@ def _chunk_rows(
 
 def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
     """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA)."""
+    # Import the decoders up front, so a fresh worker's import time does not count as the first video's work.
+    import decord  # noqa: F401
     import torch
+    import torchcodec.decoders  # noqa: F401
 
+    _mel_frontend()
     decode_settings = DecodeSettings(**settings)
     torch.set_num_threads(max(1, decode_settings.threads))
     for source in batch.to_pylist():

@@ -193,8 +193,8 @@ class _Committer:
             f"{self.stats.rows_written} rows, {self.stats.rows_written / max(elapsed, 1e-9):.2f} chunks/s"
         )
         if self.config.test_hooks and self.config.test_exit_after_commits == self.stats.commits:
-            self.log("[ingest] test hook: exiting abruptly after a commit")
-            os._exit(137)
+            self.log("[ingest] test hook: interrupting the job after a commit")
+            raise KeyboardInterrupt
 
 
 def _outcome_of(row: dict) -> VideoOutcome:
@@ -324,12 +324,18 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         # Tolerate lost blocks (native crashes); every lost video is accounted for below.
         context.max_errored_blocks = -1
         committer = _Committer(store, config, stats, len(pending), log)
+        batches = None
         try:
             ds = _build_dataset(config, pending, text, worker_env)
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+            batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
+            for batch in batches:
                 committer.add_batch(batch)
         finally:
             context.max_errored_blocks = saved
+            # On an interrupt, stop the streaming executor now rather than whenever the iterator is collected.
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         committer.lost(pending)
         committer.maybe_commit(final=True)
 
