@@ -257,7 +257,9 @@ class Evaluation:
             self.variant = "hifigan-recon"
         else:
             self.variant = self.train_query_type
-        self.model_name = config.model_name or self.metadata.get("model_name") or DEFAULT_MODEL_NAMES[self.variant]
+        # The bundle's own name belongs to its diffusion model, not to the retriever or vocoder baselines.
+        bundle_name = self.metadata.get("model_name") if self.variant in TRAIN_QUERY_TYPES else None
+        self.model_name = config.model_name or bundle_name or DEFAULT_MODEL_NAMES[self.variant]
         self.data = canonical_uri(config.data)
         self.test_rows = list(iter_split_rows(config.data, "test", ["chunk_id", "label", "clip_model", "frame_times"]))
         if not self.test_rows:

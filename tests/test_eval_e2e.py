@@ -1,0 +1,273 @@
+"""End to end on the session's Ray cluster: a tiny registered model, a synthetic dataset, a mel classifier
+trained by its job, evaluation runs in MLflow (text and image queries, CLIPRetriever, HiFi-GAN
+reconstructions), and the Table 1 comparison built from those runs. Metric values are checked against
+independent recomputations from the shards."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from clipsynth_core import (
+    ClipConfig,
+    DiffusionConfig,
+    SamplingDefaults,
+    Synthesizer,
+    SynthesizerConfig,
+    hifigan_config,
+    unet_config,
+)
+from clipsynth_core.metrics import frechet_distance_features
+from clipsynth_platform.evaluation.compare import compare_experiment, format_value
+from clipsynth_platform.evaluation.embedders import build_audio_embedder
+from clipsynth_platform.evaluation.mel_classifier import build_mel_feature_extractor, mel_windows
+from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
+from clipsynth_platform.registry import ensure_experiment, log_bundle_model
+from clipsynth_platform.schema import audio_of, image_embeddings_of, mel_of
+from clipsynth_platform.synthetic import write_synthetic_dataset
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ("violin", "cello", "flute", "trumpet")
+EXPERIMENT = "table1-test"
+STEPS = 3
+
+
+def tiny_bundle(directory: Path) -> Path:
+    config = SynthesizerConfig(
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        # Narrower than the "tiny" preset and without attention: a few seconds per evaluation on a busy CPU.
+        unet=unet_config("tiny", cond_dim=64, model_channels=16, attention_resolutions=(), num_head_channels=16),
+        vocoder=hifigan_config("tiny"),
+        diffusion=DiffusionConfig(num_steps=100),
+        sampling=SamplingDefaults(steps=10),
+        metadata={"train_query_type": "image", "model_name": "CLIPSynth-tiny"},
+    )
+    synth = Synthesizer(config)
+    # The U-Net's output layer starts at zero, which would make every sample ignore its condition.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in synth.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return synth.save(directory)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_clip, ray_cluster):
+    root = tmp_path_factory.mktemp("eval-e2e")
+    with pytest.MonkeyPatch.context() as mp:
+        tracking = f"sqlite:///{root / 'mlflow.db'}"
+        mp.setenv("MLFLOW_TRACKING_URI", tracking)
+        mlflow.set_tracking_uri(tracking)
+        data = root / "data"
+        write_synthetic_dataset(str(data), tiny_clip, labels=LABELS, videos_per_label=2, test_every=2)
+        bundle = tiny_bundle(root / "bundle")
+        with mlflow.start_run(experiment_id=ensure_experiment("training")) as run:
+            info = log_bundle_model(bundle, registered_name="tiny-clipsynth")
+        assert info.registered_model_version == 1
+        # The classifier for FID and relevance, trained by its job.
+        job = subprocess.run(
+            [sys.executable, str(REPO / "jobs/train_mel_classifier.py"), "--data", str(data), "--out",
+             str(root / "classifier"), "--epochs", "8", "--batch-size", "8", "--lr", "0.01", "--channels", "4", "8",
+             "--feature-dim", "16", "--dropout", "0"],
+            capture_output=True, text=True, timeout=300, cwd=root,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stderr[-3000:]
+        assert "saved to" in job.stdout and (root / "classifier" / "mel_classifier.safetensors").is_file()
+        yield {
+            "root": root,
+            "data": str(data),
+            "bundle": bundle,
+            "model_uri": "models:/tiny-clipsynth/1",
+            "training_run_id": run.info.run_id,
+            "classifier": str(root / "classifier"),
+        }
+
+
+@pytest.fixture(scope="module")
+def evaluations(env):
+    common = dict(
+        data=env["data"],
+        fad_backbone="tiny-random",
+        fid_backbone=env["classifier"],
+        stats_cache=str(env["root"] / "stats-cache"),
+        experiment=EXPERIMENT,
+        num_samples=8,
+    )
+    generative = run_evaluation(
+        EvalConfig(model=env["model_uri"], queries="both", steps=STEPS, batch_size=4, num_workers=2, **common)
+    )
+    retriever = run_evaluation(EvalConfig(model=str(env["bundle"]), retriever=True, **common))
+    recon = run_evaluation(EvalConfig(model=str(env["bundle"]), hifigan_recon=True, **common))
+    return {"generative": generative, "retriever": retriever[0], "recon": recon[0]}
+
+
+@pytest.fixture(scope="module")
+def test_split(env):
+    rows = pq.read_table(f"{env['data']}/test/part-00000.parquet").to_pylist()
+    return {
+        "audio": np.stack([audio_of(r) for r in rows]),
+        "mels": np.stack([mel_of(r) for r in rows]),
+        "labels": [r["label"] for r in rows],
+    }
+
+
+def test_generative_runs_follow_the_protocol_and_land_in_mlflow(env, evaluations):
+    text, image = evaluations["generative"]
+    assert (text.test_query_type, image.test_query_type) == ("text", "image")
+    # Paired queries: the same test rows, labels and noise seeds for both modalities.
+    for a, b in zip(text.generated.specs, image.generated.specs):
+        assert (a.row, a.label, a.seed) == (b.row, b.label, b.seed)
+        assert a.text == f"playing {a.label}" and b.embedding is not None
+    synth = Synthesizer.load(env["bundle"])
+    assert synth.encoder.format_queries([text.generated.specs[0].text])[0].startswith("a photo of playing ")
+    client = mlflow.MlflowClient()
+    for result in (text, image):
+        run = client.get_run(result.run_id)
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["training_run_id"] == env["training_run_id"]
+        expected_tags = {
+            "model_name": "CLIPSynth-tiny",
+            "variant": "image",
+            "dataset": "music",
+            "train_query_type": "image",
+            "test_query_type": result.test_query_type,
+            "generative": "true",
+            "unlabeled_only": "true",
+            "fad_reference": "audio",
+        }
+        assert {k: tags[k] for k in expected_tags} == expected_tags
+        for name in ("fad", "fid", "relevance", "fad_hifigan_recon", "modality_gap_fad", "num_samples"):
+            assert metrics[name] == pytest.approx(result.metrics[name], rel=1e-12)
+        assert metrics["num_samples"] == 8
+        assert run.data.params["steps_used"] == str(STEPS)
+        wavs = client.list_artifacts(result.run_id, "eval/samples")
+        assert len(wavs) == 4
+        names = {a.path for a in client.list_artifacts(result.run_id, "eval")}
+        assert {"eval/mel_grid.png", "eval/queries.json"} <= names
+    local = Path(client.download_artifacts(text.run_id, wavs[0].path))
+    wave, rate = sf.read(local)
+    assert rate == 16_000 and wave.shape == (64 * 1024,)
+    assert metrics["modality_gap_fad"] == pytest.approx(text.metrics["fad"] - image.metrics["fad"], rel=1e-9)
+    assert image.cache_hits > 0  # the second run reused the reference statistics of the first
+
+
+def test_ray_samples_equal_local_sampling_with_the_same_seeds(env, evaluations):
+    text = evaluations["generative"][0]
+    synth = Synthesizer.load(env["bundle"])
+    specs = text.generated.specs[:4]  # the first batch, as an actor ran it: 4 samples on 1 thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mels = synth.sample_mels(synth.encode([s.text for s in specs]), steps=STEPS, seed=[s.seed for s in specs])
+        waves = synth.vocode(mels).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(text.generated.mels[:4], mels.numpy(), atol=1e-4)
+    np.testing.assert_allclose(text.generated.waves[:4], waves, atol=1e-4)
+
+
+def test_metrics_match_independent_computations(env, evaluations, test_split):
+    embedder = build_audio_embedder("tiny-random", device="cpu")
+    ref_audio = embedder.embed(test_split["audio"])
+    classifier = build_mel_feature_extractor(env["classifier"], device="cpu")
+    ref_windows, _ = mel_windows(torch.from_numpy(test_split["mels"]), 64)
+    ref_feats = classifier.features(ref_windows.numpy())
+    synth = Synthesizer.load(env["bundle"])
+    recon = synth.vocode(torch.from_numpy(test_split["mels"])).numpy()
+    recon_fad = frechet_distance_features(embedder.embed(recon), ref_audio)
+    for result in evaluations["generative"]:
+        gen = result.generated
+        assert result.metrics["fad"] == pytest.approx(
+            frechet_distance_features(embedder.embed(gen.waves), ref_audio), rel=1e-6
+        )
+        assert result.metrics["fid"] == pytest.approx(
+            frechet_distance_features(classifier.features(gen.mels), ref_feats), rel=1e-6
+        )
+        predicted = [classifier.labels[i] for i in classifier.predict_proba(gen.mels).argmax(1)]
+        assert result.metrics["relevance"] == pytest.approx(
+            np.mean([p == s.label for p, s in zip(predicted, gen.specs)])
+        )
+        assert result.metrics["fad_hifigan_recon"] == pytest.approx(recon_fad, rel=1e-6)
+    assert evaluations["recon"].metrics["fad"] == pytest.approx(recon_fad, rel=1e-6)
+    assert evaluations["recon"].tags["variant"] == "hifigan-recon"
+
+
+def test_retriever_returns_the_nearest_train_frame_audio(env, evaluations, tiny_clip):
+    result = evaluations["retriever"]
+    assert result.tags["variant"] == "retriever" and result.tags["generative"] == "false"
+    assert result.tags["model_name"] == "CLIPRetriever"
+    assert result.cache_misses == 0  # every reference came from the cache the generative runs filled
+    train = pq.read_table(f"{env['data']}/train/part-00000.parquet").to_pylist()
+    index = [(r, e, t) for r in train for e, t in zip(image_embeddings_of(r), r["frame_times"])]
+    matrix = np.stack([e / np.linalg.norm(e) for _, e, _ in index])
+    queries = tiny_clip.encode_text([s.text for s in result.generated.specs]).numpy()
+    for k, q in enumerate(queries):
+        row, _, t = index[int(np.argmax(matrix @ q))]
+        start = int(min(max(round(t * 16_000 / 1024) - 32, 0), row["mel_frames"] - 64))
+        np.testing.assert_array_equal(result.generated.waves[k], audio_of(row)[start * 1024 : (start + 64) * 1024])
+        np.testing.assert_array_equal(result.generated.mels[k], mel_of(row)[:, start : start + 64])
+
+
+def test_compare_builds_table1_from_the_runs(env, evaluations):
+    out = env["root"] / "table"
+    result = compare_experiment(EXPERIMENT, out)
+    runs = [*evaluations["generative"], evaluations["retriever"], evaluations["recon"]]
+    with open(out / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["test_query_type"]) for r in rows] == [
+        ("image", "text"),
+        ("image", "image"),
+        ("retriever", "text"),
+        ("hifigan-recon", "n/a"),
+    ]
+    markdown = (out / "table.md").read_text()
+    for row, run in zip(rows, runs):
+        assert row["music_run_id"] == run.run_id
+        assert float(row["music_fad"]) == run.metrics["fad"]
+        if "fid" in run.metrics:
+            assert float(row["music_fid"]) == run.metrics["fid"]
+        assert f"| {format_value(run.metrics['fad'])} |" in markdown
+    assert "| CLIPSynth-tiny | ✓ | ✓ | Image | Text |" in markdown
+    assert "| HiFi-GAN reconstructions | × | - | - | - |" in markdown
+    gap = evaluations["generative"][0].metrics["modality_gap_fad"]
+    with open(out / "modality_gap.csv") as f:
+        (gap_row,) = list(csv.DictReader(f))
+    assert float(gap_row["modality_gap_fad"]) == pytest.approx(gap, rel=1e-12)
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "comparison")}
+    assert {"comparison/table.md", "comparison/table.csv", "comparison/table.png"} <= logged
+    # The job gives the same table (the comparison run it logged above is not an evaluation row).
+    job = subprocess.run(
+        [sys.executable, str(REPO / "jobs/compare.py"), "--experiment", EXPERIMENT, "--out", str(out / "cli"),
+         "--no-mlflow"],
+        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert (out / "cli" / "table.md").read_text() == markdown
+
+
+def test_evaluate_job_help_and_bad_arguments(env):
+    helped = subprocess.run(
+        [sys.executable, str(REPO / "jobs/evaluate.py"), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert helped.returncode == 0
+    for flag in ("--model", "--data", "--num-samples", "--steps", "--queries", "--fad-backbone", "--fid-backbone",
+                 "--experiment", "--retriever"):  # fmt: skip
+        assert flag in helped.stdout
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "jobs/evaluate.py"), "--model", "m", "--data", "d", "--num-samples", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "num_samples must be in [2, 100000]" in bad.stderr
