@@ -145,6 +145,7 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         timestep_map: Sequence[int] | None = None,
         base_num_steps: int | None = None,
+        alphas_cumprod: Tensor | None = None,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or not bool(((betas > 0) & (betas <= 1)).all()):
@@ -161,7 +162,12 @@ class GaussianDiffusion:
         self.base_num_steps = base_num_steps or self.num_timesteps
 
         alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(alphas, dim=0)
+        # A respaced process passes its alphas_cumprod: the kept values exactly, not a re-multiplied product.
+        self.alphas_cumprod = (
+            torch.cumprod(alphas, dim=0)
+            if alphas_cumprod is None
+            else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        )
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
@@ -215,6 +221,7 @@ class GaussianDiffusion:
             clip_denoised=self.clip_denoised,
             timestep_map=[int(self.timestep_map[i]) for i in keep],
             base_num_steps=self.base_num_steps,
+            alphas_cumprod=self.alphas_cumprod[keep].clone(),
         )
 
     # ------------------------------------------------------------------------------------- the process

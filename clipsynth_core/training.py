@@ -133,9 +133,12 @@ class HiFiGANStep:
         clip_and_step(self.g.parameters(), self.opt_g, self.grad_clip)
         self.opt_d.zero_grad(set_to_none=True)
         return {
-            "loss_d": float(loss_d),
-            "loss_g": float(loss_g),
-            "loss_adv": float(loss_adv),
-            "loss_fm": float(loss_fm),
-            "loss_mel": float(loss_mel),
+            k: float(v.detach())
+            for k, v in {
+                "loss_d": loss_d,
+                "loss_g": loss_g,
+                "loss_adv": loss_adv,
+                "loss_fm": loss_fm,
+                "loss_mel": loss_mel,
+            }.items()
         }

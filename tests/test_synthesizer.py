@@ -1,0 +1,147 @@
+"""The synthesizer end to end on tiny models: seeded, batched, bundle round trip, errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipsynth_core import (
+    ClipConfig,
+    ClipQueryEncoder,
+    ClipRetriever,
+    ClipWeightsError,
+    DiffusionConfig,
+    SamplingDefaults,
+    Synthesizer,
+    SynthesizerConfig,
+    frames_for_seconds,
+    hifigan_config,
+    unet_config,
+)
+
+
+def tiny_config(**diffusion) -> SynthesizerConfig:
+    return SynthesizerConfig(
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        unet=unet_config("tiny", cond_dim=64),
+        vocoder=hifigan_config("tiny"),
+        diffusion=DiffusionConfig(num_steps=100, **diffusion),
+        sampling=SamplingDefaults(steps=4),
+    )
+
+
+@pytest.fixture(scope="module")
+def synth():
+    torch.manual_seed(0)
+    s = Synthesizer(tiny_config())
+    # Zero-initialised output layers would make every sample the same; perturb the weights.
+    with torch.no_grad():
+        for p in list(s.unet.parameters()):
+            p.add_(torch.randn_like(p) * 0.02)
+    return s
+
+
+def test_synthesize_shapes_and_durations(synth):
+    wave = synth.synthesize(["violin", "cello"], steps=4, seed=0)
+    assert wave.shape == (2, 64 * 1024) and wave.dtype == torch.float32
+    assert frames_for_seconds(4.16) == 64 and frames_for_seconds(8.32) == 128
+    long = synth.synthesize(["violin"], steps=3, seed=0, seconds=8.32)
+    assert long.shape == (1, 128 * 1024)
+    assert torch.isfinite(wave).all() and wave.abs().max() <= 1
+
+
+def test_seeded_and_independent_of_batch_mates(synth):
+    a = synth.synthesize(["violin", "cello"], steps=4, seed=[11, 12])
+    b = synth.synthesize(["violin", "cello"], steps=4, seed=[11, 12])
+    assert torch.equal(a, b)
+    alone = synth.synthesize(["cello"], steps=4, seed=[12])
+    torch.testing.assert_close(alone[0], a[1], atol=1e-5, rtol=0)
+    other = synth.synthesize(["violin", "cello"], steps=4, seed=[11, 13])
+    assert not torch.allclose(other[1], a[1])
+
+
+def test_text_and_image_queries_use_one_space(synth):
+    imgs = np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8)
+    cond = synth.encode(imgs)
+    assert cond.shape == (2, 64)
+    torch.testing.assert_close(cond.norm(dim=-1), torch.ones(2))
+    assert synth.synthesize(imgs, steps=2, seed=1, sampler="ddim").shape == (2, 65536)
+
+
+def test_bundle_round_trip_is_exact(synth, tmp_path):
+    synth.config.metadata["variant"] = "image"
+    path = synth.save(tmp_path / "bundle")
+    assert sorted(p.name for p in path.iterdir()) == [
+        "bundle.json",
+        "clip.safetensors",
+        "unet.safetensors",
+        "vocoder.safetensors",
+    ]
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["format"] == "clipsynth-bundle/1" and meta["metadata"]["variant"] == "image"
+    loaded = Synthesizer.load(path)
+    a = synth.synthesize(["flute"], steps=4, seed=5)
+    b = loaded.synthesize(["flute"], steps=4, seed=5)
+    assert torch.equal(a, b)
+    assert loaded.identity["variant"] == "image"
+    for f in path.iterdir():  # no pickle anywhere in a bundle
+        assert not f.read_bytes().startswith(b"\x80")
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"bundle\.json"):
+        Synthesizer.load(tmp_path)
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="format"):
+        Synthesizer.load(tmp_path)
+
+
+def test_guidance_needs_condition_dropout(synth):
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        synth.synthesize(["x"], steps=2, seed=0, guidance=3.0)
+    guided = Synthesizer(tiny_config(cond_drop_prob=0.1), encoder=synth.encoder, unet=synth.unet)
+    w0 = guided.synthesize(["x", "y"], steps=3, seed=[1, 2], guidance=[0.0, 0.0])
+    w3 = guided.synthesize(["x", "y"], steps=3, seed=[1, 2], guidance=[0.0, 3.0])
+    torch.testing.assert_close(w3[0], w0[0], atol=1e-5, rtol=0)  # per-example scales share a batch
+    assert not torch.allclose(w3[1], w0[1])
+
+
+def test_missing_clip_weights_name_the_fix(tmp_path):
+    cfg = ClipConfig(model_name="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path), allow_download=False)
+    with pytest.raises(ClipWeightsError) as err:
+        ClipQueryEncoder(cfg)
+    msg = str(err.value)
+    assert "--clip-pretrained /path/to" in msg and "--clip-pretrained none" in msg and "open_clip" in msg
+    with pytest.raises(ClipWeightsError, match="no file at"):
+        ClipQueryEncoder(ClipConfig(model_name="ViT-B-32", pretrained=str(tmp_path / "missing" / "w.bin")))
+
+
+def test_clip_encoder_contract(tiny_clip):
+    a = tiny_clip.encode_text(["violin", "cello"])
+    b = tiny_clip.encode_text(["a photo of violin", "a photo of cello"], template="{query}")
+    torch.testing.assert_close(a, b)
+    assert a.shape == (2, 64)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(2))
+    assert not any(p.requires_grad for p in tiny_clip.parameters())
+    again = ClipQueryEncoder(ClipConfig(model_name="tiny", pretrained="none"))
+    torch.testing.assert_close(again.encode_text(["violin"]), a[:1])  # seeded random init, same everywhere
+    with pytest.raises(TypeError, match="list of strings"):
+        tiny_clip.encode_text("violin")
+    img = np.zeros((1, 30, 30, 3), dtype=np.uint8)
+    x = tiny_clip.preprocess(img)
+    assert x.shape == (1, 3, 32, 32)
+
+
+def test_retriever_returns_the_nearest_clip_audio(tiny_clip):
+    labels = ["violin", "cello", "flute"]
+    index = tiny_clip.encode_text(labels)  # stand-ins for image embeddings of three clips
+    audio = torch.stack([torch.full((100,), float(i)) for i in range(3)])
+    r = ClipRetriever(tiny_clip, index, audio)
+    assert r.retrieve(["cello", "flute", "violin"]).tolist() == [1, 2, 0]
+    out = r.synthesize(["flute"])
+    assert torch.equal(out, audio[2:3])
+    with pytest.raises(ValueError, match="same M"):
+        ClipRetriever(tiny_clip, index, audio[:2])
