@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -619,15 +619,15 @@ def make_scene(rng: np.random.Generator, label: str, config: CorpusConfig) -> Sc
     return Scene(background, icon, (ix, iy), title, (title_x, title_y), title_size, text_colour, instrument.colour)
 
 
-def render_frames(scene: Scene, melody: Melody, instrument: Instrument, fps: int) -> list[bytes]:
-    """Raw RGB frames: the static scene, the instrument bobbing with the beat, sound-wave arcs at each note
-    onset and a marker whose height follows the sounding pitch (picture and sound move together)."""
+def iter_frames(scene: Scene, melody: Melody, instrument: Instrument, fps: int) -> Iterator[bytes]:
+    """Raw RGB frames, one at a time (long or large videos never sit in memory): the static scene, the
+    instrument bobbing with the beat, sound-wave arcs at each note onset and a marker whose height follows
+    the sounding pitch (picture and sound move together)."""
     base = Image.fromarray(scene.background)
     ImageDraw.Draw(base).text(scene.title_xy, scene.title, fill=scene.text_colour, font=_font(scene.title_size))
     h = base.height
     n_frames = round(melody.seconds * fps)
     onsets = np.array([n.start for n in melody.notes])
-    frames = []
     for i in range(n_frames):
         t = i / fps
         frame = base.copy()
@@ -648,15 +648,14 @@ def render_frames(scene: Scene, melody: Melody, instrument: Instrument, fps: int
                 frac = (note.pitch - instrument.low) / max(instrument.high - instrument.low, 1)
                 my = int(h * 0.9 - frac * h * 0.8)
                 d.rectangle((4, my - 3, 14, my + 3), fill=scene.accent, outline=scene.text_colour)
-        frames.append(frame.tobytes())
-    return frames
+        yield frame.tobytes()
 
 
 # ----------------------------------------------------------------------------------------------- video
 
 
 def encode_video(
-    out_path: Path, frames: Sequence[bytes], wav_path: Path, tools: dict[str, str], config: CorpusConfig
+    out_path: Path, frames: Iterable[bytes], wav_path: Path, tools: dict[str, str], config: CorpusConfig
 ) -> None:
     """Raw RGB frames (stdin) + the WAV -> H.264/AAC mp4, bitexact and single-threaded for reproducibility."""
     cmd = [
@@ -795,7 +794,7 @@ def build_video(root: Path, entry: CorpusVideo, melody: Melody, config: CorpusCo
     # The scene draws from its own stream so that the music above and the picture never shift each other.
     picture_rng = video_rng(config.seed, entry.label + "/picture", int(entry.id.rsplit("_", 1)[1]))
     scene = make_scene(picture_rng, entry.label, config)
-    frames = render_frames(scene, melody, instrument, config.fps)
+    frames = iter_frames(scene, melody, instrument, config.fps)
     tmp_video = _partial(video_path)
     encode_video(tmp_video, frames, wav_path, tools, config)
     os.replace(tmp_video, video_path)
