@@ -6,9 +6,7 @@ independent recomputations from the shards."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import mlflow
@@ -44,6 +42,20 @@ EXPERIMENT = "table1-test"
 STEPS = 3
 
 
+def isolate_mlflow(mp: pytest.MonkeyPatch, uri: str) -> None:
+    """Point MLflow at `uri` until `mp` is undone (the environment and MLflow's module global, which
+    set_tracking_uri writes both)."""
+    from mlflow.tracking._tracking_service import utils
+
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setattr(utils, "_tracking_uri", uri)
+
+
+def job_main(name: str):
+    """A job's main(argv), loaded from its file (in this process: no second interpreter start-up)."""
+    return runpy.run_path(str(REPO / "jobs" / name), run_name="clipsynth_job")["main"]
+
+
 def tiny_bundle(directory: Path) -> Path:
     config = SynthesizerConfig(
         clip=ClipConfig(model_name="tiny", pretrained="none"),
@@ -67,24 +79,19 @@ def tiny_bundle(directory: Path) -> Path:
 def env(tmp_path_factory, tiny_clip, ray_cluster):
     root = tmp_path_factory.mktemp("eval-e2e")
     with pytest.MonkeyPatch.context() as mp:
-        tracking = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", tracking)
-        mlflow.set_tracking_uri(tracking)
+        isolate_mlflow(mp, f"sqlite:///{root / 'mlflow.db'}")
         data = root / "data"
-        write_synthetic_dataset(str(data), tiny_clip, labels=LABELS, videos_per_label=2, test_every=2)
+        # 4 labels x 3 videos x 2 chunks: 16 train rows, 8 test rows (every third video).
+        write_synthetic_dataset(str(data), tiny_clip, labels=LABELS, videos_per_label=3, test_every=3)
         bundle = tiny_bundle(root / "bundle")
         with mlflow.start_run(experiment_id=ensure_experiment("training")) as run:
             info = log_bundle_model(bundle, registered_name="tiny-clipsynth")
         assert info.registered_model_version == 1
         # The classifier for FID and relevance, trained by its job.
-        job = subprocess.run(
-            [sys.executable, str(REPO / "jobs/train_mel_classifier.py"), "--data", str(data), "--out",
-             str(root / "classifier"), "--epochs", "8", "--batch-size", "8", "--lr", "0.01", "--channels", "4", "8",
-             "--feature-dim", "16", "--dropout", "0"],
-            capture_output=True, text=True, timeout=300, cwd=root,
-        )  # fmt: skip
-        assert job.returncode == 0, job.stderr[-3000:]
-        assert "saved to" in job.stdout and (root / "classifier" / "mel_classifier.safetensors").is_file()
+        argv = ["--data", str(data), "--out", str(root / "classifier"), "--epochs", "8", "--batch-size", "8",
+                "--lr", "0.01", "--channels", "4", "8", "--feature-dim", "16", "--dropout", "0",
+                "--experiment", "mel-classifier"]  # fmt: skip
+        assert job_main("train_mel_classifier.py")(argv) == 0
         yield {
             "root": root,
             "data": str(data),
@@ -121,6 +128,19 @@ def test_split(env):
         "mels": np.stack([mel_of(r) for r in rows]),
         "labels": [r["label"] for r in rows],
     }
+
+
+def test_mel_classifier_job_learns_the_labels(env, test_split):
+    (run,) = mlflow.search_runs(experiment_names=["mel-classifier"], output_format="list")
+    metrics = run.data.metrics
+    # Four tones of distinct pitch: a working classifier separates them.
+    assert metrics["train_window_accuracy"] >= 0.9 and metrics["num_train_clips"] == 16
+    assert metrics["test_window_accuracy"] >= 0.9 and metrics["num_test_clips"] == 8
+    assert len(mlflow.MlflowClient().list_artifacts(run.info.run_id, "mel_classifier")) == 2
+    classifier = build_mel_feature_extractor(env["classifier"], device="cpu")
+    assert classifier.labels == tuple(sorted(LABELS))
+    predicted = [classifier.labels[i] for i in classifier.predict_proba(test_split["mels"]).argmax(1)]
+    assert np.mean([p == label for p, label in zip(predicted, test_split["labels"])]) >= 0.9
 
 
 def test_generative_runs_follow_the_protocol_and_land_in_mlflow(env, evaluations):
@@ -249,25 +269,19 @@ def test_compare_builds_table1_from_the_runs(env, evaluations):
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "comparison")}
     assert {"comparison/table.md", "comparison/table.csv", "comparison/table.png"} <= logged
     # The job gives the same table (the comparison run it logged above is not an evaluation row).
-    job = subprocess.run(
-        [sys.executable, str(REPO / "jobs/compare.py"), "--experiment", EXPERIMENT, "--out", str(out / "cli"),
-         "--no-mlflow"],
-        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
-    )  # fmt: skip
-    assert job.returncode == 0, job.stderr[-3000:]
+    assert job_main("compare.py")(["--experiment", EXPERIMENT, "--out", str(out / "cli"), "--no-mlflow"]) == 0
     assert (out / "cli" / "table.md").read_text() == markdown
 
 
-def test_evaluate_job_help_and_bad_arguments(env):
-    helped = subprocess.run(
-        [sys.executable, str(REPO / "jobs/evaluate.py"), "--help"], capture_output=True, text=True, timeout=300
-    )
-    assert helped.returncode == 0
+def test_evaluate_job_help_and_bad_arguments(capsys):
+    main = job_main("evaluate.py")
+    with pytest.raises(SystemExit) as helped:
+        main(["--help"])
+    assert helped.value.code == 0
+    text = capsys.readouterr().out
     for flag in ("--model", "--data", "--num-samples", "--steps", "--queries", "--fad-backbone", "--fid-backbone",
                  "--experiment", "--retriever"):  # fmt: skip
-        assert flag in helped.stdout
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "jobs/evaluate.py"), "--model", "m", "--data", "d", "--num-samples", "1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "num_samples must be in [2, 100000]" in bad.stderr
+        assert flag in text
+    with pytest.raises(SystemExit) as bad:
+        main(["--model", "m", "--data", "d", "--num-samples", "1"])
+    assert bad.value.code == 2 and "num_samples must be in [2, 100000]" in capsys.readouterr().err

@@ -4,6 +4,8 @@ relevance), query batching, the config CLI, and the training-run link of model U
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,15 +24,13 @@ from clipsynth_platform.evaluation.data import (
 from clipsynth_platform.evaluation.generation import SampleSpec, make_batches
 from clipsynth_platform.evaluation.mel_classifier import (
     ClassifierFeatures,
-    MelClassifier,
-    MelClassifierTrainConfig,
     build_mel_feature_extractor,
     mel_windows,
-    train_mel_classifier,
+    tiny_random_classifier,
 )
 from clipsynth_platform.evaluation.runner import EvalConfig
 from clipsynth_platform.evaluation.stats_cache import StatsCache
-from clipsynth_platform.schema import CHUNK_SCHEMA, mel_of
+from clipsynth_platform.schema import CHUNK_SCHEMA
 from clipsynth_platform.synthetic import write_synthetic_dataset
 
 LABELS = ("violin", "cello", "flute", "trumpet")
@@ -39,7 +39,10 @@ LABELS = ("violin", "cello", "flute", "trumpet")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_clip):
     root = tmp_path_factory.mktemp("parts-data")
-    write_synthetic_dataset(str(root), tiny_clip, labels=LABELS, videos_per_label=3, test_every=3)
+    # 2 labels x 3 videos x 2 chunks of 5 s: 8 train rows, 4 test rows (every third video).
+    write_synthetic_dataset(
+        str(root), tiny_clip, labels=LABELS[:2], videos_per_label=3, chunk_seconds=5.0, test_every=3
+    )
     return str(root)
 
 
@@ -47,38 +50,45 @@ def test_rows_are_read_in_a_fixed_order_and_gathered_by_index(dataset):
     rows = list(iter_split_rows(dataset, "train", ["chunk_id", "label"]))
     direct = pq.read_table(f"{dataset}/train/part-00000.parquet", columns=["chunk_id"]).column(0).to_pylist()
     assert [r["chunk_id"] for r in rows] == direct
-    got = gather_rows(dataset, "train", ["chunk_id"], [5, 0, 11])
-    assert {i: r["chunk_id"] for i, r in got.items()} == {0: direct[0], 5: direct[5], 11: direct[11]}
+    got = gather_rows(dataset, "train", ["chunk_id"], [5, 0, 7])
+    assert {i: r["chunk_id"] for i, r in got.items()} == {0: direct[0], 5: direct[5], 7: direct[7]}
     with pytest.raises(IndexError, match="not in the train split"):
         gather_rows(dataset, "train", ["chunk_id"], [len(direct)])
     with pytest.raises(FileNotFoundError, match="no test split"):
         list(iter_split_rows(f"{dataset}/missing", "test", ["label"]))
 
 
-def test_audio_null_count_with_full_empty_and_mixed_shards(tmp_path, tiny_clip):
-    full, none = tmp_path / "full", tmp_path / "none"
-    small = dict(labels=LABELS[:2], test_every=2, chunk_seconds=5.0)
-    write_synthetic_dataset(str(full), tiny_clip, **small)
-    write_synthetic_dataset(str(none), tiny_clip, **small, with_audio=False)
-    assert column_null_count(str(full), "test", "audio") == (0, 4)
-    assert column_null_count(str(none), "test", "audio") == (4, 4)
+def rewrite_test_shard(root: Path, change) -> None:
+    path = root / "test" / "part-00000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    change(rows)
+    pq.write_table(pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA), path)
+
+
+def test_audio_null_count_with_full_empty_and_mixed_shards(dataset, tmp_path):
+    assert column_null_count(dataset, "test", "audio") == (0, 4)
+    empty, mixed = tmp_path / "empty", tmp_path / "mixed"
+    shutil.copytree(dataset, empty)
+    shutil.copytree(dataset, mixed)
+    rewrite_test_shard(empty, lambda rows: [r.update(audio=None) for r in rows])
+    assert column_null_count(str(empty), "test", "audio") == (4, 4)
     # One row group holding both kinds: statistics cannot tell, so the column is read.
-    rows = pq.read_table(f"{full}/test/part-00000.parquet").to_pylist()
-    rows[1]["audio"] = None
-    pq.write_table(pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA), f"{full}/test/part-00000.parquet")
-    assert column_null_count(str(full), "test", "audio") == (1, 4)
+    rewrite_test_shard(mixed, lambda rows: rows[1].update(audio=None))
+    assert column_null_count(str(mixed), "test", "audio") == (1, 4)
 
 
-def test_fingerprint_follows_content(tmp_path, tiny_clip):
-    a, b = tmp_path / "a", tmp_path / "b"
-    small = dict(labels=LABELS[:2], test_every=2, chunk_seconds=5.0)
-    write_synthetic_dataset(str(a), tiny_clip, **small, seed=0)
-    write_synthetic_dataset(str(b), tiny_clip, **small, seed=0)
-    assert dataset_fingerprint(str(a), "test") == dataset_fingerprint(str(b), "test")
-    assert dataset_fingerprint(str(a), "test", "full") == dataset_fingerprint(str(b), "test", "full")
-    write_synthetic_dataset(str(b), tiny_clip, **small, seed=1)
+def test_fingerprint_follows_content(dataset, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
     for mode in ("footer", "full"):
-        assert dataset_fingerprint(str(a), "test", mode) != dataset_fingerprint(str(b), "test", mode)
+        assert dataset_fingerprint(dataset, "test", mode) == dataset_fingerprint(str(copy), "test", mode)
+
+    def louder(rows):
+        rows[0]["audio"] = [min(32767, 2 * v) for v in rows[0]["audio"]]
+
+    rewrite_test_shard(copy, louder)
+    for mode in ("footer", "full"):
+        assert dataset_fingerprint(dataset, "test", mode) != dataset_fingerprint(str(copy), "test", mode)
 
 
 def test_stats_cache_reuses_entries_per_key(tmp_path):
@@ -116,29 +126,21 @@ def test_mel_windows_are_the_non_overlapping_slices():
         mel_windows(torch.zeros(1, 3, 10))
 
 
-def test_mel_classifier_learns_the_labels_and_round_trips(dataset, tmp_path):
-    config = MelClassifierTrainConfig(
-        data=dataset, epochs=8, batch_size=8, lr=1e-2, channels=(4, 8), feature_dim=16, dropout=0.0
-    )
-    model, metrics = train_mel_classifier(config)
-    assert model.config.labels == tuple(sorted(LABELS))
-    # Four tones of distinct pitch: a working classifier separates them.
-    assert metrics["train_window_accuracy"] >= 0.9
-    assert metrics["test_window_accuracy"] >= 0.9 and metrics["num_test_clips"] == 8
-    model.save(tmp_path / "clf", training=metrics)
+def test_mel_classifier_round_trips_and_scores_windows(tmp_path):
+    model = tiny_random_classifier(LABELS, seed=1)
+    model.save(tmp_path / "clf", training={"note": "random"})
     extractor = build_mel_feature_extractor(str(tmp_path / "clf"), device="cpu")
     assert isinstance(extractor, ClassifierFeatures) and extractor.identity.startswith("mel-classifier/")
-    test_rows = list(iter_split_rows(dataset, "test", ["mel", "n_mels", "mel_frames", "label"]))
-    mels = np.stack([mel_of(r) for r in test_rows])
-    reloaded = MelClassifier.load(tmp_path / "clf")
+    assert extractor.labels == LABELS
+    mels = torch.randn(3, 64, 130).clamp(-1, 1)  # two 64-frame windows each (the last 2 frames unused)
     with torch.no_grad():
-        windows, per = mel_windows(torch.from_numpy(mels), 64)
-        expected = reloaded.embed(windows).double().numpy()
-        probs = torch.softmax(reloaded(windows), -1).view(len(mels), per, -1).mean(1).numpy()
+        windows = torch.cat([mels[:, :, :64], mels[:, :, 64:128]]).view(2, 3, 64, 64).transpose(0, 1)
+        flat = windows.reshape(6, 64, 64)
+        expected = model.embed(flat).double().numpy()
+        probs = torch.softmax(model(flat), -1).view(3, 2, -1).mean(1).numpy()
     np.testing.assert_allclose(extractor.features(mels), expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(extractor.predict_proba(mels), probs, rtol=1e-5, atol=1e-6)
-    predicted = [extractor.labels[i] for i in extractor.predict_proba(mels).argmax(1)]
-    assert np.mean([p == r["label"] for p, r in zip(predicted, test_rows)]) >= 0.9
+    np.testing.assert_allclose(extractor.predict_proba(mels).sum(1), 1.0, rtol=1e-6)
     with pytest.raises(FileNotFoundError, match="train_mel_classifier"):
         build_mel_feature_extractor(str(tmp_path / "absent-dir"))
 
