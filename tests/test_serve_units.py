@@ -59,10 +59,29 @@ def tiny_config(cond_drop_prob: float = 0.0) -> SynthesizerConfig:
     )
 
 
+def untrained_synthesizer(config: SynthesizerConfig, seed: int = 0) -> Synthesizer:
+    """A random synthesizer whose U-Net output depends on its input and condition: a fresh U-Net's output
+    layers are zero-initialised (it would predict eps = 0 whatever the query), so every weight gets noise."""
+    torch.manual_seed(seed)
+    synth = Synthesizer(config)
+    with torch.no_grad():
+        for p in synth.unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return synth
+
+
+def assert_same_up_to_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
+    """Equal but for float rounding: a batched convolution sums in another order, and predicting x0 at the
+    noisiest step multiplies eps by up to 1/sqrt(alpha_bar_T), so a 1e-7 difference can reach 1e-3 in a few
+    mel bins. A batch-mate leaking into a sample would change most bins by far more."""
+    diff = np.abs(np.asarray(actual) - np.asarray(desired))
+    assert diff.max() < 0.02, diff.max()
+    assert (diff > 1e-5).mean() < 0.005, (diff > 1e-5).mean()
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return Synthesizer(tiny_config()).save(tmp_path_factory.mktemp("serve_units") / "bundle")
+    return untrained_synthesizer(tiny_config()).save(tmp_path_factory.mktemp("serve_units") / "bundle")
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -238,9 +257,9 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
     conds = encoder.encode_text(["violin", "dog", "violin", "rain"])
     specs = [
         SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=5),
-        SampleSpec(steps=3, seconds=4.16, sampler="ddpm", seed=6),
+        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=6),
         SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=7),
-        SampleSpec(steps=2, seconds=8.32, sampler="ddim", seed=5),
+        SampleSpec(steps=1, seconds=8.32, sampler="ddim", seed=5),
     ]
     outs = sample_batch(sampler, conds, specs)
     assert [o.group_size for o in outs] == [2, 1, 2, 1]
@@ -250,11 +269,57 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
         alone = sampler.sample_mels(
             conds[i : i + 1], steps=spec.steps, seed=[spec.seed], seconds=spec.seconds, sampler=spec.sampler
         )[0].numpy()
-        np.testing.assert_allclose(outs[i].mel, alone, atol=1e-5)
-    # Same condition and steps, different seeds: different mels.
+        assert_same_up_to_rounding(outs[i].mel, alone)
+    # Same condition and steps, different seeds: different mels; the condition matters too.
     assert torch.equal(conds[0], conds[2]) and np.abs(outs[0].mel - outs[2].mel).max() > 1e-3
+    other_query = sampler.sample_mels(conds[1:2], steps=2, seed=[5])[0].numpy()
+    assert np.abs(other_query - outs[0].mel).max() > 1e-3
     # Waveforms of mixed lengths come back per request, with frames x hop samples.
     waves = vocode_batch(load_vocoder(bundle), [o.mel for o in outs])
     assert [w.shape[0] for w in waves] == [65_536, 65_536, 65_536, 131_072]
     with pytest.raises(ValueError, match="unknown sampler"):
         sample_batch(sampler, conds[:1], [SampleSpec(steps=2, seconds=4.16, sampler="euler", seed=1)])
+
+
+# ------------------------------------------------------------------------------------------- deploy config
+def test_checked_in_serve_config_is_what_serve_build_writes_for_the_app():
+    """The same steps as `serve build serve:app` (Ray 2.60's CLI), in this process, against the checked-in file."""
+    import yaml
+    from ray.serve._private.build_app import build_app
+    from ray.serve.deployment import deployment_to_schema
+    from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+    import serve
+
+    repo = Path(__file__).resolve().parents[1]
+    checked_in = yaml.safe_load((repo / "serve" / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(checked_in)  # what `serve deploy` accepts
+    built = build_app(serve.app, name="clipsynth")
+    expected = ServeApplicationSchema(
+        name="clipsynth",
+        route_prefix="/",
+        import_path="serve:app",
+        runtime_env={},
+        deployments=[deployment_to_schema(d) for d in built.deployments],
+    ).model_dump(exclude_unset=True)
+    app = checked_in["applications"][0]
+    assert app == expected
+    names = [d["name"] for d in app["deployments"]]
+    assert names == ["ClipEncoder", "DiffusionSampler", "Vocoder", "SynthesizerIngress"]
+    assert all(d["max_queued_requests"] > 0 for d in app["deployments"])  # every queue is bounded
+
+
+def test_guided_and_unguided_requests_never_share_a_sampling_loop():
+    synth = untrained_synthesizer(tiny_config(cond_drop_prob=0.1), seed=1)
+    conds = synth.encode(["flute", "flute", "drum"])
+    specs = [
+        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=0.0),
+        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=3.0),
+        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=4, guidance=1.5),
+    ]
+    outs = sample_batch(synth, conds, specs)
+    assert [o.group_size for o in outs] == [1, 2, 2]
+    for i, spec in enumerate(specs):
+        alone = synth.sample_mels(conds[i : i + 1], steps=1, seed=[spec.seed], guidance=spec.guidance)[0].numpy()
+        assert_same_up_to_rounding(outs[i].mel, alone)
+    assert np.abs(outs[0].mel - outs[1].mel).max() > 1e-4  # same seed, guidance changes the sample
