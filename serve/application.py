@@ -26,7 +26,7 @@ def build_app(config: ServeConfig) -> Application:
     if not config.model_uri:
         # Bind the URI now (the driver's environment): replicas on other nodes may not share that environment.
         config.model_uri = config.resolved_model_uri()
-    logger.info("CLIPSynth serve config: %s", json.dumps(config.to_dict(), sort_keys=True))
+    logger.info("CLIPSynth serve config: %s", json.dumps(config.loggable(), sort_keys=True))
     retry = config.retry_after_s
     encoder = ClipEncoder.options(**config.encoder.options(retry)).bind(config)
     sampler = DiffusionSampler.options(**config.sampler.options(retry)).bind(config)

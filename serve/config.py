@@ -136,6 +136,13 @@ class ServeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def loggable(self) -> dict:
+        """to_dict() with credentials removed from URIs (an MLflow server URL may carry user:password@)."""
+        d = self.to_dict()
+        for key in ("model_uri", "mlflow_tracking_uri", "clip_pretrained"):
+            d[key] = redact_uri(d[key])
+        return d
+
     @classmethod
     def from_args(cls, args: Mapping[str, Any] | None = None) -> ServeConfig:
         """Build from builder arguments (`key=value`, values as strings or already typed); unknown keys fail."""
@@ -153,6 +160,17 @@ class ServeConfig:
                 raise ValueError(f"unknown setting {key!r}; known: {', '.join(_known_keys(cls()))}")
             setattr(target, name, _coerce(key, raw, type(getattr(target, name))))
         return config.validate()
+
+
+def redact_uri(uri: str) -> str:
+    """`scheme://user:secret@host/...` -> `scheme://***@host/...`; other strings unchanged."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def _known_keys(config: ServeConfig) -> list[str]:

@@ -29,7 +29,7 @@ from clipsynth_platform.serving import (
     vocode_batch,
 )
 
-from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig
+from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig, redact_uri
 
 logger = logging.getLogger("ray.serve")
 
@@ -48,8 +48,8 @@ def _prepare(config: ServeConfig, settings: DeploymentSettings, part: str) -> tu
     if device.type == "cpu":
         # One intra-op thread per CPU this replica reserved: replicas on one node must not oversubscribe it.
         torch.set_num_threads(max(1, math.ceil(settings.num_cpus)))
-    logger.info("%s: serving %s (bundle %s) on %s", part, uri, bundle_dir, device)
-    return uri, bundle_dir, device
+    logger.info("%s: serving %s (bundle %s) on %s", part, redact_uri(uri), bundle_dir, device)
+    return redact_uri(uri), bundle_dir, device
 
 
 @serve.deployment(name="ClipEncoder")

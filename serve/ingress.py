@@ -122,6 +122,7 @@ class SynthesizerIngress:
         self.vocoder = vocoder
         self.config = config
         self._info: dict | None = None
+        self._health: dict | None = None
 
     # ------------------------------------------------------------------------------------------ helpers
     async def _call(self, response):
@@ -162,7 +163,8 @@ class SynthesizerIngress:
     @api.get("/", response_class=HTMLResponse)
     async def page(self, request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "").rstrip("/")
-        return HTMLResponse(PAGE.replace("__ROOT__", json.dumps(root)))
+        # As a JS string literal; "<" escaped so that no value can close the <script> element.
+        return HTMLResponse(PAGE.replace("__ROOT__", json.dumps(root).replace("<", "\\u003c")))
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -171,29 +173,33 @@ class SynthesizerIngress:
                 asyncio.gather(self.sampler.info.remote(), self.encoder.info.remote(), self.vocoder.info.remote()),
                 timeout=HEALTH_TIMEOUT_S,
             )
+        except BackPressureError:
+            # Loaded, but a queue is full right now: still the model's identity, marked busy.
+            if self._health is not None:
+                return JSONResponse({**self._health, "status": "busy"})
+            return _error(503, "busy: a queue is full", {"Retry-After": str(math.ceil(self.config.retry_after_s))})
         except Exception as exc:
             return _error(503, f"not ready: {type(exc).__name__}: {exc}", {"Retry-After": "5"})
         self._info = sampler
         c = self.config
-        return JSONResponse(
-            {
-                "status": "ready",
-                "model_uri": sampler["model_uri"],
-                "identity": sampler["identity"],
-                "clip": encoder["clip"],
-                "trained_steps": sampler["trained_steps"],
-                "guidance_allowed": sampler["guidance_allowed"],
-                "sample_rate": sampler["sample_rate"],
-                "defaults": {
-                    "steps": min(c.default_steps, sampler["trained_steps"]),
-                    "sampler": c.default_sampler,
-                    "seconds": c.default_seconds,
-                    "guidance": 0.0,
-                },
-                "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
-                "vocoder_hop_length": vocoder["hop_length"],
-            }
-        )
+        self._health = {
+            "status": "ready",
+            "model_uri": sampler["model_uri"],
+            "identity": sampler["identity"],
+            "clip": encoder["clip"],
+            "trained_steps": sampler["trained_steps"],
+            "guidance_allowed": sampler["guidance_allowed"],
+            "sample_rate": sampler["sample_rate"],
+            "defaults": {
+                "steps": min(c.default_steps, sampler["trained_steps"]),
+                "sampler": c.default_sampler,
+                "seconds": c.default_seconds,
+                "guidance": 0.0,
+            },
+            "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
+            "vocoder_hop_length": vocoder["hop_length"],
+        }
+        return JSONResponse(self._health)
 
     @api.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:

@@ -36,7 +36,7 @@ from clipsynth_platform.serving import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `serve` package lives at the repo root
 
-from serve.config import DeploymentSettings, ServeConfig
+from serve.config import DeploymentSettings, ServeConfig, redact_uri
 from serve.ingress import decode_image
 from serve.schemas import (
     SEED_MAX,
@@ -118,6 +118,16 @@ def test_config_from_builder_args_coerces_types_and_dotted_deployment_keys():
 def test_config_rejects_bad_settings_with_a_clear_message(args, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         ServeConfig.from_args(args)
+
+
+def test_logged_settings_carry_no_credentials():
+    config = ServeConfig(model_uri="models:/clipsynth/3", mlflow_tracking_uri="https://bob:s3cret@mlflow.internal:5000")
+    logged = json.dumps(config.loggable())
+    assert "s3cret" not in logged and "bob" not in logged
+    assert config.loggable()["mlflow_tracking_uri"] == "https://***@mlflow.internal:5000"
+    assert config.loggable()["model_uri"] == "models:/clipsynth/3"
+    assert redact_uri("http://host/path@not-a-user") == "http://host/path@not-a-user"
+    assert config.mlflow_tracking_uri.endswith("s3cret@mlflow.internal:5000")  # the setting itself is untouched
 
 
 def test_model_uri_comes_from_the_environment_when_not_given(monkeypatch):
