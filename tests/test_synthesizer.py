@@ -87,8 +87,12 @@ def test_bundle_round_trip_is_exact(synth, tmp_path):
     b = loaded.synthesize(["flute"], steps=4, seed=5)
     assert torch.equal(a, b)
     assert loaded.identity["variant"] == "image"
-    for f in path.iterdir():  # no pickle anywhere in a bundle
-        assert not f.read_bytes().startswith(b"\x80")
+    for f in path.glob("*.safetensors"):  # weights are safetensors (a JSON header), never a pickle or torch zip
+        data = f.read_bytes()
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        assert header and all("dtype" in v for k, v in header.items() if k != "__metadata__")
+        assert not data.startswith(b"PK")
 
 
 def test_bundle_errors(tmp_path):

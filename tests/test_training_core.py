@@ -41,8 +41,8 @@ def test_tiny_model_overfits_one_batch():
         loss = terms["loss"].mean()
         loss.backward()
         clip_and_step(model.parameters(), opt, 1.0)
-        first = float(loss) if first is None else first
-        last = float(loss)
+        first = float(loss.detach()) if first is None else first
+        last = float(loss.detach())
     assert last < first / 10, (first, last)
 
 
