@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-cpus", type=int, default=None, help="CPUs of the local cluster the job starts (default: all cores)"
     )
     res.add_argument(
-        "--num-gpus", type=int, default=d.num_gpus, help="GPUs for the CLIP stage (one actor each); 0: CPU actors"
+        "--num-gpus",
+        type=int,
+        default=d.num_gpus,
+        help="GPUs for the CLIP stage, one actor each (default: every GPU the cluster has; 0: CPU actors)",
     )
     res.add_argument("--decode-cpus", type=float, default=d.decode_cpus, help="CPUs reserved per decode task")
     res.add_argument(

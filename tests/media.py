@@ -84,11 +84,10 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
     # Good files: codecs and containers. 15 s -> a 10 s chunk and a 5 s trailing one (>= 4.16 s, kept).
     out = add(Case("violin/vln01.mp4", "ok", chunks=2, label="violin", time_coded=True))
     run_ffmpeg(*time_coded_input(15), *tone_input(440, 15), *H264, "-c:a", "aac", "-ac", "2", "-shortest", out)
-    # 12 s -> one chunk; the 2 s tail is dropped.
     out = add(Case("cello/vc01.webm", "ok", chunks=1, label="cello", time_coded=True))
     run_ffmpeg(
-        *time_coded_input(12),
-        *tone_input(220, 12, 48000),
+        *time_coded_input(6),
+        *tone_input(220, 6, 48000),
         "-c:v",
         "libvpx-vp9",
         "-deadline",
@@ -114,6 +113,7 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
         "-shortest",
         out,
     )
+    # 12 s -> one chunk; the 2 s tail is dropped.
     out = add(Case("misc/old.avi", "ok", chunks=1, time_coded=True))
     run_ffmpeg(
         *time_coded_input(12),
@@ -162,8 +162,8 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
     # Variable frame rate: all frames for 2 s, then 3 of every 10.
     out = add(Case("misc/vfr.mp4", "ok", chunks=1, time_coded=True))
     run_ffmpeg(
-        *time_coded_input(8),
-        *tone_input(500, 8),
+        *time_coded_input(6),
+        *tone_input(500, 6),
         "-vf",
         "select='lt(t\\,2)+lt(mod(n\\,10)\\,3)'",
         "-fps_mode",
@@ -205,18 +205,17 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
         out,
     )
     # A file torchcodec is told (test hook) not to read: the ffmpeg subprocess serves its audio.
-    out = add(Case("misc/fallback__no_torchcodec_audio__.mp4", "ok", chunks=1, time_coded=True, audio_decoder="ffmpeg"))
-    run_ffmpeg(*time_coded_input(6), *tone_input(770, 6), *H264, "-c:a", "aac", "-shortest", out)
+    good = add(
+        Case("misc/fallback__no_torchcodec_audio__.mp4", "ok", chunks=1, time_coded=True, audio_decoder="ffmpeg")
+    )
+    run_ffmpeg(*time_coded_input(6), *tone_input(770, 6), *H264, "-c:a", "aac", "-shortest", good)
+    data = Path(good).read_bytes()  # a valid mp4 with its index (moov atom) at the end
 
     # Bad files.
     Path(add(Case("bad/zero.mp4", "failed", "read", "empty file"))).write_bytes(b"")
     rng = np.random.default_rng(0)
     Path(add(Case("bad/corrupt.mp4", "failed", "decode", "cannot open container"))).write_bytes(rng.bytes(50_000))
-    full = _write(root, "bad/.full.mp4")  # hidden: not listed
-    run_ffmpeg(
-        *time_coded_input(6), *tone_input(440, 6), *H264, "-c:a", "aac", "-shortest", full
-    )  # moov atom at the end
-    data = Path(full).read_bytes()
+    # Cut in half: the index at the end is gone.
     Path(add(Case("bad/truncated.mp4", "failed", "decode", "cannot open container"))).write_bytes(
         data[: len(data) // 2]
     )
@@ -228,10 +227,11 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
     run_ffmpeg(*time_coded_input(3), *tone_input(440, 3), *H264, "-c:a", "aac", "-shortest", out)
     if with_segfault:
         # Listed last, so the worker that replaces the crashed one is not on the test's critical path.
-        out = add(Case("zz/crash__segfault__.mp4", "failed", "decode", "worker crashed (native)"))
-        run_ffmpeg(*time_coded_input(6), *tone_input(440, 6), *H264, "-c:a", "aac", "-shortest", out)
-    # Not a video: never listed.
+        # A valid file: the test hook crashes the decode worker on its name.
+        Path(add(Case("zz/crash__segfault__.mp4", "failed", "decode", "worker crashed (native)"))).write_bytes(data)
+    # Not listed: not a video, and a hidden file.
     (root / "notes.txt").write_text("not a video\n")
+    (root / "misc" / ".hidden.mp4").write_bytes(data)
     return cases
 
 

@@ -65,7 +65,7 @@ class IngestConfig:
     # Ray resources.
     address: str | None = None  # Ray address; default RAY_ADDRESS, else a local cluster
     num_cpus: int | None = None  # CPUs of a local cluster started by the job (default: all cores)
-    num_gpus: int = 0  # GPUs for the CLIP stage (one actor per GPU); 0 = CPU actors
+    num_gpus: int | None = None  # GPUs for the CLIP stage, one actor each; None: all the cluster has; 0: CPU
     decode_cpus: float = 1.0  # CPUs reserved per decode task
     decode_concurrency: int | None = None  # max concurrent decode tasks (default: as resources allow)
     videos_per_task: int = 1  # videos per decode task; a native crash loses all of them
@@ -102,7 +102,7 @@ class IngestConfig:
             (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in [1, 100]"),
             (0.0 <= self.test_fraction < 1.0, "--test-fraction must be in [0, 1)"),
             (self.labels_format in LABEL_FORMATS, f"--labels-format must be one of {LABEL_FORMATS}"),
-            (self.num_gpus >= 0, "--num-gpus must be >= 0"),
+            (self.num_gpus is None or self.num_gpus >= 0, "--num-gpus must be >= 0"),
             (self.num_cpus is None or self.num_cpus >= 1, "--num-cpus must be >= 1"),
             (self.decode_cpus > 0, "--decode-cpus must be > 0"),
             (self.decode_concurrency is None or self.decode_concurrency >= 1, "--decode-concurrency must be >= 1"),

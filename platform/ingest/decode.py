@@ -2,11 +2,13 @@
 
 Audio: torchcodec's AudioDecoder resamples to 16 kHz mono inside FFmpeg (decord's AudioReader leaks about
 2 MB per file and is 4x slower); when torchcodec cannot read a file, an `ffmpeg` subprocess does.
-Frames: decord's VideoReader seeks to the sampled times only, either exactly (the frame on screen at each
-time) or snapped to the nearest keyframe (`frame_sampling="keyframe"`, no inter-frame decoding at all), and
-scales inside FFmpeg to the CLIP size (a 4K frame never exists at full size in Python); when decord cannot
-read a file (e.g. AV1, which its bundled FFmpeg lacks), torchcodec's VideoDecoder serves the exact frames.
-Which decoders served is recorded per row (audio_decoder, video_decoder).
+Frames: decord's VideoReader seeks to the sampled times only, and scales inside FFmpeg to the CLIP size (a 4K
+frame never exists at full size in Python). "exact" sampling gives the frame on screen at each time, which
+means decoding forward from the previous keyframe; "keyframe" sampling snaps each time to the nearest keyframe
+(get_key_indices), decoding only a few packets per keyframe, several times faster but coarser: a snapped frame
+may even lie outside its chunk (frame_times < 0 or > duration). When decord cannot read a file (e.g. AV1, which
+its bundled FFmpeg lacks), torchcodec's VideoDecoder serves the exact frames. Which decoders served is recorded
+per row (audio_decoder, video_decoder), the sampling per video in the manifests and the summary.
 
 Everything that goes wrong with one file becomes a "failed" video row with a stage and a clear reason, so a
 bad file never fails the job. A native crash cannot be caught here; the driver accounts for it.
@@ -46,7 +48,7 @@ from .records import (
 SAMPLE_RATE = 16_000
 # A chunk whose samples all stay below this is digital silence (3 LSB of 16-bit PCM): accepted, but counted.
 SILENCE_PEAK = 1e-4
-# Chunks decoded, embedded and yielded together: bounds a worker's memory on hour-long videos.
+# Chunks whose frames are decoded and yielded as one block: bounds a worker's memory on hour-long videos.
 CHUNKS_PER_BLOCK = 6
 # Test-only file-name markers, honoured only with DecodeSettings.test_hooks.
 SEGFAULT_MARKER = "__segfault__"

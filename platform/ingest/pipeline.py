@@ -58,11 +58,21 @@ def ensure_ray(config: IngestConfig) -> str:
     if address:
         ray.init(address=address)
         return f"cluster at {address}"
+    # num_gpus None lets Ray detect the machine's GPUs.
     kwargs: dict = {"num_cpus": config.num_cpus or os.cpu_count() or 1, "num_gpus": config.num_gpus}
     if config.object_store_gb:
         kwargs["object_store_memory"] = int(config.object_store_gb * 1e9)
     ray.init(include_dashboard=False, **kwargs)
-    return f"local cluster ({kwargs['num_cpus']} CPUs, {kwargs['num_gpus']} GPUs)"
+    return f"local cluster ({kwargs['num_cpus']} CPUs)"
+
+
+def clip_gpus(config: IngestConfig) -> int:
+    """GPUs for the CLIP stage: as asked, or (None) every GPU of the cluster: GPU when present, else CPU."""
+    import ray
+
+    if config.num_gpus is not None:
+        return config.num_gpus
+    return int(ray.cluster_resources().get("GPU", 0))
 
 
 @dataclass
@@ -260,9 +270,10 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(decode_videos, **decode_args)
 
-    use_gpu = config.num_gpus > 0
+    gpus = clip_gpus(config)
+    use_gpu = gpus > 0
     pool = (
-        ray.data.ActorPoolStrategy(size=config.num_gpus)
+        ray.data.ActorPoolStrategy(size=gpus)
         if use_gpu
         else ray.data.ActorPoolStrategy(min_size=1, max_size=config.clip_actors)
     )
@@ -318,7 +329,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         import ray.data
 
         ray_where = ensure_ray(config)
-        log(f"[ingest] Ray: {ray_where}")
+        log(f"[ingest] Ray: {ray_where}; CLIP stage on {clip_gpus(config) or 'no'} GPU(s)")
         context = ray.data.DataContext.get_current()
         saved = context.max_errored_blocks
         # Tolerate lost blocks (native crashes); every lost video is accounted for below.
