@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         config.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    results = run_evaluation(config)
+    try:
+        results = run_evaluation(config)
+    except (ValueError, FileNotFoundError) as exc:  # bad input: missing split, weights, bundle; wrong CLIP
+        print(f"[evaluate] error: {exc}", file=sys.stderr)
+        return 2
     return 0 if results else 1
 
 

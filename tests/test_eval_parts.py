@@ -4,6 +4,7 @@ relevance), query batching, the config CLI, and the training-run link of model U
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
+from clipsynth_core import ClipConfig, DiffusionConfig, Synthesizer, SynthesizerConfig, hifigan_config, unet_config
 from clipsynth_core.metrics import embedding_statistics
 from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.data import (
@@ -21,16 +24,16 @@ from clipsynth_platform.evaluation.data import (
     gather_rows,
     iter_split_rows,
 )
-from clipsynth_platform.evaluation.generation import SampleSpec, make_batches
+from clipsynth_platform.evaluation.generation import SampleSpec, conditions_for, make_batches
 from clipsynth_platform.evaluation.mel_classifier import (
     ClassifierFeatures,
     build_mel_feature_extractor,
     mel_windows,
     tiny_random_classifier,
 )
-from clipsynth_platform.evaluation.runner import EvalConfig
+from clipsynth_platform.evaluation.runner import EvalConfig, Evaluation
 from clipsynth_platform.evaluation.stats_cache import StatsCache
-from clipsynth_platform.schema import CHUNK_SCHEMA
+from clipsynth_platform.schema import CHUNK_SCHEMA, image_embeddings_of
 from clipsynth_platform.synthetic import write_synthetic_dataset
 
 LABELS = ("violin", "cello", "flute", "trumpet")
@@ -178,3 +181,58 @@ def test_cli_flags_come_from_the_config_dataclass():
     with pytest.raises(ValueError, match="lacks '\\{label\\}'"):
         EvalConfig(model="m", data="d", query_template="a photo").validate()
     assert EvalConfig(model="m", data="d", dataset="vggsound").template == "{label}"
+
+
+def jpeg(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 32), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(dataset, tmp_path, tiny_clip):
+    config = SynthesizerConfig(
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        unet=unet_config("tiny", cond_dim=64),
+        vocoder=hifigan_config("tiny"),
+        diffusion=DiffusionConfig(num_steps=100),
+    )
+    bundle = Synthesizer(config).save(tmp_path / "bundle")
+    common = dict(model=str(bundle), num_samples=6, fad_backbone="tiny-random", fid_backbone="none", stats_cache="none")
+    # Shards embedded with the model's CLIP: image conditions are the stored frame embeddings.
+    ev = Evaluation(EvalConfig(data=dataset, **common))
+    try:
+        text, image = ev.plan("text"), ev.plan("image")
+        rows = pq.read_table(f"{dataset}/test/part-00000.parquet").to_pylist()
+    finally:
+        ev.close()
+    assert [(s.row, s.frame, s.seed, s.label) for s in text] == [(s.row, s.frame, s.seed, s.label) for s in image]
+    assert all(s.text == f"playing {s.label}" and s.label == rows[s.row]["label"] for s in text)
+    for s in image:
+        np.testing.assert_array_equal(s.embedding, image_embeddings_of(rows[s.row])[s.frame])
+    # Shards embedded with another CLIP but carrying frames: the frames are decoded and encoded.
+    other = tmp_path / "other-clip"
+    shutil.copytree(dataset, other)
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+
+    def other_clip(rows):
+        for k, r in enumerate(rows):
+            r["clip_model"] = "ViT-B-32/openai"
+            r["frames_jpeg"] = [jpeg(colors[(k + f) % 4]) for f in range(len(r["frame_times"]))]
+
+    rewrite_test_shard(other, other_clip)
+    ev = Evaluation(EvalConfig(data=str(other), **common))
+    try:
+        image = ev.plan("image")
+        rows = pq.read_table(other / "test" / "part-00000.parquet").to_pylist()
+        assert all(s.embedding is None and s.jpeg == rows[s.row]["frames_jpeg"][s.frame] for s in image)
+        cond = conditions_for(ev.synth, image[:3])
+        decoded = [Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in image[:3]]
+        torch.testing.assert_close(cond, tiny_clip.encode_image(decoded))
+    finally:
+        ev.close()
+    with pytest.raises(ValueError, match="embedded with CLIP"):
+        ev = Evaluation(EvalConfig(data=str(other), image_queries="stored", **common))
+        try:
+            ev.plan("image")
+        finally:
+            ev.close()
