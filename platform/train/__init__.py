@@ -3,22 +3,33 @@
 Entry points (jobs/train_vggsound.py, jobs/train_music.py, jobs/train_hifigan.py) parse a config and call
 `run_diffusion_training` / `run_hifigan_training`; the worker loops live in diffusion_loop.py and
 hifigan_loop.py, data plumbing in data.py, MLflow glue in tracking.py.
+
+Names are imported lazily: Ray Data tasks import `clipsynth_platform.train.data` for its transforms, and
+should not pay for torch and MLflow imports they never use.
 """
 
-from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig, build_parser, parse_config
-from .data import DatasetError, DatasetInfo, inspect_dataset
-from .runner import TrainingSummary, run_diffusion_training, run_hifigan_training
+from __future__ import annotations
 
-__all__ = [
-    "DatasetError",
-    "DatasetInfo",
-    "DiffusionTrainConfig",
-    "HiFiGANTrainConfig",
-    "TrainConfig",
-    "TrainingSummary",
-    "build_parser",
-    "inspect_dataset",
-    "parse_config",
-    "run_diffusion_training",
-    "run_hifigan_training",
-]
+import importlib
+
+_EXPORTS = {
+    "DiffusionTrainConfig": "config",
+    "HiFiGANTrainConfig": "config",
+    "TrainConfig": "config",
+    "build_parser": "config",
+    "parse_config": "config",
+    "DatasetError": "data",
+    "DatasetInfo": "data",
+    "inspect_dataset": "data",
+    "TrainingSummary": "runner",
+    "run_diffusion_training": "runner",
+    "run_hifigan_training": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

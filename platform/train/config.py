@@ -46,7 +46,9 @@ class TrainConfig:
         "~/clipsynth_runs",
         "where checkpoints go (local path or s3://...); must be shared storage (S3, NFS) on a multi-node cluster",
     )
-    num_workers: int = opt(1, "data-parallel Ray Train workers (one GPU each with --use-gpu)")
+    num_workers: int = opt(
+        1, "data-parallel Ray Train workers (one GPU each with --use-gpu); 0: Ray Train's local mode, in this process"
+    )
     use_gpu: bool = opt(False, "train on GPUs (bf16 autocast, channels_last)")
     cpus_per_worker: float = opt(1.0, "logical CPUs reserved per Train worker (the rest feed the data pipeline)")
     max_failures: int = opt(3, "worker failures to recover from (resuming from the last checkpoint); -1: no limit")
@@ -87,11 +89,11 @@ class TrainConfig:
         """Raise ValueError for values no run can use."""
         if not self.data:
             raise ValueError("--data is required: the URI of a preprocessed dataset")
-        positive = ("num_workers", "max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        positive = ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
+        for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.windows_per_chunk < 1:

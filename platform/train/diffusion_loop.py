@@ -36,6 +36,7 @@ from clipsynth_core.training import autocast_context, clip_and_step
 from ..registry import log_bundle_model
 from .common import (
     Progress,
+    cpu_threads,
     fault_drill,
     gpu_memory_metrics,
     mean_across_ranks,
@@ -129,7 +130,16 @@ def sample_mels(
 
 
 def train_diffusion_worker(loop_config: dict) -> None:
-    """Ray Train's train_loop_per_worker for the diffusion model; `loop_config` comes from the runner."""
+    """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
+    import ray.train.torch
+
+    cfg = config_from_dict(DiffusionTrainConfig, loop_config["config"])
+    with cpu_threads(cfg.cpus_per_worker, ray.train.torch.get_device()):
+        _train_diffusion_worker(loop_config)
+
+
+def _train_diffusion_worker(loop_config: dict) -> None:
+    """The diffusion loop itself (see the module docstring)."""
     import ray.train
     import ray.train.torch
 

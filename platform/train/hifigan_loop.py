@@ -30,7 +30,15 @@ from clipsynth_core import (
 )
 
 from ..registry import VOCODER_ARTIFACT
-from .common import Progress, fault_drill, gpu_memory_metrics, mean_across_ranks, report_checkpoint, state_digest
+from .common import (
+    Progress,
+    cpu_threads,
+    fault_drill,
+    gpu_memory_metrics,
+    mean_across_ranks,
+    report_checkpoint,
+    state_digest,
+)
 from .config import HiFiGANTrainConfig, config_from_dict
 from .data import endless_batches
 from .tracking import RunTracker, log_samples
@@ -40,7 +48,16 @@ LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
 
 
 def train_hifigan_worker(loop_config: dict) -> None:
-    """Ray Train's train_loop_per_worker for HiFi-GAN; `loop_config` comes from the runner."""
+    """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
+    import ray.train.torch
+
+    cfg = config_from_dict(HiFiGANTrainConfig, loop_config["config"])
+    with cpu_threads(cfg.cpus_per_worker, ray.train.torch.get_device()):
+        _train_hifigan_worker(loop_config)
+
+
+def _train_hifigan_worker(loop_config: dict) -> None:
+    """The HiFi-GAN loop itself (see the module docstring)."""
     import ray.train
     import ray.train.torch
 

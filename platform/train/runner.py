@@ -56,10 +56,10 @@ def connect_ray(cfg: TrainConfig) -> None:
         return
     env = {"RAY_DEDUP_LOGS": "0"}
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
-    if address:
+    if address and address != "local":
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    need = int(cfg.num_workers * cfg.cpus_per_worker) + 2
+    need = int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + 2
     num_cpus = cfg.local_num_cpus or max(os.cpu_count() or 1, need)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
 
@@ -77,7 +77,7 @@ def check_cluster_resources(cfg: TrainConfig) -> None:
             "Ray Data would get none and the run would hang. Lower --cpus-per-worker (e.g. 0.5), use fewer "
             "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`)."
         )
-    if cfg.use_gpu and float(resources.get("GPU", 0)) < cfg.num_workers:
+    if cfg.use_gpu and float(resources.get("GPU", 0)) < max(cfg.num_workers, 1):
         raise RuntimeError(
             f"--use-gpu with {cfg.num_workers} workers, but the cluster has {resources.get('GPU', 0)} GPUs"
         )
@@ -137,7 +137,8 @@ def run_trainer(
         run_name=job["run_name"],
         storage_path=storage,
         final_step=metrics.get("step"),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        # Local mode (0 workers) keeps no checkpoints in storage: the reported directory is gone by now.
+        checkpoint_path=result.checkpoint.path if result.checkpoint and cfg.num_workers else None,
         mlflow_run_id=record.get("mlflow_run_id"),
         record=record,
         seconds=seconds,
@@ -281,7 +282,7 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
         wave = [x / 32768.0 for x in r["audio"][:ref_len]]
         reference.append(wave + [0.0] * (ref_len - len(wave)))
     job = _common_job(cfg, info, "hifigan")
-    steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * cfg.num_workers))
+    steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * max(cfg.num_workers, 1)))
     job.update(
         {
             "hifigan": hifigan.to_dict(),

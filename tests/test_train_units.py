@@ -1,0 +1,410 @@
+"""Training platform pieces that need no Ray cluster: configs and CLI, example transforms, dataset
+inspection, batching across passes, vocoders, digests, MLflow run continuity, the fault drill."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clipsynth_core import (
+    ClipConfig,
+    ConditionalUNet,
+    DiffusionConfig,
+    GaussianDiffusion,
+    HiFiGANGenerator,
+    MelFrontend,
+    Synthesizer,
+    SynthesizerConfig,
+    diffusion_losses,
+    hifigan_config,
+    unet_config,
+)
+from clipsynth_platform.synthetic import write_synthetic_dataset
+from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
+from clipsynth_platform.train.common import fault_drill, state_digest
+from clipsynth_platform.train.config import config_from_dict, parse_config
+from clipsynth_platform.train.data import diffusion_examples, endless_batches, repeat_factor, vocoder_examples
+from clipsynth_platform.train.diffusion_loop import build_bundle, diffusion_terms
+from clipsynth_platform.train.runner import check_cluster_resources, prepare_diffusion, prepare_hifigan
+from clipsynth_platform.train.tracking import RunTracker, read_run_record, run_record_uri, write_samples
+from clipsynth_platform.train.vocoder import GriffinLimVocoder, load_vocoder, load_vocoder_dir, save_vocoder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def job_defaults(name: str) -> dict:
+    """The DEFAULTS of a job script, loaded without running it."""
+    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DEFAULTS
+
+
+# ----------------------------------------------------------------------------------------------- config
+def test_paper_defaults_and_cli_overrides():
+    music = parse_config(DiffusionTrainConfig, ["--data", "d"], "x", job_defaults("train_music"))
+    vgg = parse_config(DiffusionTrainConfig, ["--data", "d"], "x", job_defaults("train_vggsound"))
+    assert (music.max_steps, vgg.max_steps) == (100_000, 500_000)
+    assert (music.register_as, vgg.register_as) == ("clipsynth-music", "clipsynth-vggsound")
+    assert music.clip_template == "a photo of playing {query}" and vgg.clip_template == "a photo of {query}"
+    # improved-diffusion's optimiser and the paper's diffusion
+    assert (vgg.lr, vgg.weight_decay, vgg.ema_decay, vgg.diffusion_steps, vgg.variant) == (
+        1e-4,
+        0.0,
+        0.9999,
+        4000,
+        "image",
+    )
+    cfg = parse_config(
+        DiffusionTrainConfig,
+        [
+            *("--data", "s3://b/p", "--variant", "hybrid", "--max-steps", "7", "--use-gpu", "--num-workers", "4"),
+            *("--sample-queries", "a dog", "rain", "--lr", "3e-4", "--no-bf16", "--register-as", ""),
+        ],
+        "x",
+    )
+    assert (cfg.variant, cfg.max_steps, cfg.use_gpu, cfg.num_workers, cfg.lr, cfg.bf16) == (
+        "hybrid",
+        7,
+        True,
+        4,
+        3e-4,
+        False,
+    )
+    assert cfg.sample_queries == ("a dog", "rain") and cfg.register_as == ""
+    assert config_from_dict(DiffusionTrainConfig, json.loads(cfg.to_json())) == cfg
+    hifi = parse_config(HiFiGANTrainConfig, ["--data", "d"], "x")
+    assert (hifi.lr, hifi.adam_b1, hifi.adam_b2, hifi.lr_decay, hifi.batch_size, hifi.segment_frames) == (
+        2e-4,
+        0.8,
+        0.99,
+        0.999,
+        16,
+        32,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "--data is required"),
+        (["--data", "d", "--max-steps", "0"], "--max-steps must be >= 1"),
+        (["--data", "d", "--variant", "audio"], "invalid choice: 'audio'"),
+        (["--data", "d", "--sample-steps", "5000"], "--sample-steps must lie in 1..4000"),
+        (["--data", "d", "--window-frames", "60"], "multiple of 8"),
+        (["--data", "d", "--cond-drop-prob", "1.5"], "--cond-drop-prob must lie in [0, 1)"),
+    ],
+)
+def test_cli_rejects_bad_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(DiffusionTrainConfig, argv, "x")
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- examples
+def _chunk_batch() -> dict:
+    """Two chunks whose mel values encode (chunk, band, frame), so any window can be located exactly."""
+    rows = []
+    for c, frames in enumerate((80, 70)):
+        mel = np.array([[1000 * c + 100 * b + f for f in range(frames)] for b in range(4)], dtype=np.float32)
+        rows.append(
+            {
+                "chunk_id": f"v:{c}",
+                "mel": mel.ravel(),
+                "n_mels": 4,
+                "mel_frames": frames,
+                "image_embeddings": (np.arange(3 * 5, dtype=np.float32) + 100 * c).ravel(),
+                "embed_dim": 5,
+                "text_embedding": None if c == 1 else np.full(5, -1.0, np.float32),
+            }
+        )
+    return {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+
+
+def _source(window: np.ndarray) -> tuple[int, int]:
+    """(chunk, start frame) of a window cut from _chunk_batch's mels."""
+    c, start = divmod(int(window[0, 0]), 1000)
+    return c, start
+
+
+@pytest.mark.parametrize("variant", ["image", "text", "hybrid"])
+def test_diffusion_examples_cut_windows_and_pick_conditions(variant):
+    batch = _chunk_batch()
+    out = diffusion_examples(batch, variant=variant, window_frames=8, repeat=200, seed=3)
+    kinds = set()
+    for window, cond in zip(out["mel"], out["cond"]):
+        c, start = _source(window)
+        expected = np.array([[1000 * c + 100 * b + start + f for f in range(8)] for b in range(4)])
+        np.testing.assert_array_equal(window, expected)
+        frames = (80, 70)[c]
+        assert 0 <= start <= frames - 8
+        images = (np.arange(15, dtype=np.float32) + 100 * c).reshape(3, 5)
+        if np.all(cond == -1.0):
+            kinds.add("text")
+            assert c == 0
+        else:
+            kinds.add("image")
+            assert any(np.array_equal(cond, row) for row in images)
+    assert out["mel"].dtype == np.float32 and out["cond"].shape[1] == 5
+    if variant == "text":
+        assert len(out["mel"]) == 200 and kinds == {"text"}  # the chunk without a label text is dropped
+    elif variant == "image":
+        assert len(out["mel"]) == 400 and kinds == {"image"}
+    else:
+        assert len(out["mel"]) == 400 and kinds == {"text", "image"}
+        text_share = np.mean([np.all(c == -1.0) for c in out["cond"][:200]])
+        assert 0.35 < text_share < 0.65  # chunk 0 has a text embedding: about half of its examples use it
+
+
+def test_diffusion_examples_reject_short_chunks():
+    with pytest.raises(ValueError, match="fewer than the 128-frame window"):
+        diffusion_examples(_chunk_batch(), variant="image", window_frames=128)
+
+
+def test_vocoder_examples_are_slices_of_the_pcm():
+    pcm = (np.arange(5000) % 2000 - 1000).astype(np.int16)
+    batch = {"audio": np.array([pcm, None, pcm[:100]], dtype=object)}
+    out = vocoder_examples(batch, segment_samples=1024, repeat=3, seed=0)["audio"]
+    assert out.shape == (6, 1024) and out.dtype == np.float32
+    full = pcm.astype(np.float32) / 32768.0
+    for seg in out[:3]:
+        assert any(np.array_equal(full[s : s + 1024], seg) for s in range(5000 - 1023)), "not a slice of the audio"
+    short = out[3:]
+    np.testing.assert_array_equal(short[:, :100], np.tile(full[:100], (3, 1)))
+    assert not short[:, 100:].any()  # zero padding after short audio
+
+
+def test_repeat_factor_lengthens_passes_over_small_datasets():
+    assert repeat_factor(16, 1, 2048) == 128
+    assert repeat_factor(100_000, 1, 2048) == 1
+    assert repeat_factor(100_000, 3, 2048) == 3
+
+
+class _FakeShard:
+    def __init__(self, passes: list[list[int]]):
+        self.passes = passes
+        self.calls = 0
+
+    def iter_torch_batches(self, batch_size, local_shuffle_buffer_size=None, device="auto"):
+        sizes = self.passes[min(self.calls, len(self.passes) - 1)]
+        self.calls += 1
+        start = 0
+        for n in sizes:
+            yield {"x": torch.arange(start, start + n)}
+            start += n
+
+
+def test_endless_batches_fill_every_batch_across_passes():
+    gen = endless_batches(_FakeShard([[3, 3, 1]]), batch_size=4)
+    got = [next(gen)["x"].tolist() for _ in range(7)]
+    stream = [i for _ in range(4) for i in range(7)]  # 7 examples per pass, concatenated
+    assert got == [stream[4 * k : 4 * k + 4] for k in range(7)]
+    with pytest.raises(DatasetError, match="yielded no examples"):
+        next(endless_batches(_FakeShard([[]]), batch_size=4))
+
+
+# ------------------------------------------------------------------------------------------ the dataset
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_clip):
+    root = tmp_path_factory.mktemp("train-data")
+    write_synthetic_dataset(str(root), tiny_clip, labels=("violin", "cello", "flute"), videos_per_label=1)
+    return str(root)
+
+
+def test_inspect_dataset_reads_the_shards(dataset, tiny_clip):
+    info = inspect_dataset(dataset)
+    assert (info.num_rows, info.embed_dim, info.clip_model, info.n_mels) == (6, 64, "tiny/none", 64)
+    assert info.labels == ["cello", "flute", "violin"]
+    assert (info.rows_with_text, info.rows_with_audio, info.min_mel_frames) == (6, 6, 155)
+    job, _ = prepare_diffusion(DiffusionTrainConfig(data=dataset, model_size="tiny", storage_path="/tmp/x"))
+    assert job["unet"]["cond_dim"] == 64  # from the shards
+    assert job["clip"]["model_name"] == "tiny" and job["clip"]["pretrained"] == "none"
+    assert job["sample_names"] == ["cello", "flute", "violin"]
+    expected = tiny_clip.encode_text(["cello", "flute", "violin"]).numpy()
+    np.testing.assert_allclose(np.asarray(job["sample_conds"]), expected, atol=1e-6)
+    assert job["params"]["unet.cond_dim"] == "64" and job["params"]["diffusion.num_steps"] == "4000"
+    assert job["tags"]["variant"] == "image" and job["tags"]["clip_model"] == "tiny"
+
+
+def test_unusable_datasets_fail_clearly(dataset, tmp_path, tiny_clip):
+    with pytest.raises(DatasetError, match="no training shards"):
+        inspect_dataset(str(tmp_path / "nothing"))
+    silent = tmp_path / "silent"
+    write_synthetic_dataset(str(silent), tiny_clip, labels=("violin",), videos_per_label=1, with_audio=False)
+    with pytest.raises(DatasetError, match="have no audio"):
+        prepare_hifigan(HiFiGANTrainConfig(data=str(silent), model_size="tiny"))
+    unlabeled = tmp_path / "unlabeled"
+    (unlabeled / "train").mkdir(parents=True)
+    table = pq.read_table(Path(dataset) / "train")
+    table = table.set_column(
+        table.schema.get_field_index("text_embedding"), "text_embedding", pa.nulls(len(table), pa.list_(pa.float32()))
+    )
+    pq.write_table(table, unlabeled / "train" / "part-0.parquet")
+    with pytest.raises(DatasetError, match="--variant text needs label text embeddings"):
+        prepare_diffusion(DiffusionTrainConfig(data=str(unlabeled), variant="text", model_size="tiny"))
+
+
+def test_data_pipeline_refuses_to_starve(monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(RuntimeError, match="Ray Data would get none"):
+        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2))
+    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5))
+
+
+# ----------------------------------------------------------------------------------------- model pieces
+def test_diffusion_terms_equal_core_losses():
+    """The DDP-safe loss (drop mask always passed) gives core's diffusion_losses exactly, for the same draws."""
+    torch.manual_seed(0)
+    model = ConditionalUNet(unet_config("tiny", cond_dim=64))
+    with torch.no_grad():
+        for p in model.out.parameters():
+            p.normal_(0, 0.02)  # the output layer starts at zero: make the outputs depend on the input
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig(num_steps=50))
+    mel, cond = torch.rand(3, 1, 64, 16) * 2 - 1, torch.randn(3, 64)  # 16 frames: the loss math is the same
+    ours = diffusion_terms(
+        model, diffusion, mel, cond, cond_drop_prob=0.0, generator=torch.Generator().manual_seed(5), bf16=False
+    )
+    core = diffusion_losses(model, diffusion, mel, cond, generator=torch.Generator().manual_seed(5))
+    for k in ("loss", "mse", "vb"):
+        assert torch.equal(ours[k], core[k]), k
+    ours["loss"].backward()
+    assert model.null_cond.grad is not None and not model.null_cond.grad.any()  # in the graph, zero gradient
+
+
+def test_state_digest_tracks_every_bit():
+    a, b = HiFiGANGenerator(hifigan_config("tiny")), HiFiGANGenerator(hifigan_config("tiny"))
+    b.load_state_dict(a.state_dict())
+    assert state_digest(a) == state_digest(b) == state_digest(dict(reversed(list(a.state_dict().items()))))
+    with torch.no_grad():
+        p = next(b.parameters())
+        p.view(-1)[0] = torch.nextafter(p.view(-1)[0], torch.tensor(1e9))
+    assert state_digest(a) != state_digest(b)
+
+
+def test_griffin_lim_reproduces_the_mel():
+    from clipsynth_platform.synthetic import tone
+
+    frontend = MelFrontend()
+    mel = frontend(torch.from_numpy(tone(330.0, 4.3)))[..., :64]
+    wave = GriffinLimVocoder(n_iter=32)(mel)
+    assert wave.shape == (1, 64 * 1024)
+    again = frontend(torch.nn.functional.pad(wave, (0, 1024)))  # 64 frames need 65,536 + 1,024 samples
+    error = (again - mel).abs().mean()
+    noise = (frontend(0.1 * torch.randn(1, 65 * 1024)) - mel).abs().mean()
+    assert error < 0.08 and error < noise / 4
+
+
+def test_vocoder_directories_round_trip(tmp_path):
+    torch.manual_seed(1)
+    generator = HiFiGANGenerator(hifigan_config("tiny"))
+    mel = torch.rand(1, 64, 8) * 2 - 1
+    save_vocoder(tmp_path / "voc", generator, hifigan_config("tiny"), step=12)
+    loaded, manifest = load_vocoder(str(tmp_path / "voc"))
+    assert manifest["step"] == 12
+    with torch.no_grad():
+        assert torch.equal(loaded(mel), generator.eval()(mel))
+        assert loaded(mel).shape == (1, 8 * 1024)
+    cfg = SynthesizerConfig(
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        unet=unet_config("tiny", cond_dim=64),
+        vocoder=hifigan_config("tiny"),
+        diffusion=DiffusionConfig(num_steps=10),
+    )
+    synth = Synthesizer(cfg, vocoder=generator)
+    synth.save(tmp_path / "bundle")
+    from_bundle, _ = load_vocoder_dir(tmp_path / "bundle")
+    assert state_digest(from_bundle) == state_digest(generator)
+    with pytest.raises(FileNotFoundError, match=r"neither vocoder\.json"):
+        load_vocoder_dir(tmp_path)
+
+
+def test_bundle_carries_the_given_weights(tmp_path):
+    unet_cfg = unet_config("tiny", cond_dim=64)
+    torch.manual_seed(3)
+    ema_state = ConditionalUNet(unet_cfg).state_dict()
+    vocoder = HiFiGANGenerator(hifigan_config("tiny"))
+    common = dict(unet_config=unet_cfg, unet_state=ema_state, diffusion=DiffusionConfig(num_steps=20), vocoder=vocoder)
+    build_bundle(
+        tmp_path / "b",
+        clip=ClipConfig(model_name="tiny", pretrained="none"),
+        sampling_steps=1000,
+        metadata={},
+        **common,
+    )
+    synth = Synthesizer.load(tmp_path / "b")
+    assert state_digest(synth.unet) == state_digest(ema_state)
+    assert synth.config.sampling.steps == 20  # capped at the diffusion steps
+    # A pretrained CLIP is referenced by name; its weights need not exist where the bundle is written.
+    build_bundle(
+        tmp_path / "p",
+        clip=ClipConfig(model_name="ViT-B-32", pretrained="openai"),
+        sampling_steps=10,
+        metadata={"variant": "image"},
+        **{
+            **common,
+            "unet_config": unet_config("tiny", cond_dim=512),
+            "unet_state": ConditionalUNet(unet_config("tiny", cond_dim=512)).state_dict(),
+        },
+    )
+    saved = json.loads((tmp_path / "p" / "bundle.json").read_text())
+    assert saved["clip"]["pretrained"] == "openai" and not (tmp_path / "p" / "clip.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------- tracking, drill
+def test_run_tracker_continues_one_run(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    record = run_record_uri(str(tmp_path / "runs"), "r1")
+    first = RunTracker(uri, "exp", "r1", record, {"variant": "image"})
+    first.log_params({"max_steps": "10", "lr": "0.1"})
+    first.log_metrics({"loss": 1.0, "nan": float("nan")}, step=1)
+    again = RunTracker(uri, "exp", "r1", record, {"variant": "image"})
+    assert again.resumed and again.run_id == first.run_id
+    again.log_params({"max_steps": "20", "lr": "0.1", "seed": "0"})  # a longer re-run
+    run = mlflow.tracking.MlflowClient(uri).get_run(first.run_id)
+    assert run.data.params == {"max_steps": "10", "lr": "0.1", "seed": "0"}
+    assert run.data.tags["resumed_with.max_steps"] == "20" and run.data.metrics == {"loss": 1.0}
+    assert read_run_record(record)["mlflow_run_id"] == first.run_id
+    assert len(mlflow.tracking.MlflowClient(uri).search_runs([first.experiment_id])) == 1
+
+
+def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch):
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr("os._exit", fake_exit)
+    fault_drill(3, 3, rank=0, world_size=2, storage_path=str(tmp_path), run_name="r")  # rank 0: no
+    fault_drill(3, 2, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # other step: no
+    with pytest.raises(Exited):
+        fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")
+    assert (tmp_path / "r" / "fault_drill_step_3.done").exists()
+    fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # marker: not again
+    with pytest.raises(Exited):
+        fault_drill(4, 4, rank=0, world_size=1, storage_path=str(tmp_path), run_name="r")  # alone: rank 0
+
+
+def test_sample_artifacts_are_audio_and_images(tmp_path):
+    import soundfile as sf
+
+    waves = np.stack([np.linspace(-0.5, 0.5, 2048, dtype=np.float32), np.zeros(2048, np.float32)])
+    mels = np.zeros((2, 64, 2), np.float32)
+    files = write_samples(tmp_path, ["a dog / barking", "rain"], mels, waves, 16_000, "t", reference_mels=mels)
+    names = sorted(p.name for p in files)
+    assert names == ["00_a_dog_barking.wav", "01_rain.wav", "mels.png"]
+    audio, rate = sf.read(tmp_path / "00_a_dog_barking.wav", dtype="float32")
+    assert rate == 16_000 and np.abs(audio - waves[0]).max() < 1 / 16_000
+    assert (tmp_path / "mels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
