@@ -30,7 +30,7 @@ import mlflow
 import numpy as np
 import torch
 
-from clipsynth_core import ClipRetriever, Synthesizer
+from clipsynth_core import ClipRetriever, Synthesizer, frames_for_seconds
 from clipsynth_core.metrics import (
     GaussianStats,
     StatsAccumulator,
@@ -233,6 +233,15 @@ def group_by_length(waves: list[np.ndarray]) -> Iterator[np.ndarray]:
         yield np.stack(group)
 
 
+def group_by_length_mels(mels: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Stack equal-length mels: [n, n_mels, T] float32 arrays."""
+    by_len: dict[int, list[np.ndarray]] = {}
+    for m in mels:
+        by_len.setdefault(m.shape[-1], []).append(np.asarray(m, dtype=np.float32))
+    for group in by_len.values():
+        yield np.stack(group)
+
+
 class Evaluation:
     """State shared by the runs of one invocation: the bundle, the test split's metadata, the backbones."""
 
@@ -307,9 +316,15 @@ class Evaluation:
 
     @torch.no_grad()
     def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for group in group_by_length_mels(mels):
-            out.extend(self.synth.vocode(torch.from_numpy(group)).cpu().numpy())
+        """Waveforms of normalised mels [n_mels, T] (any mix of lengths), in input order."""
+        out: list[np.ndarray | None] = [None] * len(mels)
+        by_len: dict[int, list[int]] = {}
+        for i, m in enumerate(mels):
+            by_len.setdefault(m.shape[-1], []).append(i)
+        for idx in by_len.values():
+            batch = torch.from_numpy(np.stack([np.asarray(mels[i], dtype=np.float32) for i in idx]))
+            for i, wave in zip(idx, self.synth.vocode(batch).cpu().numpy()):
+                out[i] = wave
         return out
 
     def embed_waves(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -436,10 +451,11 @@ class Evaluation:
             hits = retriever.synthesize([Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in specs])[:, 0]
         picked = [entries[int(h)] for h in hits]
         rows = gather_rows(self.config.data, "train", ["audio", "mel", "n_mels", "mel_frames"], {r for r, _ in picked})
-        frames = round(self.config.seconds / 4.16 * self.synth.config.mel.segment_frames)
+        frames = frames_for_seconds(self.config.seconds, self.synth.config.mel)
         hop = self.synth.config.mel.hop_length
         sr = self.synth.config.mel.sample_rate
         mels, waves = [], []
+        vocoded = 0  # retrieved clips without stored audio, heard through the bundle's vocoder
         for row_id, t in picked:
             row = rows[row_id]
             mel = mel_of(row)
@@ -454,9 +470,14 @@ class Evaluation:
                 wave = audio[start * hop : (start + frames) * hop]
             else:
                 wave = self.vocode([window])[0]
+                vocoded += 1
             mels.append(window)
             waves.append(wave)
-        extra = {"retriever_index_entries": len(entries), "retriever_distinct_hits": len(set(int(h) for h in hits))}
+        extra = {
+            "retriever_index_entries": len(entries),
+            "retriever_distinct_hits": len(set(int(h) for h in hits)),
+            "retriever_vocoded_clips": vocoded,
+        }
         return GeneratedSet(specs, np.stack(mels), np.stack(waves), seconds=time.perf_counter() - t0, extra=extra)
 
     def reconstructions(self, count: int) -> GeneratedSet:
@@ -589,14 +610,6 @@ class Evaluation:
             self._generator.close()
             self._generator = None
         self._tmp.cleanup()
-
-
-def group_by_length_mels(mels: list[np.ndarray]) -> Iterator[np.ndarray]:
-    by_len: dict[int, list[np.ndarray]] = {}
-    for m in mels:
-        by_len.setdefault(m.shape[-1], []).append(np.asarray(m, dtype=np.float32))
-    for group in by_len.values():
-        yield np.stack(group)
 
 
 def run_evaluation(config: EvalConfig, log: Callable[[str], None] = print) -> list[EvalResult]:
