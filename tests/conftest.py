@@ -24,6 +24,8 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(
+            # "local": always a fresh cluster for the session, never one that `ray start` left running.
+            address="local",
             num_cpus=RAY_NUM_CPUS,
             object_store_memory=RAY_OBJECT_STORE_BYTES,
             include_dashboard=False,
