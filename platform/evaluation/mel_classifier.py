@@ -344,3 +344,31 @@ def train_mel_classifier(
         metrics["num_test_clips"] = len(known)
     metrics["seconds"] = time.perf_counter() - t0
     return model.cpu(), metrics
+
+
+def run_mel_classifier_job(
+    config: MelClassifierTrainConfig, run_name: str = "mel-classifier", log: Callable[[str], None] = print
+) -> tuple[Path, dict]:
+    """Train, save to config.out and record one MLflow run (params, per-epoch metrics, the files).
+
+    The tracking URI is MLflow's current one (the jobs set it from $MLFLOW_TRACKING_URI or a local SQLite file).
+    """
+    import mlflow
+
+    from ..registry import ensure_experiment
+
+    log("[mel-classifier] config " + json.dumps(asdict(config)))
+    with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=run_name):
+        mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
+
+        def on_epoch(metrics: dict, epoch: int) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            log(f"[mel-classifier] epoch {epoch + 1}/{config.epochs} " + json.dumps(metrics))
+
+        model, metrics = train_mel_classifier(config, on_epoch)
+        out = model.save(config.out, training={**metrics, "data": config.data})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tags({"labels": ",".join(model.config.labels)[:5000], "stage": "mel-classifier"})
+        mlflow.log_artifacts(str(out), artifact_path="mel_classifier")
+    log(f"[mel-classifier] saved to {out}: " + json.dumps(metrics))
+    return Path(out), metrics
