@@ -94,14 +94,20 @@ class ServeConfig:
     sampler_batch_wait_s: float = 0.05
     vocoder_max_batch_size: int = 16
     vocoder_batch_wait_s: float = 0.005
-    encoder: DeploymentSettings = field(default_factory=lambda: DeploymentSettings(max_ongoing_requests=64))
-    sampler: DeploymentSettings = field(
-        default_factory=lambda: DeploymentSettings(max_ongoing_requests=32, target_ongoing_requests=16)
+    # CPU reservations fit `serve run serve:app` on a 2-core machine (1.75 CPUs in all): the sampler is the heavy
+    # part. Clusters set their own (serve_config.yaml / infra/kuberay/rayservice.yaml, GPU fractions included).
+    encoder: DeploymentSettings = field(
+        default_factory=lambda: DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64)
     )
-    vocoder: DeploymentSettings = field(default_factory=lambda: DeploymentSettings(max_ongoing_requests=32))
+    sampler: DeploymentSettings = field(
+        default_factory=lambda: DeploymentSettings(num_cpus=1.0, max_ongoing_requests=32, target_ongoing_requests=16)
+    )
+    vocoder: DeploymentSettings = field(
+        default_factory=lambda: DeploymentSettings(num_cpus=0.25, max_ongoing_requests=32)
+    )
     ingress: DeploymentSettings = field(
         default_factory=lambda: DeploymentSettings(
-            num_cpus=0.5, max_ongoing_requests=256, target_ongoing_requests=64, max_queued_requests=512
+            num_cpus=0.25, max_ongoing_requests=256, target_ongoing_requests=64, max_queued_requests=512
         )
     )
 
