@@ -387,11 +387,13 @@ def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch):
         raise Exited(code)
 
     monkeypatch.setattr("os._exit", fake_exit)
+    waits = []
+    monkeypatch.setattr("clipsynth_platform.train.common._wait_for_committed_checkpoints", lambda: waits.append(1))
     fault_drill(3, 3, rank=0, world_size=2, storage_path=str(tmp_path), run_name="r")  # rank 0: no
     fault_drill(3, 2, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # other step: no
     with pytest.raises(Exited):
         fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")
-    assert (tmp_path / "r" / "fault_drill_step_3.done").exists()
+    assert (tmp_path / "r" / "fault_drill_step_3.done").exists() and waits == [1]  # after the commit
     fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # marker: not again
     with pytest.raises(Exited):
         fault_drill(4, 4, rank=0, world_size=1, storage_path=str(tmp_path), run_name="r")  # alone: rank 0

@@ -60,8 +60,23 @@ def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storag
         os.makedirs(os.path.dirname(strip_scheme(marker)), exist_ok=True)
     with fs.open(strip_scheme(marker), "w") as f:
         f.write(json.dumps({"step": step, "rank": rank, "time": time.time()}))
+    _wait_for_committed_checkpoints()
     print(f"[fault drill] rank {rank} exits at step {step}", flush=True)
     os._exit(17)
+
+
+def _wait_for_committed_checkpoints(timeout_s: float = 120.0) -> None:
+    """Block until Ray Train has committed this worker's reported checkpoints.
+
+    The controller collects reports when it polls the workers (every 2 s by default): a worker that dies
+    right after ray.train.report can take its newest checkpoint with it. The drill crashes after the commit,
+    so that where the run resumes from does not depend on the machine's speed.
+    """
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s
+    )
 
 
 def report_checkpoint(

@@ -138,11 +138,17 @@ def run_trainer(
         storage_path=storage,
         final_step=metrics.get("step"),
         # Local mode (0 workers) keeps no checkpoints in storage: the reported directory is gone by now.
-        checkpoint_path=result.checkpoint.path if result.checkpoint and cfg.num_workers else None,
+        checkpoint_path=_checkpoint_uri(storage, result.checkpoint.path)
+        if result.checkpoint and cfg.num_workers
+        else None,
         mlflow_run_id=record.get("mlflow_run_id"),
         record=record,
         seconds=seconds,
     )
+
+
+def _checkpoint_uri(storage: str, path: str) -> str:
+    return f"s3://{path}" if is_s3(storage) and not path.startswith("s3://") else path
 
 
 def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
