@@ -53,12 +53,13 @@ class DemoConfig:
     # training (a few CPU minutes each)
     model_size: str = "tiny"
     diffusion_steps: int = 1000
-    diffusion_train_steps: int = 300
+    diffusion_train_steps: int = 200
     diffusion_batch_size: int = 8
     diffusion_lr: float = 5e-4
     vocoder_size: str = "tiny"
-    vocoder_train_steps: int = 150
+    vocoder_train_steps: int = 60
     vocoder_batch_size: int = 4
+    vocoder_segment_frames: int = 16
     num_workers: int = 1
     classifier_epochs: int = 15
     # evaluation and serving
@@ -302,8 +303,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         model_size=config.vocoder_size,
         max_steps=config.vocoder_train_steps,
         batch_size=config.vocoder_batch_size,
+        segment_frames=config.vocoder_segment_frames,
         checkpoint_every=max(config.vocoder_train_steps // 2, 1),
-        log_every=25,
+        log_every=10,
         sample_every=config.vocoder_train_steps,
         tracking_uri=tracking,
         seed=config.seed,
