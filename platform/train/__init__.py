@@ -11,6 +11,7 @@ should not pay for torch and MLflow imports they never use.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 _EXPORTS = {
     "DiffusionTrainConfig": "config",
@@ -29,7 +30,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

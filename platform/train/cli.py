@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, parse_config
 from .data import DatasetError
+
+if TYPE_CHECKING:
+    from .runner import TrainingSummary
 
 
 def main_diffusion(argv: list[str] | None, description: str, defaults: dict[str, Any]) -> int:
@@ -24,7 +28,7 @@ def main_hifigan(argv: list[str] | None, description: str, defaults: dict[str, A
     return _run(lambda: run_hifigan_training(cfg))
 
 
-def _run(fn) -> int:
+def _run(fn: Callable[[], TrainingSummary]) -> int:
     try:
         summary = fn()
     except DatasetError as exc:

@@ -20,6 +20,19 @@ from ..uri import fsspec_filesystem, join, strip_scheme
 RANK_FILE = "rank_{rank}.json"
 
 
+def restore(checkpoint, load: Callable[[Path], dict]) -> dict:
+    """Run `load(directory)` on a Ray Train checkpoint, with a clear error when its weights do not fit."""
+    with checkpoint.as_directory() as d:
+        try:
+            return load(Path(d))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RuntimeError(
+                f"cannot resume from the checkpoint at {checkpoint.path}: {exc}\n"
+                "It was probably written with another model configuration under the same run name and storage "
+                "path: choose a new --run-name (or --storage-path) to start a new run."
+            ) from exc
+
+
 def state_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
     """sha256 of a module's state (names, dtypes, shapes and bytes): equal iff the weights are bit-identical."""
     from clipsynth_core.ema import unwrap

@@ -40,7 +40,9 @@ class TrainConfig:
     data: str = opt("", "URI of a preprocessed dataset (local path or s3://bucket/prefix) with train/*.parquet")
     experiment: str = opt("clipsynth", "MLflow experiment name")
     run_name: str = opt(
-        "", "Ray Train run name and MLflow run name; re-running with the same name and storage path resumes"
+        "",
+        "Ray Train and MLflow run name (default: the experiment, plus -VARIANT for diffusion); re-running with "
+        "the same name and storage path resumes that run",
     )
     storage_path: str = opt(
         "~/clipsynth_runs",
@@ -149,6 +151,9 @@ class DiffusionTrainConfig(TrainConfig):
     register_as: str = opt(
         "clipsynth-vggsound", "MLflow registered model name of the final synthesizer bundle; empty: do not register"
     )
+
+    def run_name_or_default(self) -> str:
+        return self.run_name or f"{self.experiment}-{self.variant}"
 
     def check(self) -> None:
         super().check()

@@ -14,13 +14,18 @@ the per-pass start-up of the streaming split does not dominate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from ..schema import split_dir
 from ..uri import fsspec_filesystem, is_s3, pyarrow_filesystem, strip_scheme
+
+if TYPE_CHECKING:
+    import ray.data
 
 DIFFUSION_COLUMNS = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "text_embedding"]
 VOCODER_COLUMNS = ["chunk_id", "audio"]
@@ -263,7 +268,7 @@ def vocoder_examples(
 
 
 # ------------------------------------------------------------------------------------------ Ray Datasets
-def read_train_dataset(info: DatasetInfo, columns: list[str]):
+def read_train_dataset(info: DatasetInfo, columns: list[str]) -> ray.data.Dataset:
     """The train shards as a Ray Dataset of `columns` (file order shuffled every pass)."""
     import ray.data
 
@@ -272,7 +277,7 @@ def read_train_dataset(info: DatasetInfo, columns: list[str]):
     return ray.data.read_parquet(paths, filesystem=fs, columns=columns, shuffle="files")
 
 
-def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, repeat: int):
+def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, repeat: int) -> ray.data.Dataset:
     columns = [c for c in DIFFUSION_COLUMNS if c != "text_embedding" or variant != "image"]
     ds = read_train_dataset(info, columns)
     # Small map batches keep blocks small, so the streaming split hands out examples evenly.
@@ -285,7 +290,7 @@ def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, re
     )
 
 
-def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int):
+def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int) -> ray.data.Dataset:
     ds = read_train_dataset(info, VOCODER_COLUMNS)
     return ds.map_batches(
         vocoder_examples,
@@ -296,7 +301,7 @@ def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int):
     )
 
 
-def endless_batches(shard, batch_size: int, shuffle_buffer: int = 0, device=None):
+def endless_batches(shard: Any, batch_size: int, shuffle_buffer: int = 0, device: Any = None) -> Iterator[dict]:
     """Full batches of `batch_size` examples (dicts of tensors) from a Train dataset shard, pass after pass.
 
     Batches may span the end of a pass. Every rank gets the same number of examples per pass (the split is

@@ -41,6 +41,7 @@ from .common import (
     gpu_memory_metrics,
     mean_across_ranks,
     report_checkpoint,
+    restore,
     state_digest,
 )
 from .config import DiffusionTrainConfig, config_from_dict
@@ -165,8 +166,9 @@ def _train_diffusion_worker(loop_config: dict) -> None:
     start_step, resumed = 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device)
+        state = restore(
+            checkpoint, lambda d: load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device)
+        )
         start_step = int(state["step"])
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
         print(f"[train rank {rank}] resumed from the checkpoint at step {start_step}", flush=True)

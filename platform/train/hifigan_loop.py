@@ -37,6 +37,7 @@ from .common import (
     gpu_memory_metrics,
     mean_across_ranks,
     report_checkpoint,
+    restore,
     state_digest,
 )
 from .config import HiFiGANTrainConfig, config_from_dict
@@ -80,15 +81,17 @@ def _train_hifigan_worker(loop_config: dict) -> None:
     start_step, resumed = 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_training_state(
+        state = restore(
+            checkpoint,
+            lambda d: load_training_state(
                 d,
                 model=generator,
                 optimizer=opt_g,
                 modules={"discriminator": discriminator},
                 optimizers={"discriminator": opt_d},
                 map_location=device,
-            )
+            ),
+        )
         sched_g.load_state_dict(state["scheduler_g"])
         sched_d.load_state_dict(state["scheduler_d"])
         start_step = int(state["step"])

@@ -12,8 +12,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
@@ -30,6 +32,9 @@ from .data import (
     vocoder_dataset,
 )
 from .tracking import flatten_params, git_commit, read_run_record, resolve_tracking_uri, run_record_uri
+
+if TYPE_CHECKING:
+    import ray.data
 
 
 @dataclass
@@ -54,14 +59,14 @@ def connect_ray(cfg: TrainConfig) -> None:
 
     if ray.is_initialized():
         return
-    env = {"RAY_DEDUP_LOGS": "0"}
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address and address != "local":
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        # No runtime_env here: a submitted job's own (working dir, env vars) applies to its workers.
+        ray.init(address=address)
         return
     need = int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + 2
     num_cpus = cfg.local_num_cpus or max(os.cpu_count() or 1, need)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
 def check_cluster_resources(cfg: TrainConfig) -> None:
@@ -101,9 +106,9 @@ def resolve_storage(storage_path: str) -> str:
 
 def run_trainer(
     cfg: TrainConfig,
-    train_fn,
+    train_fn: Callable[[dict], None],
     job: dict,
-    dataset,
+    dataset: ray.data.Dataset,
 ) -> TrainingSummary:
     """TorchTrainer with the Train V2 API; returns what the run produced."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

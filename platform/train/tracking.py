@@ -94,7 +94,9 @@ def write_run_record(uri: str, record: dict) -> None:
 class RunTracker:
     """The job's MLflow run: created on first start, continued after any restart."""
 
-    def __init__(self, tracking_uri: str, experiment: str, run_name: str, record_uri: str, tags: dict[str, str]):
+    def __init__(
+        self, tracking_uri: str, experiment: str, run_name: str, record_uri: str, tags: dict[str, str]
+    ) -> None:
         mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
