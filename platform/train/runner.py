@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
@@ -288,10 +290,11 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
     repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
     rows = [r for r in first_rows(info, ["chunk_id", "audio"], max(cfg.num_samples * 4, 4)) if r["audio"]]
     ref_len = REFERENCE_FRAMES * MelConfig().hop_length
-    reference = []
-    for r in rows[: cfg.num_samples]:
-        wave = [x / 32768.0 for x in r["audio"][:ref_len]]
-        reference.append(wave + [0.0] * (ref_len - len(wave)))
+    # float32 arrays travel compactly in the loop config (no JSON: they are not printed or logged)
+    reference = np.zeros((min(len(rows), cfg.num_samples), ref_len), np.float32)
+    for i, r in enumerate(rows[: len(reference)]):
+        pcm = np.asarray(r["audio"][:ref_len], dtype=np.int16)
+        reference[i, : len(pcm)] = pcm.astype(np.float32) / 32768.0
     job = _common_job(cfg, info, "hifigan")
     steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * max(cfg.num_workers, 1)))
     job.update(
