@@ -158,7 +158,19 @@ def _checkpoint_uri(storage: str, path: str) -> str:
     return f"s3://{path}" if is_s3(storage) and not path.startswith("s3://") else path
 
 
+def _warn_about_job_local_tracking(cfg: TrainConfig) -> None:
+    """A submitted job runs in a temporary copy of its working dir: a default SQLite store there is lost."""
+    submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    if submitted and not cfg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        print(
+            "[warning] no MLflow tracking URI: the SQLite store goes into this job's temporary working directory. "
+            "Pass --tracking-uri, or MLFLOW_TRACKING_URI in --runtime-env-json, to keep runs and models.",
+            flush=True,
+        )
+
+
 def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
+    _warn_about_job_local_tracking(cfg)
     storage = resolve_storage(cfg.storage_path)
     run_name = cfg.run_name_or_default()
     return {
