@@ -64,7 +64,7 @@ class BenchConfig:
     candidates: list[str] = field(default_factory=lambda: ["ddim:50", "ddpm:50"])
     direct_requests: int = 2
     max_batch_size: int = 32
-    batch_wait_s: float = 0.02
+    batch_wait_s: float = 0.05  # the service default (ServeConfig.sampler_batch_wait_s)
     sampler_cpus: float = 1.0
     ray_cpus: int = 4
     out: str = str(REPO / "benchmarks" / "results" / "serve_cpu.json")
@@ -174,6 +174,7 @@ def main() -> None:
     print(json.dumps({"config": asdict(cfg)}), flush=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure: record it
     tmp = Path(tempfile.mkdtemp(prefix="clipsynth-serve-bench-"))
     bundle = build_bundle(cfg.model, tmp)
     threads = max(1, int(cfg.sampler_cpus))
@@ -248,6 +249,7 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "load_average_1m_at_start": round(load_at_start, 2),
             "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         },
         "config": asdict(cfg),
