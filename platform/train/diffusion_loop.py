@@ -208,7 +208,10 @@ def _train_diffusion_worker(loop_config: dict) -> None:
         )
 
     progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
-    sums = {"loss": 0.0, "mse": 0.0, "vb": 0.0, "grad_norm": 0.0, "data_wait_s": 0.0}
+    # Running sums stay on the device (no host sync per step); they are read at log intervals.
+    term_keys = ("loss", "mse", "vb", "grad_norm")
+    sums = torch.zeros(len(term_keys), dtype=torch.float64, device=device)
+    data_wait = 0.0
     count = 0
     last_checkpoint = start_step
     ddp_model.train()
@@ -216,7 +219,7 @@ def _train_diffusion_worker(loop_config: dict) -> None:
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
         t_wait = time.perf_counter()
         batch = next(batches)
-        sums["data_wait_s"] += time.perf_counter() - t_wait
+        data_wait += time.perf_counter() - t_wait
         mel = batch["mel"].unsqueeze(1).float()
         cond = batch["cond"].float()
         if on_gpu and cfg.channels_last:
@@ -233,13 +236,12 @@ def _train_diffusion_worker(loop_config: dict) -> None:
         terms["loss"].backward()
         grad_norm = clip_and_step(ddp_model.parameters(), optimizer, cfg.grad_clip or None)
         ema.update(ddp_model)
-        for k in ("loss", "mse", "vb"):
-            sums[k] += float(terms[k].detach())
-        sums["grad_norm"] += float(grad_norm)
+        sums += torch.stack([terms["loss"], terms["mse"], terms["vb"], grad_norm.to(device)]).detach().double()
         count += 1
 
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            means = mean_across_ranks({k: v / count for k, v in sums.items()}, device)
+            values = dict(zip(term_keys, (sums / count).tolist()))
+            means = mean_across_ranks({**values, "data_wait_s_per_step": data_wait / count}, device)
             pace = progress.interval(step)
             if tracker is not None:
                 metrics = {
@@ -256,8 +258,8 @@ def _train_diffusion_worker(loop_config: dict) -> None:
                     f"ETA {Progress.format_eta(pace['eta_s'])}",
                     flush=True,
                 )
-            sums = dict.fromkeys(sums, 0.0)
-            count = 0
+            sums.zero_()
+            data_wait, count = 0.0, 0
 
         if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
             mels = sample_mels(

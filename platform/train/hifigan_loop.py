@@ -137,7 +137,7 @@ def _train_hifigan_worker(loop_config: dict) -> None:
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
     progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
-    sums = dict.fromkeys((*LOSS_KEYS, "data_wait_s"), 0.0)
+    sums = dict.fromkeys((*LOSS_KEYS, "data_wait_s_per_step"), 0.0)
     count = 0
     g_ddp.train()
     d_ddp.train()
@@ -145,7 +145,7 @@ def _train_hifigan_worker(loop_config: dict) -> None:
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
         t_wait = time.perf_counter()
         wave = next(batches)["audio"].float()
-        sums["data_wait_s"] += time.perf_counter() - t_wait
+        sums["data_wait_s_per_step"] += time.perf_counter() - t_wait
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
         losses = step_fn(mel, wave)
