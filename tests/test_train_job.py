@@ -32,7 +32,7 @@ from clipsynth_platform.registry import ensure_experiment, resolve_bundle
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.train.common import state_digest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
