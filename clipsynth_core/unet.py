@@ -226,9 +226,11 @@ class ConditionalUNet(nn.Module):
         self.out = nn.Sequential(_norm(cur + cc), nn.SiLU(), _zero(nn.Conv2d(cur + cc, cfg.out_channels, 3, padding=1)))
 
     def condition(self, cond: Tensor, drop_mask: Tensor | None) -> Tensor:
-        if drop_mask is not None:
-            cond = torch.where(drop_mask[:, None].to(cond.device), self.null_cond.to(cond.dtype)[None], cond)
-        return cond
+        # Always routed through the mask (all False when None) so `null_cond` stays in the graph: DDP requires
+        # every parameter to take part in the backward pass, even when guidance training is off.
+        if drop_mask is None:
+            drop_mask = torch.zeros(cond.shape[0], dtype=torch.bool, device=cond.device)
+        return torch.where(drop_mask[:, None].to(cond.device), self.null_cond.to(cond.dtype)[None], cond)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, drop_mask: Tensor | None = None) -> Tensor:
         cfg = self.config

@@ -109,3 +109,11 @@ def test_paper_preset_size():
     # improved-diffusion's 64x64 model family: ~100 M parameters with the concatenated condition.
     n = sum(p.numel() for p in ConditionalUNet(unet_config("paper")).parameters())
     assert 60e6 < n < 150e6
+
+
+def test_every_parameter_takes_part_in_backward():
+    # DDP (Ray Train) fails on parameters that get no gradient; guidance's null condition must be in the graph.
+    net = ConditionalUNet(unet_config("tiny", cond_dim=16))
+    net(torch.randn(1, 1, 64, 16), torch.tensor([3]), torch.randn(1, 16)).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert missing == []
