@@ -53,11 +53,11 @@ class DemoConfig:
     # training (a few CPU minutes each)
     model_size: str = "tiny"
     diffusion_steps: int = 1000
-    diffusion_train_steps: int = 200
+    diffusion_train_steps: int = 100
     diffusion_batch_size: int = 8
     diffusion_lr: float = 5e-4
     vocoder_size: str = "tiny"
-    vocoder_train_steps: int = 60
+    vocoder_train_steps: int = 40
     vocoder_batch_size: int = 4
     vocoder_segment_frames: int = 16
     num_workers: int = 1
@@ -256,6 +256,12 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     # 2. CLIP and a local Ray shared by every stage
     clip = resolve_clip(config, log)
+    # The Serve app (`serve:app_builder`) lives at the repository root, like `serve run serve:app` expects; the
+    # driver and every Ray worker (which inherit this environment) need that root on their import path.
+    project_root = str(Path(__file__).resolve().parents[1])
+    if project_root not in sys.path:
+        sys.path.insert(0, project_root)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
     if not ray.is_initialized():
         ray.init(
             address="local",
@@ -337,7 +343,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         seed=config.seed,
     )
     diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(diff_cfg).to_dict(), log)
-    model_uri = diff.get("record", {}).get("model_uri") or f"models:/{config.registered_model}/latest"
+    record = diff.get("record", {})
+    if record.get("registered_version") is not None:
+        model_uri = f"models:/{record['registered_model']}/{record['registered_version']}"
+    else:
+        model_uri = record.get("model_uri") or f"models:/{config.registered_model}/latest"
 
     # 5. a mel classifier for FID and relevance, then evaluation (text and image queries, and the retriever)
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
