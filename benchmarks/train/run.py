@@ -32,9 +32,8 @@ from common import emit, environment, time_it
 
 
 def diffusion_step_rate(size: str, batch: int, warmup: int, iters: int) -> dict:
-    from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
+    from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, diffusion_losses, unet_config
     from clipsynth_core.training import clip_and_step
-    from clipsynth_platform.train.diffusion_loop import diffusion_terms
 
     torch.manual_seed(0)
     model = ConditionalUNet(unet_config(size, cond_dim=512))
@@ -45,7 +44,7 @@ def diffusion_step_rate(size: str, batch: int, warmup: int, iters: int) -> dict:
     mel, cond = torch.rand(batch, 1, 64, 64) * 2 - 1, torch.nn.functional.normalize(torch.randn(batch, 512), dim=1)
 
     def step() -> None:
-        terms = diffusion_terms(model, diffusion, mel, cond, cond_drop_prob=0.0, generator=gen, bf16=False)
+        terms = diffusion_losses(model, diffusion, mel, cond, cond_drop_prob=0.0, generator=gen, bf16=False)
         terms["loss"].backward()
         clip_and_step(model.parameters(), opt, 1.0)
         ema.update(model)

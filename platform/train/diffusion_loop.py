@@ -31,7 +31,7 @@ from clipsynth_core import (
     save_training_state,
 )
 from clipsynth_core.synthesizer import make_generators
-from clipsynth_core.training import autocast_context, clip_and_step
+from clipsynth_core.training import clip_and_step, diffusion_losses
 
 from ..registry import log_bundle_model
 from .common import (
@@ -48,28 +48,6 @@ from .config import DiffusionTrainConfig, config_from_dict
 from .data import endless_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
-
-
-def diffusion_terms(
-    model: torch.nn.Module,
-    diffusion: GaussianDiffusion,
-    mel: torch.Tensor,
-    cond: torch.Tensor,
-    *,
-    cond_drop_prob: float,
-    generator: torch.Generator,
-    bf16: bool,
-) -> dict[str, torch.Tensor]:
-    """Batch-mean hybrid loss terms {"loss", "mse", "vb"}, as core's diffusion_losses computes them, except
-    that a drop mask is always passed (all False without condition dropout): the learned null condition
-    then takes part in every step's graph, as DDP requires of every parameter."""
-    b, device = mel.shape[0], mel.device
-    t = torch.randint(0, diffusion.num_timesteps, (b,), generator=generator).to(device)
-    noise = torch.randn(mel.shape, generator=generator).to(device)
-    drop = (torch.rand(b, generator=generator) < cond_drop_prob).to(device)
-    with autocast_context(device, bf16):
-        terms = diffusion.training_losses(lambda x, tt: model(x, tt, cond, drop), mel.float(), t, noise)
-    return {k: v.float().mean() for k, v in terms.items()}
 
 
 class _ReferencedClip(torch.nn.Module):
@@ -224,7 +202,7 @@ def _train_diffusion_worker(loop_config: dict) -> None:
         cond = batch["cond"].float()
         if on_gpu and cfg.channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
-        terms = diffusion_terms(
+        terms = diffusion_losses(
             ddp_model,
             diffusion,
             mel,
