@@ -204,21 +204,16 @@ class Synthesizer:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu", clip_pretrained: str | None = None):
         """Load a bundle directory; `clip_pretrained` overrides where pretrained CLIP weights come from."""
-        d = Path(path)
-        if not (d / "bundle.json").exists():
-            raise FileNotFoundError(f"{d} is not a synthesizer bundle (no bundle.json)")
-        config = SynthesizerConfig.from_dict(json.loads((d / "bundle.json").read_text()))
+        config = read_bundle_config(path)
         if clip_pretrained is not None:
             config.clip = ClipConfig(**{**asdict(config.clip), "pretrained": clip_pretrained})
-        encoder = None
-        if (d / "clip.safetensors").exists() and config.clip.is_random:
-            encoder = ClipQueryEncoder(config.clip)
-            encoder.model.load_state_dict(load_file(str(d / "clip.safetensors")))
-        unet = ConditionalUNet(config.unet)
-        unet.load_state_dict(load_file(str(d / "unet.safetensors")))
-        vocoder = HiFiGANGenerator(config.vocoder)
-        vocoder.load_state_dict(load_file(str(d / "vocoder.safetensors")))
-        return cls(config, unet=unet, vocoder=vocoder, encoder=encoder, device=device)
+        return cls(
+            config,
+            unet=load_bundle_unet(path, config),
+            vocoder=load_bundle_vocoder(path, config),
+            encoder=load_bundle_encoder(path, config.clip),
+            device=device,
+        )
 
     @property
     def identity(self) -> dict:
@@ -229,6 +224,35 @@ class Synthesizer:
             "diffusion_steps": self.config.diffusion.num_steps,
             **{k: v for k, v in self.config.metadata.items() if isinstance(v, (str, int, float, bool))},
         }
+
+
+# One loader per bundle part, so that a process that needs one part (a Serve deployment) loads only that one.
+def read_bundle_config(path: str | os.PathLike) -> SynthesizerConfig:
+    d = Path(path)
+    if not (d / "bundle.json").exists():
+        raise FileNotFoundError(f"{d} is not a synthesizer bundle (no bundle.json)")
+    return SynthesizerConfig.from_dict(json.loads((d / "bundle.json").read_text()))
+
+
+def load_bundle_encoder(path: str | os.PathLike, clip: ClipConfig) -> ClipQueryEncoder:
+    """The bundle's CLIP: a random CLIP from clip.safetensors, a pretrained one by name/tag or weights path."""
+    encoder = ClipQueryEncoder(clip)
+    weights = Path(path) / "clip.safetensors"
+    if clip.is_random and weights.exists():
+        encoder.model.load_state_dict(load_file(str(weights)))
+    return encoder
+
+
+def load_bundle_unet(path: str | os.PathLike, config: SynthesizerConfig) -> ConditionalUNet:
+    unet = ConditionalUNet(config.unet)
+    unet.load_state_dict(load_file(str(Path(path) / "unet.safetensors")))
+    return unet
+
+
+def load_bundle_vocoder(path: str | os.PathLike, config: SynthesizerConfig) -> HiFiGANGenerator:
+    vocoder = HiFiGANGenerator(config.vocoder)
+    vocoder.load_state_dict(load_file(str(Path(path) / "vocoder.safetensors")))
+    return vocoder
 
 
 def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:

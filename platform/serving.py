@@ -13,26 +13,23 @@ per-example generators), so a request's audio depends on its own parameters only
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from clipsynth_core import (
     ClipConfig,
     ClipQueryEncoder,
-    ConditionalUNet,
     HiFiGANGenerator,
     Synthesizer,
     SynthesizerConfig,
     frames_for_seconds,
 )
+from clipsynth_core.synthesizer import load_bundle_encoder, load_bundle_unet, load_bundle_vocoder, read_bundle_config
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -45,10 +42,7 @@ def resolve_device(device: str = "auto", num_gpus: float = 0.0) -> torch.device:
 
 
 def load_bundle_config(bundle_dir: str | os.PathLike) -> SynthesizerConfig:
-    path = Path(bundle_dir) / "bundle.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{bundle_dir} is not a synthesizer bundle (no bundle.json)")
-    config = SynthesizerConfig.from_dict(json.loads(path.read_text()))
+    config = read_bundle_config(bundle_dir)
     config.check()
     return config
 
@@ -65,10 +59,7 @@ def load_query_encoder(
     clip = config.clip
     if clip_pretrained:
         clip = ClipConfig(**{**asdict(clip), "pretrained": clip_pretrained})
-    encoder = ClipQueryEncoder(clip)
-    weights = Path(bundle_dir) / "clip.safetensors"
-    if clip.is_random and weights.exists():
-        encoder.model.load_state_dict(load_file(str(weights)))
+    encoder = load_bundle_encoder(bundle_dir, clip)
     if encoder.embed_dim != config.unet.cond_dim:
         raise ValueError(f"CLIP embeds to {encoder.embed_dim} dims, the U-Net expects {config.unet.cond_dim}")
     return encoder.to(device)
@@ -78,9 +69,7 @@ def load_vocoder(
     bundle_dir: str | os.PathLike, config: SynthesizerConfig | None = None, device: torch.device | str = "cpu"
 ) -> HiFiGANGenerator:
     config = config or load_bundle_config(bundle_dir)
-    vocoder = HiFiGANGenerator(config.vocoder)
-    vocoder.load_state_dict(load_file(str(Path(bundle_dir) / "vocoder.safetensors")))
-    return vocoder.to(device).eval()
+    return load_bundle_vocoder(bundle_dir, config).to(device).eval()
 
 
 class _AbsentPart(nn.Module):
@@ -109,11 +98,9 @@ def load_mel_sampler(
     """A Synthesizer holding only the U-Net (and the diffusion process): `sample_mels` and `identity` work,
     `encode` and `vocode` raise. It runs the core's own sampling code, so results match `Synthesizer.load`."""
     config = config or load_bundle_config(bundle_dir)
-    unet = ConditionalUNet(config.unet)
-    unet.load_state_dict(load_file(str(Path(bundle_dir) / "unet.safetensors")))
     return Synthesizer(
         config,
-        unet=unet,
+        unet=load_bundle_unet(bundle_dir, config),
         encoder=_AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim),
         vocoder=_AbsentPart("HiFi-GAN vocoder"),
         device=device,
