@@ -308,13 +308,45 @@ def test_decode_keyframe_mode_returns_keyframes_only(coded_video):
     key_times = sorted(float(line.split(",")[0]) for line in probe.split() if "K" in line.split(",")[1])
     assert key_times == pytest.approx([0.0, 3.0, 6.0, 9.0, 12.0])
     rows, video = _decode(coded_video, frame_sampling="keyframe")
-    assert json.loads(video["info_json"])["frame_sampling"] == "keyframe"
+    info = json.loads(video["info_json"])
+    # decord's index picks the keyframes, torchcodec decodes them (it stops at the frame asked for).
+    assert (info["frame_sampling"], video["video_decoder"], info["notes"]) == ("keyframe", "torchcodec", [])
     first = np.asarray(rows[0]["frame_times"]) + rows[0]["start_seconds"]
     # Targets 0.5..9.5 s snap to the nearest keyframe: 0, 3, 6, 9 (each once).
     np.testing.assert_allclose(first, [0.0, 3.0, 6.0, 9.0], atol=1e-3)
-    for jpeg, t in zip(rows[0]["frames_jpeg"], first):
-        gray = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"), dtype=np.float64).mean()
-        assert abs(gray - rgb_gray_of_luma(luma_at(t))) < 4
+    # The second chunk (10 s..15 s: targets 10.5..14.5) snaps to 9 and 12: keyframe 9 s serves both chunks.
+    second = np.asarray(rows[1]["frame_times"]) + rows[1]["start_seconds"]
+    np.testing.assert_allclose(second, [9.0, 12.0], atol=1e-3)
+    assert rows[1]["frames_jpeg"][0] == rows[0]["frames_jpeg"][3]  # decoded and encoded once
+    for row in rows:
+        for jpeg, t in zip(row["frames_jpeg"], np.asarray(row["frame_times"]) + row["start_seconds"]):
+            image = Image.open(io.BytesIO(jpeg))
+            assert image.size == (299, 224)
+            gray = np.asarray(image.convert("L"), dtype=np.float64).mean()
+            assert abs(gray - rgb_gray_of_luma(luma_at(t))) < 4
+
+
+def test_decode_keyframe_mode_falls_back_to_decord_pixels(coded_video, monkeypatch):
+    from clipsynth_platform.ingest import decode
+
+    reference, _ = _decode(coded_video, frame_sampling="keyframe")  # torchcodec's pixels
+
+    class BrokenDecoder:
+        def get_frames_played_at(self, seconds):
+            raise RuntimeError("simulated torchcodec failure")
+
+    monkeypatch.setattr(
+        decode.FrameSource, "_open_keyframe_decoder", lambda self: setattr(self, "_keys_tc", BrokenDecoder())
+    )
+    rows, video = _decode(coded_video, frame_sampling="keyframe")
+    info = json.loads(video["info_json"])
+    assert (video["status"], video["video_decoder"]) == ("ok", "decord")
+    assert info["notes"] == ["keyframes fallback to decord after: simulated torchcodec failure"]
+    for got, want in zip(rows, reference, strict=True):
+        np.testing.assert_allclose(got["frame_times"], want["frame_times"], atol=1e-6)
+        for a, b in zip(got["frames_jpeg"], want["frames_jpeg"], strict=True):
+            x, y = (np.asarray(Image.open(io.BytesIO(j)).convert("L"), dtype=np.float64) for j in (a, b))
+            assert x.shape == y.shape and np.abs(x - y).mean() < 3  # two scalers, the same picture
 
 
 def test_decode_without_audio_column_and_other_fps(coded_video):

@@ -5,10 +5,11 @@ Audio: torchcodec's AudioDecoder resamples to 16 kHz mono inside FFmpeg (decord'
 Frames: decord's VideoReader seeks to the sampled times only, and scales inside FFmpeg to the CLIP size (a 4K
 frame never exists at full size in Python). "exact" sampling gives the frame on screen at each time, which
 means decoding forward from the previous keyframe; "keyframe" sampling snaps each time to the nearest keyframe
-(get_key_indices), decoding only a few packets per keyframe, several times faster but coarser: a snapped frame
-may even lie outside its chunk (frame_times < 0 or > duration). When decord cannot read a file (e.g. AV1, which
-its bundled FFmpeg lacks), torchcodec's VideoDecoder serves the exact frames. Which decoders served is recorded
-per row (audio_decoder, video_decoder), the sampling per video in the manifests and the summary.
+of decord's index (get_key_indices) and has torchcodec decode just those keyframes (decord's decoder thread
+runs ahead past every frame it seeks to, which cost 1.8x the CPU), several times faster but coarser: a snapped
+frame may even lie outside its chunk (frame_times < 0 or > duration). When decord cannot read a file (e.g. AV1,
+which its bundled FFmpeg lacks), torchcodec's VideoDecoder serves the exact frames. Which decoders served is
+recorded per row (audio_decoder, video_decoder), the sampling per video in the manifests and the summary.
 
 Everything that goes wrong with one file becomes a "failed" video row with a stage and a clear reason, so a
 bad file never fails the job. A native crash cannot be caught here; the driver accounts for it.
@@ -179,14 +180,7 @@ class StreamInfo:
     audio_channels: int | None = None
 
 
-def probe(path: str) -> StreamInfo:
-    """Which streams the container holds (read from its header, no decoding)."""
-    from torchcodec._core import get_container_metadata_from_header
-
-    try:
-        meta = get_container_metadata_from_header(path)
-    except Exception as exc:
-        raise DecodeFailure(STAGE_DECODE, f"cannot open container: {short_error(exc)}") from None
+def _stream_info(meta) -> StreamInfo:
     video = next((s for s in meta.streams if s.media_type == "video"), None)
     audio = next((s for s in meta.streams if s.media_type == "audio"), None)
     return StreamInfo(
@@ -201,12 +195,39 @@ def probe(path: str) -> StreamInfo:
     )
 
 
-def _audio_torchcodec(path: str, test_disable: bool) -> tuple[np.ndarray, float]:
+def probe(path: str) -> StreamInfo:
+    """Which streams the container holds (read from its header, no decoding)."""
+    from torchcodec._core import get_container_metadata_from_header
+
+    try:
+        meta = get_container_metadata_from_header(path)
+    except Exception as exc:
+        raise DecodeFailure(STAGE_DECODE, f"cannot open container: {short_error(exc)}") from None
+    return _stream_info(meta)
+
+
+def open_media(path: str, settings: DecodeSettings):
+    """(StreamInfo, torchcodec AudioDecoder or None, why it is None).
+
+    Every opening of a container costs FFmpeg's stream analysis (a few ms on 360p H.264: it decodes the first
+    frames), so the audio decoder is opened first and the stream table read from it. Only when torchcodec
+    cannot open the file (no audio track, or a container it does not read) does the header probe run, to say
+    which.
+    """
+    from torchcodec._core import get_container_metadata
     from torchcodec.decoders import AudioDecoder
 
-    if test_disable:
-        raise RuntimeError("disabled by a test hook")
-    samples = AudioDecoder(path, sample_rate=SAMPLE_RATE, num_channels=1).get_all_samples()
+    try:
+        if settings.test_hooks and NO_TORCHCODEC_AUDIO_MARKER in posixpath.basename(path):
+            raise RuntimeError("disabled by a test hook")
+        decoder = AudioDecoder(path, sample_rate=SAMPLE_RATE, num_channels=1)
+        return _stream_info(get_container_metadata(decoder._decoder)), decoder, None
+    except Exception as exc:
+        return probe(path), None, short_error(exc, 160)
+
+
+def _audio_torchcodec(decoder) -> tuple[np.ndarray, float]:
+    samples = decoder.get_all_samples()
     if int(samples.sample_rate) != SAMPLE_RATE:
         raise RuntimeError(f"decoder returned {samples.sample_rate} Hz instead of {SAMPLE_RATE}")
     return samples.data[0].numpy().astype(np.float32, copy=False), float(samples.pts_seconds)
@@ -221,11 +242,16 @@ def _audio_ffmpeg(path: str) -> tuple[np.ndarray, float]:
     return np.frombuffer(proc.stdout, dtype=np.float32).copy(), 0.0
 
 
-def decode_audio(path: str, settings: DecodeSettings, notes: list[str]) -> tuple[np.ndarray, float, str]:
-    """16 kHz mono float32 waveform, its start time in the source, and the decoder that served it."""
-    no_tc = settings.test_hooks and NO_TORCHCODEC_AUDIO_MARKER in posixpath.basename(path)
-    errors = []
-    for name, fn in (("torchcodec", lambda: _audio_torchcodec(path, no_tc)), ("ffmpeg", lambda: _audio_ffmpeg(path))):
+def decode_audio(path: str, decoder, open_error: str | None, notes: list[str]) -> tuple[np.ndarray, float, str]:
+    """16 kHz mono float32 waveform, its start time in the source, and the decoder that served it.
+
+    `decoder` and `open_error` come from `open_media`: torchcodec serves when it opened the file, an `ffmpeg`
+    subprocess otherwise or when torchcodec fails while decoding.
+    """
+    errors = [f"torchcodec: {open_error}"] if decoder is None else []
+    attempts = [("torchcodec", lambda: _audio_torchcodec(decoder))] if decoder is not None else []
+    attempts.append(("ffmpeg", lambda: _audio_ffmpeg(path)))
+    for name, fn in attempts:
         try:
             wave, start = fn()
             if errors:
@@ -237,7 +263,11 @@ def decode_audio(path: str, settings: DecodeSettings, notes: list[str]) -> tuple
 
 
 class FrameSource:
-    """Frames at given source times from decord (seeking only to them), else torchcodec; opened once per video."""
+    """Frames at given source times, opened once per video.
+
+    decord's index says which frames serve the times; decord decodes them (exact sampling) or torchcodec does
+    (keyframes); torchcodec alone serves files decord cannot open.
+    """
 
     def __init__(self, path: str, info: StreamInfo, settings: DecodeSettings, notes: list[str]) -> None:
         self.path = path
@@ -250,7 +280,10 @@ class FrameSource:
         self.sampling = settings.frame_sampling
         self._vr = None
         self._tc = None
+        self.decoded: dict[int, np.ndarray] = {}  # the frames of the last `frames_for` call, by key
         errors = []
+        self._keys_tc = None
+        self.key_indices: np.ndarray | None = None
         try:
             self._open_decord()
             self.decoder = "decord"
@@ -265,6 +298,12 @@ class FrameSource:
             except Exception as exc2:
                 errors.append(f"torchcodec: {short_error(exc2, 160)}")
                 raise DecodeFailure(STAGE_DECODE, f"cannot decode video ({'; '.join(errors)})") from None
+        if self.key_indices is not None:
+            try:
+                self._open_keyframe_decoder()
+                self.decoder = "torchcodec"
+            except Exception as exc:
+                notes.append(f"keyframes from decord: torchcodec cannot open the file ({short_error(exc, 160)})")
 
     def _open_decord(self) -> None:
         import decord
@@ -287,6 +326,48 @@ class FrameSource:
             self.size = frame_size(first.shape[1], first.shape[0], self.settings.image_size)
             self._vr.seek(0)
 
+    def _open_keyframe_decoder(self) -> None:
+        """torchcodec, seeking by time to the keyframes that decord's index names.
+
+        decord decodes a keyframe at about 1.8x the CPU of torchcodec (measured on 360p H.264): its decoder
+        thread runs ahead past each frame it seeks to. torchcodec decodes on the calling thread and stops at
+        the frame asked for; it scales to the CLIP size inside FFmpeg, as decord does.
+        """
+        from torchcodec.decoders import VideoDecoder
+        from torchcodec.transforms import Resize
+
+        width, height = self.size
+        self._keys_tc = VideoDecoder(
+            self.path,
+            dimension_order="NHWC",
+            num_ffmpeg_threads=self.settings.threads,
+            seek_mode="approximate",  # no scan of the file: decord's index already says where the keyframes are
+            transforms=[Resize((height, width))],
+        )
+
+    def _keyframes(self, wanted: list[int]) -> np.ndarray:
+        """RGB frames [n, H, W, 3] at frame indices `wanted` (keyframes, ascending)."""
+        if self._keys_tc is not None:
+            starts = self.frame_starts[wanted]
+            try:
+                # "played at" a time just after the keyframe's start is the keyframe itself: the seek lands on it
+                # and nothing before it is decoded. 0.1 ms is far below any frame's duration.
+                got = self._keys_tc.get_frames_played_at(seconds=(starts + 1e-4).tolist())
+                gap = float(np.abs(got.pts_seconds.numpy().astype(np.float64) - starts).max())
+                if gap > 1e-3:
+                    raise RuntimeError(f"torchcodec and decord disagree on keyframe times by {gap:.3f} s")
+                return got.data.numpy()
+            except Exception as exc:
+                self.notes.append(f"keyframes fallback to decord after: {short_error(exc, 160)}")
+                self._keys_tc = None
+                self.decoder = "decord"
+        batch = self._vr.get_batch(wanted).asnumpy()
+        # decord's decoder thread keeps decoding past the last requested frame until the next seek: measured
+        # here, one get_batch on a 30 s 360p video burnt another second of CPU in the background. A seek to the
+        # start stops it at once (and costs nothing: the next get_batch seeks anyway).
+        self._vr.seek(0)
+        return batch
+
     def _open_torchcodec(self) -> None:
         from torchcodec.decoders import VideoDecoder
 
@@ -297,28 +378,45 @@ class FrameSource:
         self._tc_begin = float(meta.begin_stream_seconds or 0.0)
         self._tc_end = float(meta.end_stream_seconds) if meta.end_stream_seconds is not None else None
 
-    def frames_at(self, times: np.ndarray) -> list[tuple[np.ndarray, float]]:
-        """(RGB uint8 frame at the CLIP size, its source time) per distinct frame serving `times`, in order."""
+    def frames_for(self, times_per_chunk: list[np.ndarray]) -> list[list[tuple[int, float]]]:
+        """For each chunk's sample times: (key into `self.decoded`, source time) per distinct frame, in order.
+
+        All chunks of a block are served by one decoder call, so a frame that two chunks share (keyframe
+        snapping often picks the same keyframe for the end of one chunk and the start of the next) is decoded,
+        resized and encoded once.
+        """
+        self.decoded = {}
         if self._vr is not None:
-            idx = unique_in_order(select_frames(self.frame_starts, times, self.key_indices))
-            order = np.argsort(idx, kind="stable")  # decord decodes forward: ask in ascending order
-            batch = self._vr.get_batch(idx[order].tolist()).asnumpy()
-            frames = [None] * len(idx)
-            for j, o in enumerate(order):
-                frames[o] = (resize_frame(batch[j], self.size), float(self.frame_starts[idx[o]]))
-            return frames
+            picks = [unique_in_order(select_frames(self.frame_starts, t, self.key_indices)) for t in times_per_chunk]
+            wanted = sorted({int(i) for p in picks for i in p})  # decoders decode forward: ask in ascending order
+            if self.key_indices is not None:
+                batch = self._keyframes(wanted)
+            else:
+                batch = self._vr.get_batch(wanted).asnumpy()
+                self._vr.seek(0)  # stops decord's read-ahead (see _keyframes)
+            for j, index in enumerate(wanted):
+                self.decoded[index] = resize_frame(batch[j], self.size)
+            return [[(int(i), float(self.frame_starts[i])) for i in p] for p in picks]
         hi = self._tc_end - 1e-3 if self._tc_end is not None else None
-        clipped = np.clip(times, self._tc_begin, hi if hi is not None else np.inf)
-        got = self._tc.get_frames_played_at(seconds=clipped.tolist())
-        out, seen = [], set()
-        for frame, pts in zip(got.data.numpy(), got.pts_seconds.tolist()):
-            if pts in seen:
-                continue
-            seen.add(pts)
-            out.append((resize_frame(frame, self.size), float(pts)))
+        out = []
+        for times in times_per_chunk:
+            clipped = np.clip(times, self._tc_begin, hi if hi is not None else np.inf)
+            got = self._tc.get_frames_played_at(seconds=clipped.tolist())
+            chunk, seen = [], set()
+            for frame, pts in zip(got.data.numpy(), got.pts_seconds.tolist()):
+                key = round(pts * 1e6)  # torchcodec frames are named by their presentation time
+                if key in seen:
+                    continue
+                seen.add(key)
+                if key not in self.decoded:
+                    self.decoded[key] = resize_frame(frame, self.size)
+                chunk.append((key, float(pts)))
+            out.append(chunk)
         return out
 
     def close(self) -> None:
+        self.decoded = {}
+        self._keys_tc = None
         self._vr = None
         self._tc = None
 
@@ -405,7 +503,7 @@ def process_video(source: dict, settings: DecodeSettings) -> Iterator[pa.Table]:
             if settings.test_hooks and SEGFAULT_MARKER in posixpath.basename(source["uri"]):
                 _crash_for_test()
             t0 = time.perf_counter()
-            streams = probe(path)
+            streams, audio_reader, audio_open_error = open_media(path, settings)
             timings["probe"] = time.perf_counter() - t0
             info["streams"] = asdict(streams)
             if not streams.has_video:
@@ -413,7 +511,8 @@ def process_video(source: dict, settings: DecodeSettings) -> Iterator[pa.Table]:
             if not streams.has_audio:
                 raise DecodeFailure(STAGE_DECODE, "no audio track")
             t0 = time.perf_counter()
-            wave, audio_start, audio_decoder = decode_audio(path, settings, notes)
+            wave, audio_start, audio_decoder = decode_audio(path, audio_reader, audio_open_error, notes)
+            audio_reader = None  # its buffers are no longer needed while the frames decode
             timings["audio"] = time.perf_counter() - t0
             info["audio_seconds"] = len(wave) / SAMPLE_RATE
             if not np.all(np.isfinite(wave)):
@@ -441,6 +540,7 @@ def process_video(source: dict, settings: DecodeSettings) -> Iterator[pa.Table]:
                     silent += n_silent
                     yield record_table(rows)
             finally:
+                video_decoder = frames.decoder  # a fallback while decoding changes it
                 frames.close()
             timings["total"] = time.perf_counter() - t_start
             yield record_table(
@@ -474,19 +574,22 @@ def _chunk_rows(
     waves = [wave[a:b] for a, b in bounds]
     mels = mel_of_chunks(waves)
     timings["mel"] += time.perf_counter() - t0
+    starts = [audio_start + a / SAMPLE_RATE for a, _ in bounds]
+    durations = [(b - a) / SAMPLE_RATE for a, b in bounds]
+    t0 = time.perf_counter()
+    picks = frames.frames_for(
+        [s + frame_targets(d, settings.frames_per_second) for s, d in zip(starts, durations, strict=True)]
+    )
+    timings["video"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jpeg_of = {key: encode_jpeg(frame, settings.jpeg_quality) for key, frame in frames.decoded.items()}
+    timings["jpeg"] += time.perf_counter() - t0
     rows, silent = [], 0
-    for k, ((a, b), chunk, mel) in enumerate(zip(bounds, waves, mels)):
+    for k, (chunk, mel, picked, start, duration) in enumerate(zip(waves, mels, picks, starts, durations, strict=True)):
         index = first_index + k
-        start = audio_start + a / SAMPLE_RATE
-        duration = (b - a) / SAMPLE_RATE
-        t0 = time.perf_counter()
-        picked = frames.frames_at(start + frame_targets(duration, settings.frames_per_second))
-        timings["video"] += time.perf_counter() - t0
         if not picked:
             raise DecodeFailure(STAGE_DECODE, f"no decodable frames for chunk {index}")
-        t0 = time.perf_counter()
-        jpegs = [encode_jpeg(f, settings.jpeg_quality) for f, _ in picked]
-        timings["jpeg"] += time.perf_counter() - t0
+        jpegs = [jpeg_of[key] for key, _ in picked]
         is_silent = float(np.max(np.abs(chunk))) < SILENCE_PEAK
         silent += int(is_silent)
         rows.append(
