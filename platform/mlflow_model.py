@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mlflow
 import mlflow.pyfunc
+import pandas as pd
 
 
 class SynthesizerModel(mlflow.pyfunc.PythonModel):
@@ -16,7 +17,8 @@ class SynthesizerModel(mlflow.pyfunc.PythonModel):
 
         self.synthesizer = Synthesizer.load(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    # The DataFrame hint tells MLflow to pass the input through as it is (no schema inference from hints).
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
         df = model_input
         queries = [str(q) for q in df["query"]]
         steps = int(df["steps"].iloc[0]) if "steps" in df else None
