@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +58,18 @@ def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
+def say(message: str) -> None:
+    """One progress line from a Train worker, printed once.
+
+    Ray Train replaces `print` in its workers: the text goes to Train's logger and, when sys.stdout is wrapped
+    (it is in a Ray worker), to the stream as well, so every line reached the driver twice. Writing to the
+    process's own stdout bypasses that, and Ray still forwards it to the driver with the worker's prefix.
+    """
+    stream = sys.__stdout__ or sys.stdout
+    stream.write(message + "\n")
+    stream.flush()
+
+
 def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storage_path: str, run_name: str) -> None:
     """Test hook: rank 1 (rank 0 when alone) exits hard when it reaches `fail_at_step`, once per run.
 
@@ -74,7 +87,7 @@ def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storag
     with fs.open(strip_scheme(marker), "w") as f:
         f.write(json.dumps({"step": step, "rank": rank, "time": time.time()}))
     _wait_for_committed_checkpoints()
-    print(f"[fault drill] rank {rank} exits at step {step}", flush=True)
+    say(f"[fault drill] rank {rank} exits at step {step}")
     os._exit(17)
 
 

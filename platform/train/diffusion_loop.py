@@ -42,6 +42,7 @@ from .common import (
     mean_across_ranks,
     report_checkpoint,
     restore,
+    say,
     state_digest,
 )
 from .config import DiffusionTrainConfig, config_from_dict
@@ -149,7 +150,7 @@ def _train_diffusion_worker(loop_config: dict) -> None:
         )
         start_step = int(state["step"])
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
-        print(f"[train rank {rank}] resumed from the checkpoint at step {start_step}", flush=True)
+        say(f"[train rank {rank}] resumed from the checkpoint at step {start_step}")
     ddp_model = ray.train.torch.prepare_model(model)
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
@@ -167,10 +168,9 @@ def _train_diffusion_worker(loop_config: dict) -> None:
             vocoder = GriffinLimVocoder()
         tracker.set_tags({"sample_vocoder": vocoder.name, "resumed_at_step": str(start_step) if resumed else "0"})
         if start_step < cfg.max_steps:
-            print(
+            say(
                 f"[train] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
-                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}",
-                flush=True,
+                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
             )
     sample_diffusion = diffusion.respaced(cfg.sample_steps)
     sample_cond = torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device)
@@ -230,11 +230,10 @@ def _train_diffusion_worker(loop_config: dict) -> None:
                     **gpu_memory_metrics(device),
                 }
                 tracker.log_metrics(metrics, step)
-                print(
+                say(
                     f"[train] step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
                     f"vb {means['vb']:.4f} grad {means['grad_norm']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
-                    f"ETA {Progress.format_eta(pace['eta_s'])}",
-                    flush=True,
+                    f"ETA {Progress.format_eta(pace['eta_s'])}"
                 )
             sums.zero_()
             data_wait, count = 0.0, 0
@@ -283,7 +282,7 @@ def _finish(
 
     done = tracker.record.get("bundle_step")
     if done is not None and int(done) >= cfg.max_steps:
-        print(f"[train] already finished: the bundle of step {done} is logged (run {tracker.run_id})", flush=True)
+        say(f"[train] already finished: the bundle of step {done} is logged (run {tracker.run_id})")
         tracker.finish()
         return
     if cfg.vocoder:
@@ -324,7 +323,5 @@ def _finish(
         registered_version=int(version) if version is not None else None,
     )
     where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
-    print(
-        f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})", flush=True
-    )
+    say(f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

@@ -38,6 +38,7 @@ from .common import (
     mean_across_ranks,
     report_checkpoint,
     restore,
+    say,
     state_digest,
 )
 from .config import HiFiGANTrainConfig, config_from_dict
@@ -96,7 +97,7 @@ def _train_hifigan_worker(loop_config: dict) -> None:
         sched_d.load_state_dict(state["scheduler_d"])
         start_step = int(state["step"])
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(generator)}
-        print(f"[hifigan rank {rank}] resumed from the checkpoint at step {start_step}", flush=True)
+        say(f"[hifigan rank {rank}] resumed from the checkpoint at step {start_step}")
 
     g_ddp = ray.train.torch.prepare_model(generator)
     d_ddp = ray.train.torch.prepare_model(discriminator)
@@ -110,10 +111,9 @@ def _train_hifigan_worker(loop_config: dict) -> None:
         tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
         tracker.log_params(job["params"])
         if start_step < cfg.max_steps:
-            print(
+            say(
                 f"[hifigan] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
-                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}",
-                flush=True,
+                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
             )
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
 
@@ -170,11 +170,10 @@ def _train_hifigan_worker(loop_config: dict) -> None:
                     },
                     step,
                 )
-                print(
+                say(
                     f"[hifigan] step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
                     f"D {means['loss_d']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
-                    f"ETA {Progress.format_eta(pace['eta_s'])}",
-                    flush=True,
+                    f"ETA {Progress.format_eta(pace['eta_s'])}"
                 )
             sums = dict.fromkeys(sums, 0.0)
             count = 0
@@ -205,7 +204,7 @@ def _train_hifigan_worker(loop_config: dict) -> None:
             uri = f"runs:/{tracker.run_id}/{VOCODER_ARTIFACT}"
             tracker.set_tags({"vocoder_uri": uri})
             tracker.update_record(vocoder_step=cfg.max_steps, vocoder_uri=uri)
-            print(f"[hifigan] finished at step {cfg.max_steps}; vocoder: {uri} (pass it as --vocoder)", flush=True)
+            say(f"[hifigan] finished at step {cfg.max_steps}; vocoder: {uri} (pass it as --vocoder)")
         tracker.finish()
 
 
