@@ -68,7 +68,9 @@ def connect_ray(cfg: TrainConfig) -> None:
         return
     need = int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + 2
     num_cpus = cfg.local_num_cpus or max(os.cpu_count() or 1, need)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    # With the dashboard: it serves the state API that Ray Train's placement-group watcher polls (without it,
+    # that watcher logs a warning on every check), and users get the dashboard's view of the run.
+    ray.init(address="local", num_cpus=num_cpus)
 
 
 def check_cluster_resources(cfg: TrainConfig) -> None:
