@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .clip_encoder import ClipConfig, ClipQueryEncoder
+from .clip_encoder import TINY_CLIP_CONFIG, ClipConfig, ClipQueryEncoder
 from .diffusion import DiffusionConfig, GaussianDiffusion, guided_model
-from .hifigan import HiFiGANConfig, HiFiGANGenerator
+from .hifigan import HiFiGANConfig, HiFiGANGenerator, hifigan_config
 from .mel import MelConfig, MelFrontend
-from .unet import ConditionalUNet, UNetConfig
+from .unet import ConditionalUNet, UNetConfig, unet_config
 
 BUNDLE_FORMAT = "clipsynth-bundle/1"
 PAPER_SECONDS = 4.16  # 64 frames, the paper's window
@@ -74,6 +74,27 @@ class SynthesizerConfig:
             vocoder=HiFiGANConfig.from_dict(d["vocoder"]),
             sampling=SamplingDefaults(**d.get("sampling", {})),
             metadata=d.get("metadata", {}),
+        )
+
+    @classmethod
+    def tiny(
+        cls,
+        *,
+        unet: UNetConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
+        sampling: SamplingDefaults | None = None,
+        metadata: dict | None = None,
+    ) -> SynthesizerConfig:
+        """A synthesizer that runs in seconds on a CPU and needs no download: the tiny random CLIP, the tiny
+        U-Net and HiFi-GAN presets, 100 diffusion steps sampled with 10. For tests, smoke runs and benchmarks;
+        any of the parts named here can be given instead."""
+        return cls(
+            clip=ClipConfig(model_name="tiny", pretrained="none"),
+            unet=unet or unet_config("tiny", cond_dim=TINY_CLIP_CONFIG["embed_dim"]),
+            vocoder=hifigan_config("tiny"),
+            diffusion=diffusion or DiffusionConfig(num_steps=100),
+            sampling=sampling or SamplingDefaults(steps=10),
+            metadata=dict(metadata or {}),
         )
 
     def check(self) -> None:
@@ -127,6 +148,20 @@ class Synthesizer:
         self.mel = MelFrontend(config.mel).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self._respaced: dict[int, GaussianDiffusion] = {}
+
+    @classmethod
+    def untrained(cls, config: SynthesizerConfig, *, seed: int = 0, weight_noise: float = 0.05) -> Synthesizer:
+        """Random weights whose samples still depend on the query, for tests and benchmarks.
+
+        A fresh U-Net's output layers are zero (it would predict eps = 0 whatever the condition), so every U-Net
+        weight gets N(0, weight_noise^2) added, from `seed`.
+        """
+        torch.manual_seed(seed)
+        synth = cls(config)
+        with torch.no_grad():
+            for p in synth.unet.parameters():
+                p.add_(weight_noise * torch.randn_like(p))
+        return synth
 
     # --------------------------------------------------------------------------------------------- parts
     def process(self, steps: int) -> GaussianDiffusion:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsynth_core import ClipConfig, DiffusionConfig, Synthesizer, SynthesizerConfig, hifigan_config, unet_config
+from clipsynth_core import Synthesizer, SynthesizerConfig
 from clipsynth_core.metrics import embedding_statistics
 from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.data import (
@@ -190,13 +190,7 @@ def jpeg(color: tuple[int, int, int]) -> bytes:
 
 
 def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(dataset, tmp_path, tiny_clip):
-    config = SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
-        unet=unet_config("tiny", cond_dim=64),
-        vocoder=hifigan_config("tiny"),
-        diffusion=DiffusionConfig(num_steps=100),
-    )
-    bundle = Synthesizer(config).save(tmp_path / "bundle")
+    bundle = Synthesizer(SynthesizerConfig.tiny()).save(tmp_path / "bundle")
     common = dict(model=str(bundle), num_samples=6, fad_backbone="tiny-random", fid_backbone="none", stats_cache="none")
     # Shards embedded with the model's CLIP: image conditions are the stored frame embeddings.
     ev = Evaluation(EvalConfig(data=dataset, **common))

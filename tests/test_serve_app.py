@@ -22,13 +22,8 @@ import pytest
 import torch
 
 from clipsynth_core import (
-    ClipConfig,
-    DiffusionConfig,
-    SamplingDefaults,
     Synthesizer,
     SynthesizerConfig,
-    hifigan_config,
-    unet_config,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `serve` package lives at the repo root
@@ -67,18 +62,7 @@ def pcm16(wave_float: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory) -> Path:
-    config = SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
-        unet=unet_config("tiny", cond_dim=64),
-        vocoder=hifigan_config("tiny"),
-        diffusion=DiffusionConfig(num_steps=100),
-        sampling=SamplingDefaults(steps=10),
-    )
-    torch.manual_seed(0)
-    synth = Synthesizer(config)
-    with torch.no_grad():  # a fresh U-Net's output layers are zero: noise makes its output depend on the query
-        for p in synth.unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    synth = Synthesizer.untrained(SynthesizerConfig.tiny())
     return synth.save(tmp_path_factory.mktemp("serve_app") / "bundle")
 
 

@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from clipsynth_core import (
-    ClipConfig,
     DiffusionConfig,
-    SamplingDefaults,
     Synthesizer,
     SynthesizerConfig,
-    hifigan_config,
-    unet_config,
 )
 from clipsynth_platform.serving import (
     SampleSpec,
@@ -50,24 +46,7 @@ from serve.wav import wav_bytes
 
 
 def tiny_config(cond_drop_prob: float = 0.0) -> SynthesizerConfig:
-    return SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
-        unet=unet_config("tiny", cond_dim=64),
-        vocoder=hifigan_config("tiny"),
-        diffusion=DiffusionConfig(num_steps=100, cond_drop_prob=cond_drop_prob),
-        sampling=SamplingDefaults(steps=10),
-    )
-
-
-def untrained_synthesizer(config: SynthesizerConfig, seed: int = 0) -> Synthesizer:
-    """A random synthesizer whose U-Net output depends on its input and condition: a fresh U-Net's output
-    layers are zero-initialised (it would predict eps = 0 whatever the query), so every weight gets noise."""
-    torch.manual_seed(seed)
-    synth = Synthesizer(config)
-    with torch.no_grad():
-        for p in synth.unet.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return synth
+    return SynthesizerConfig.tiny(diffusion=DiffusionConfig(num_steps=100, cond_drop_prob=cond_drop_prob))
 
 
 def assert_same_up_to_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
@@ -81,7 +60,7 @@ def assert_same_up_to_rounding(actual: np.ndarray, desired: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return untrained_synthesizer(tiny_config()).save(tmp_path_factory.mktemp("serve_units") / "bundle")
+    return Synthesizer.untrained(tiny_config()).save(tmp_path_factory.mktemp("serve_units") / "bundle")
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -320,7 +299,7 @@ def test_checked_in_serve_config_is_what_serve_build_writes_for_the_app():
 
 
 def test_guided_and_unguided_requests_never_share_a_sampling_loop():
-    synth = untrained_synthesizer(tiny_config(cond_drop_prob=0.1), seed=1)
+    synth = Synthesizer.untrained(tiny_config(cond_drop_prob=0.1), seed=1)
     conds = synth.encode(["flute", "flute", "drum"])
     specs = [
         SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=0.0),

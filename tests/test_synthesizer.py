@@ -18,30 +18,36 @@ from clipsynth_core import (
     Synthesizer,
     SynthesizerConfig,
     frames_for_seconds,
-    hifigan_config,
-    unet_config,
 )
 
 
 def tiny_config(**diffusion) -> SynthesizerConfig:
-    return SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
-        unet=unet_config("tiny", cond_dim=64),
-        vocoder=hifigan_config("tiny"),
-        diffusion=DiffusionConfig(num_steps=100, **diffusion),
-        sampling=SamplingDefaults(steps=4),
+    return SynthesizerConfig.tiny(
+        diffusion=DiffusionConfig(num_steps=100, **diffusion), sampling=SamplingDefaults(steps=4)
     )
 
 
 @pytest.fixture(scope="module")
 def synth():
-    torch.manual_seed(0)
-    s = Synthesizer(tiny_config())
-    # Zero-initialised output layers would make every sample the same; perturb the weights.
-    with torch.no_grad():
-        for p in list(s.unet.parameters()):
-            p.add_(torch.randn_like(p) * 0.02)
-    return s
+    return Synthesizer.untrained(tiny_config(), weight_noise=0.02)
+
+
+def test_tiny_config_and_untrained_weights_are_seeded():
+    config = SynthesizerConfig.tiny(metadata={"variant": "image"})
+    assert (config.clip.model_name, config.clip.is_random, config.unet.cond_dim) == ("tiny", True, 64)
+    assert (config.diffusion.num_steps, config.sampling.steps, config.metadata) == (100, 10, {"variant": "image"})
+    a, b = (Synthesizer.untrained(config, seed=3).unet.state_dict() for _ in range(2))
+    c = Synthesizer.untrained(config, seed=4).unet.state_dict()
+    torch.manual_seed(3)
+    fresh = Synthesizer(config).unet.state_dict()  # the same initialisation, before the noise
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    # Every weight moved by about weight_noise (0.05), the zero-initialised output convolutions included.
+    floats = [k for k in a if a[k].is_floating_point()]
+    delta = torch.cat([(a[k] - fresh[k]).flatten() for k in floats])
+    assert 0.045 < float(delta.std()) < 0.055
+    zero_at_init = [k for k in floats if k != "null_cond" and float(fresh[k].abs().max()) == 0]
+    assert zero_at_init and all(float(a[k].abs().max()) > 0 for k in zero_at_init)
 
 
 def test_synthesize_shapes_and_durations(synth):

@@ -310,13 +310,7 @@ def test_vocoder_directories_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(mel), generator.eval()(mel))
         assert loaded(mel).shape == (1, 8 * 1024)
-    cfg = SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
-        unet=unet_config("tiny", cond_dim=64),
-        vocoder=hifigan_config("tiny"),
-        diffusion=DiffusionConfig(num_steps=10),
-    )
-    synth = Synthesizer(cfg, vocoder=generator)
+    synth = Synthesizer(SynthesizerConfig.tiny(diffusion=DiffusionConfig(num_steps=10)), vocoder=generator)
     synth.save(tmp_path / "bundle")
     from_bundle, _ = load_vocoder_dir(tmp_path / "bundle")
     assert state_digest(from_bundle) == state_digest(generator)

@@ -59,12 +59,10 @@ def main() -> None:
     import ray
 
     from clipsynth_core import (
-        ClipConfig,
         DiffusionConfig,
         SamplingDefaults,
         Synthesizer,
         SynthesizerConfig,
-        hifigan_config,
         unet_config,
     )
     from clipsynth_platform.evaluation.embedders import build_audio_embedder
@@ -75,10 +73,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clipsynth-bench-eval-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    config = SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
+    config = SynthesizerConfig.tiny(
         unet=unet_config(args.unet_preset, cond_dim=64),
-        vocoder=hifigan_config("tiny"),
         diffusion=DiffusionConfig(num_steps=4000),  # the paper's training steps, respaced for sampling
         sampling=SamplingDefaults(steps=args.paper_steps),
         metadata={"train_query_type": "image", "model_name": f"CLIPSynth-{args.unet_preset}"},

@@ -35,12 +35,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the `serve` package lives at the repository root
 
 from clipsynth_core import (  # noqa: E402
-    ClipConfig,
     DiffusionConfig,
     SamplingDefaults,
     Synthesizer,
     SynthesizerConfig,
-    hifigan_config,
     unet_config,
 )
 
@@ -92,10 +90,8 @@ def parse_args() -> BenchConfig:
 
 def build_bundle(model: str, root: Path) -> Path:
     unet = unet_config("small", cond_dim=64) if model == "small" else unet_config("tiny", cond_dim=64, **MODELS[model])
-    config = SynthesizerConfig(
-        clip=ClipConfig(model_name="tiny", pretrained="none"),
+    config = SynthesizerConfig.tiny(
         unet=unet,
-        vocoder=hifigan_config("tiny"),
         diffusion=DiffusionConfig(num_steps=4000),  # the paper's training steps: any step count up to 1,000 fits
         sampling=SamplingDefaults(),
     )
