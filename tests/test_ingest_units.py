@@ -349,6 +349,33 @@ def test_decode_keyframe_mode_falls_back_to_decord_pixels(coded_video, monkeypat
             assert x.shape == y.shape and np.abs(x - y).mean() < 3  # two scalers, the same picture
 
 
+@pytest.mark.parametrize("frame_sampling", ["exact", "keyframe"])
+def test_decode_frames_keep_their_time_when_the_stream_starts_late(tmp_path, frame_sampling):
+    # MPEG-TS streams start at about 1.4 s; decord counts from the video's first frame, torchcodec and the audio
+    # from the container's clock. A frame must show the picture of its own time on the container's clock.
+    path = str(tmp_path / "broadcast.ts")
+    run_ffmpeg(*time_coded_input(12), *tone_input(440, 12), "-c:v", "libx264", "-preset", "ultrafast", "-g", "50",
+        "-keyint_min", "50", "-sc_threshold", "0", "-c:a", "aac", "-f", "mpegts", path)  # fmt: skip
+    starts = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time", "-of", "csv=p=0", path],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    video_start = next(float(line.split(",")[1]) for line in starts if line.startswith("video"))
+    assert video_start > 1.0
+    rows, video = _decode(path, frame_sampling=frame_sampling)
+    info = json.loads(video["info_json"])
+    assert (video["status"], info["notes"]) == ("ok", [])
+    assert info["streams"]["video_start"] == pytest.approx(video_start, abs=1e-5)
+    assert video["video_decoder"] == ("decord" if frame_sampling == "exact" else "torchcodec")
+    assert rows[0]["start_seconds"] == pytest.approx(video_start, abs=0.05)  # the audio starts with the video
+    for row in rows:
+        times = np.asarray(row["frame_times"]) + row["start_seconds"]
+        assert len(times) > 1
+        for jpeg, t in zip(row["frames_jpeg"], times):
+            gray = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"), dtype=np.float64).mean()
+            assert abs(gray - rgb_gray_of_luma(luma_at(t - video_start))) < 4, (t, gray)
+
+
 def test_decode_without_audio_column_and_other_fps(coded_video):
     rows, _ = _decode(coded_video, with_audio=False, frames_per_second=2.0, image_size=64)
     assert all(r["audio"] is None for r in rows)

@@ -178,6 +178,7 @@ class StreamInfo:
     audio_codec: str | None = None
     audio_rate: int | None = None
     audio_channels: int | None = None
+    video_start: float = 0.0  # the video stream's first timestamp (s): 1.4 s is usual in MPEG-TS, 0 in MP4
 
 
 def _stream_info(meta) -> StreamInfo:
@@ -192,6 +193,7 @@ def _stream_info(meta) -> StreamInfo:
         audio_codec=getattr(audio, "codec", None),
         audio_rate=getattr(audio, "sample_rate", None),
         audio_channels=getattr(audio, "num_channels", None),
+        video_start=float(getattr(video, "begin_stream_seconds_from_header", None) or 0.0),
     )
 
 
@@ -274,6 +276,7 @@ class FrameSource:
         self.settings = settings
         self.notes = notes
         self.size: tuple[int, int] | None = None
+        self.video_start = info.video_start
         if info.width and info.height:
             self.size = frame_size(int(info.width), int(info.height), settings.image_size)
         self.decoder = ""
@@ -315,7 +318,10 @@ class FrameSource:
         n = len(self._vr)
         if n == 0:
             raise RuntimeError("no frames")
-        self.frame_starts = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+        # decord counts time from the video stream's first timestamp; the rest of this module (audio chunks,
+        # torchcodec) uses the container's clock, as the timestamps are written. They differ by the stream's
+        # start time: 1.48 s in a typical MPEG-TS file, which would put every frame 1.48 s late.
+        self.frame_starts = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64) + self.video_start
         self.key_indices = None
         if self.settings.frame_sampling == "keyframe":
             self.key_indices = np.asarray(self._vr.get_key_indices(), dtype=np.int64)
