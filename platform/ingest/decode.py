@@ -208,7 +208,7 @@ def probe(path: str) -> StreamInfo:
     return _stream_info(meta)
 
 
-def open_media(path: str, settings: DecodeSettings):
+def open_media(path: str, settings: DecodeSettings) -> tuple[StreamInfo, object | None, str | None]:
     """(StreamInfo, torchcodec AudioDecoder or None, why it is None).
 
     Every opening of a container costs FFmpeg's stream analysis (a few ms on 360p H.264: it decodes the first
@@ -283,10 +283,10 @@ class FrameSource:
         self.sampling = settings.frame_sampling
         self._vr = None
         self._tc = None
+        self._keys_tc = None  # torchcodec's decoder of the keyframes (keyframe sampling)
+        self.key_indices: np.ndarray | None = None
         self.decoded: dict[int, np.ndarray] = {}  # the frames of the last `frames_for` call, by key
         errors = []
-        self._keys_tc = None
-        self.key_indices: np.ndarray | None = None
         try:
             self._open_decord()
             self.decoder = "decord"
@@ -367,6 +367,10 @@ class FrameSource:
                 self.notes.append(f"keyframes fallback to decord after: {short_error(exc, 160)}")
                 self._keys_tc = None
                 self.decoder = "decord"
+        return self._decord_batch(wanted)
+
+    def _decord_batch(self, wanted: list[int]) -> np.ndarray:
+        """RGB frames [n, H, W, 3] at frame indices `wanted` (ascending) from decord."""
         batch = self._vr.get_batch(wanted).asnumpy()
         # decord's decoder thread keeps decoding past the last requested frame until the next seek: measured
         # here, one get_batch on a 30 s 360p video burnt another second of CPU in the background. A seek to the
@@ -395,11 +399,7 @@ class FrameSource:
         if self._vr is not None:
             picks = [unique_in_order(select_frames(self.frame_starts, t, self.key_indices)) for t in times_per_chunk]
             wanted = sorted({int(i) for p in picks for i in p})  # decoders decode forward: ask in ascending order
-            if self.key_indices is not None:
-                batch = self._keyframes(wanted)
-            else:
-                batch = self._vr.get_batch(wanted).asnumpy()
-                self._vr.seek(0)  # stops decord's read-ahead (see _keyframes)
+            batch = self._keyframes(wanted) if self.key_indices is not None else self._decord_batch(wanted)
             for j, index in enumerate(wanted):
                 self.decoded[index] = resize_frame(batch[j], self.size)
             return [[(int(i), float(self.frame_starts[i])) for i in p] for p in picks]
