@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..uri import fsspec_filesystem, join, strip_scheme
+from .config import C, config_from_dict
 
 RANK_FILE = "rank_{rank}.json"
 
@@ -176,6 +178,28 @@ class cpu_threads:
     def __exit__(self, *exc) -> None:
         if self.threads:
             torch.set_num_threads(self.previous)
+
+
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where a Train worker runs: its rank, the number of workers and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def run_worker(config_cls: type[C], loop_config: dict, loop: Callable[[C, dict, WorkerPlace], None]) -> None:
+    """The train_loop_per_worker of every loop: `loop_config` (from the runner) holds the config as a dict and
+    the resolved job; `loop(config, job, place)` runs with torch's threads bounded to the worker's CPUs."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config_cls, loop_config["config"])
+    ctx = ray.train.get_context()
+    place = WorkerPlace(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    with cpu_threads(cfg.cpus_per_worker, place.device):
+        loop(cfg, loop_config["job"], place)
 
 
 def gpu_memory_metrics(device: torch.device) -> dict[str, float]:

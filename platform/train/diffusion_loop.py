@@ -36,16 +36,17 @@ from clipsynth_core.training import clip_and_step, diffusion_losses
 from ..registry import log_bundle_model
 from .common import (
     Progress,
-    cpu_threads,
+    WorkerPlace,
     fault_drill,
     gpu_memory_metrics,
     mean_across_ranks,
     report_checkpoint,
     restore,
+    run_worker,
     say,
     state_digest,
 )
-from .config import DiffusionTrainConfig, config_from_dict
+from .config import DiffusionTrainConfig
 from .data import endless_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
@@ -111,23 +112,15 @@ def sample_mels(
 
 def train_diffusion_worker(loop_config: dict) -> None:
     """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
-    import ray.train.torch
-
-    cfg = config_from_dict(DiffusionTrainConfig, loop_config["config"])
-    with cpu_threads(cfg.cpus_per_worker, ray.train.torch.get_device()):
-        _train_diffusion_worker(loop_config)
+    run_worker(DiffusionTrainConfig, loop_config, _train_diffusion_worker)
 
 
-def _train_diffusion_worker(loop_config: dict) -> None:
+def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The diffusion loop itself (see the module docstring)."""
     import ray.train
     import ray.train.torch
 
-    cfg = config_from_dict(DiffusionTrainConfig, loop_config["config"])
-    job = loop_config["job"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = place.rank, place.world, place.device
     on_gpu = device.type == "cuda"
     bf16 = cfg.bf16 and on_gpu
 

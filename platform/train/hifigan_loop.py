@@ -32,16 +32,17 @@ from clipsynth_core import (
 from ..registry import VOCODER_ARTIFACT
 from .common import (
     Progress,
-    cpu_threads,
+    WorkerPlace,
     fault_drill,
     gpu_memory_metrics,
     mean_across_ranks,
     report_checkpoint,
     restore,
+    run_worker,
     say,
     state_digest,
 )
-from .config import HiFiGANTrainConfig, config_from_dict
+from .config import HiFiGANTrainConfig
 from .data import endless_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
@@ -51,23 +52,15 @@ LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
 
 def train_hifigan_worker(loop_config: dict) -> None:
     """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
-    import ray.train.torch
-
-    cfg = config_from_dict(HiFiGANTrainConfig, loop_config["config"])
-    with cpu_threads(cfg.cpus_per_worker, ray.train.torch.get_device()):
-        _train_hifigan_worker(loop_config)
+    run_worker(HiFiGANTrainConfig, loop_config, _train_hifigan_worker)
 
 
-def _train_hifigan_worker(loop_config: dict) -> None:
+def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The HiFi-GAN loop itself (see the module docstring)."""
     import ray.train
     import ray.train.torch
 
-    cfg = config_from_dict(HiFiGANTrainConfig, loop_config["config"])
-    job = loop_config["job"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = place.rank, place.world, place.device
     hcfg = HiFiGANConfig.from_dict(job["hifigan"])
 
     torch.manual_seed(cfg.seed)

@@ -108,6 +108,18 @@ def resolve_storage(storage_path: str) -> str:
     return str(Path(strip_scheme(os.path.expanduser(storage_path))))
 
 
+def launch(
+    cfg: TrainConfig, job: dict, make_dataset: Callable[[], ray.data.Dataset], worker: Callable[[dict], None]
+) -> TrainingSummary:
+    """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
+    connect_ray(cfg)
+    check_cluster_resources(cfg)
+    configure_data_context()
+    dataset = make_dataset()  # after connect_ray: a Dataset built first would start Ray with default resources
+    print_plan(cfg, job)
+    return run_trainer(cfg, worker, job, dataset)
+
+
 def run_trainer(
     cfg: TrainConfig,
     train_fn: Callable[[dict], None],
@@ -279,12 +291,12 @@ def run_diffusion_training(cfg: DiffusionTrainConfig) -> TrainingSummary:
 
     cfg.check()
     job, info = prepare_diffusion(cfg)
-    connect_ray(cfg)
-    check_cluster_resources(cfg)
-    configure_data_context()
-    dataset = diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"])
-    print_plan(cfg, job)
-    return run_trainer(cfg, train_diffusion_worker, job, dataset)
+    return launch(
+        cfg,
+        job,
+        lambda: diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"]),
+        train_diffusion_worker,
+    )
 
 
 # -------------------------------------------------------------------------------------------- HiFi-GAN
@@ -338,13 +350,10 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
 
     cfg.check()
     job, info = prepare_hifigan(cfg)
-    connect_ray(cfg)
-    check_cluster_resources(cfg)
-    configure_data_context()
     segment = cfg.segment_frames * MelConfig().hop_length
-    dataset = vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"])
-    print_plan(cfg, job)
-    return run_trainer(cfg, train_hifigan_worker, job, dataset)
+    return launch(
+        cfg, job, lambda: vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"]), train_hifigan_worker
+    )
 
 
 def print_plan(cfg: TrainConfig, job: dict) -> None:
