@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MUSIC class names, space- or comma-separated (see --list-classes)",
     )
     p.add_argument("--videos-per-class", type=int, default=d.videos_per_class, help="videos per class")
+    p.add_argument(
+        "--test-per-class", type=int, default=d.test_per_class, help="videos of each class in the test split"
+    )
     p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="shortest video")
     p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest video")
     p.add_argument("--seed", type=int, default=d.seed, help="the same seed gives the same corpus")
@@ -55,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
         out=args.out,
         classes=classes,
         videos_per_class=args.videos_per_class,
+        test_per_class=args.test_per_class,
         min_seconds=args.min_seconds,
         max_seconds=args.max_seconds,
         seed=args.seed,

@@ -19,6 +19,7 @@ from clipsynth_platform.corpus import (
     INSTRUMENTS,
     LABEL_INDEX_FILE,
     MANIFEST_FILE,
+    SPLIT_INDEX_FILE,
     CorpusConfig,
     CorpusManifest,
     CorpusToolError,
@@ -270,8 +271,9 @@ def test_second_build_reuses_and_repairs_only_what_changed(corpus):
     stamps = {p: p.stat().st_mtime_ns for p in files}
     again = build_corpus(config)
     assert again.built == [] and sorted(again.reused) == sorted(v.id for v in corpus.videos)
-    assert {p: p.stat().st_mtime_ns for p in files if p.name != LABEL_INDEX_FILE} == {
-        p: t for p, t in stamps.items() if p.name != LABEL_INDEX_FILE
+    indexes = (LABEL_INDEX_FILE, SPLIT_INDEX_FILE)  # rewritten on every build (same bytes)
+    assert {p: p.stat().st_mtime_ns for p in files if p.name not in indexes} == {
+        p: t for p, t in stamps.items() if p.name not in indexes
     }
     assert CorpusManifest.read(root).status == "complete"
 
@@ -307,11 +309,37 @@ def test_interrupted_build_resumes(corpus):
     assert [v.sha256 for v in final.videos] == [v.sha256 for v in corpus.videos]
 
 
+def test_split_is_stratified_and_read_by_the_ingestion_job(corpus):
+    from clipsynth_platform.corpus import assign_splits, plan_videos
+    from clipsynth_platform.ingest.config import DEFAULT_VIDEO_EXTENSIONS
+    from clipsynth_platform.ingest.labels import load_label_index
+    from clipsynth_platform.ingest.sources import plan_sources
+
+    root = Path(corpus.root)
+    labels = load_label_index(str(root / SPLIT_INDEX_FILE), input_root=str(root))
+    assert labels.format == "csv" and not labels.conflicts
+    sources = plan_sources(str(root), DEFAULT_VIDEO_EXTENSIONS, 0.5, labels)
+    by_split = {(s.label, s.split) for s in sources}
+    # Every class is in both splits, with exactly test_per_class (default 1) test videos of its 2.
+    assert by_split == {(c, split) for c in SETTINGS["classes"] for split in ("train", "test")}
+    assert all(sum(s.split == "test" and s.label == c for s in sources) == 1 for c in SETTINGS["classes"])
+    assert {s.relative_path: s.split for s in sources} == {v.video: v.split for v in corpus.videos}
+    # Deterministic, and stratified at any size.
+    bigger = [v for v, _ in plan_videos(CorpusConfig(out="x", **{**SETTINGS, "videos_per_class": 6}))]
+    twice = [v for v, _ in plan_videos(CorpusConfig(out="x", **{**SETTINGS, "videos_per_class": 6}))]
+    assert [v.split for v in bigger] == [v.split for v in twice]
+    assert all(sum(v.split == "test" and v.label == c for v in bigger) == 1 for c in SETTINGS["classes"])
+    assign_splits(bigger, CorpusConfig(out="x", **{**SETTINGS, "videos_per_class": 6, "test_per_class": 2}))
+    assert all(sum(v.split == "test" and v.label == c for v in bigger) == 2 for c in SETTINGS["classes"])
+    with pytest.raises(ValueError, match="leaves no train video"):
+        CorpusConfig(out="x", videos_per_class=2, test_per_class=2).validate()
+
+
 def test_new_config_replaces_the_old_files(corpus, twin):
     # Runs after test_same_seed_gives_identical_files (which reads `twin` as built).
     root = Path(twin.root)
     violin_only = build_corpus(
-        CorpusConfig(out=str(root), **{**SETTINGS, "classes": ("violin",), "videos_per_class": 1})
+        CorpusConfig(out=str(root), **{**SETTINGS, "classes": ("violin",), "videos_per_class": 1, "test_per_class": 0})
     )
     assert violin_only.built == ["violin_001"] and violin_only.reused == []
     assert json.loads((root / LABEL_INDEX_FILE).read_text()) == {"videos": {"violin": ["violin_001"]}}
@@ -319,6 +347,7 @@ def test_new_config_replaces_the_old_files(corpus, twin):
         [
             "_render/violin/violin_001.mid",
             "_render/violin/violin_001.wav",
+            SPLIT_INDEX_FILE,
             LABEL_INDEX_FILE,
             MANIFEST_FILE,
             "violin/violin_001.mp4",
@@ -330,7 +359,10 @@ def test_new_config_replaces_the_old_files(corpus, twin):
         assert file_bytes(violin_only, kind)["violin_001"] == corpus.path(getattr(before, kind)).read_bytes()
     seed7_midi = file_bytes(violin_only, "midi")
     other_seed = build_corpus(
-        CorpusConfig(out=str(root), **{**SETTINGS, "classes": ("violin",), "videos_per_class": 1, "seed": 8})
+        CorpusConfig(
+            out=str(root),
+            **{**SETTINGS, "classes": ("violin",), "videos_per_class": 1, "test_per_class": 0, "seed": 8},
+        )
     )
     assert other_seed.built == ["violin_001"]
     assert file_bytes(other_seed, "midi") != seed7_midi
@@ -340,7 +372,7 @@ def test_new_config_replaces_the_old_files(corpus, twin):
 
 
 def test_missing_tools_name_the_package_to_install(tmp_path, monkeypatch):
-    config = CorpusConfig(out=str(tmp_path / "c"), classes=("violin",), videos_per_class=1)
+    config = CorpusConfig(out=str(tmp_path / "c"), classes=("violin",), videos_per_class=1, test_per_class=0)
     fluidsynth = shutil.which("fluidsynth")
     empty = tmp_path / "bin"
     empty.mkdir()
@@ -370,7 +402,7 @@ def test_bad_config_and_foreign_directory_are_refused(tmp_path):
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")
     with pytest.raises(ValueError, match=r"not empty and holds no corpus_manifest.json"):
-        build_corpus(CorpusConfig(out=str(foreign), classes=("violin",), videos_per_class=1))
+        build_corpus(CorpusConfig(out=str(foreign), classes=("violin",), videos_per_class=1, test_per_class=0))
     assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
 
 

@@ -8,10 +8,12 @@ colour and the class name, with a per-video background, size, tilt and placement
     from clipsynth_platform.corpus import CorpusConfig, build_corpus
     manifest = build_corpus(CorpusConfig(out="corpus/"))
 
-Layout under `out` (MUSIC's layout, so the ingestion job reads it with `--labels out/music_solo_videos.json`):
+Layout under `out` (MUSIC's layout; the ingestion job reads it with `--labels out/corpus_index.csv` for the corpus's
+stratified split, or `--labels out/music_solo_videos.json` to hash videos into splits):
 
     <out>/<class>/<id>.mp4                  the videos, ids like "violin_003"
     <out>/music_solo_videos.json            {"videos": {"<class>": ["<id>", ...], ...}} (MUSIC21 JSON format)
+    <out>/corpus_index.csv                  path,label,split rows: the stratified train/test split
     <out>/_render/<class>/<id>.mid|.wav     the MIDI written and the mono 16-bit audio muxed into the video
     <out>/corpus_manifest.json              the config, its hash, and every file with its SHA-256
 
@@ -21,7 +23,7 @@ Building is idempotent: a second build with the same config hash checks the file
 rebuilds only missing or altered ones; an interrupted build resumes; a new config replaces the old files.
 """
 
-from .build import build_corpus, config_hash, plan_videos
+from .build import assign_splits, build_corpus, config_hash, plan_videos
 from .config import (
     APT_PACKAGES,
     DEFAULT_CLASSES,
@@ -30,6 +32,7 @@ from .config import (
     LABEL_INDEX_FILE,
     MANIFEST_FILE,
     RENDER_DIR,
+    SPLIT_INDEX_FILE,
     CorpusConfig,
     CorpusManifest,
     CorpusToolError,
@@ -45,11 +48,13 @@ __all__ = [
     "LABEL_INDEX_FILE",
     "MANIFEST_FILE",
     "RENDER_DIR",
+    "SPLIT_INDEX_FILE",
     "CorpusConfig",
     "CorpusManifest",
     "CorpusToolError",
     "CorpusVideo",
     "Instrument",
+    "assign_splits",
     "build_corpus",
     "config_hash",
     "plan_videos",

@@ -12,7 +12,16 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from .audio import _tool_version, find_tools, render_audio, write_wav
-from .config import INSTRUMENTS, LABEL_INDEX_FILE, MANIFEST_FILE, RENDER_DIR, CorpusConfig, CorpusManifest, CorpusVideo
+from .config import (
+    INSTRUMENTS,
+    LABEL_INDEX_FILE,
+    MANIFEST_FILE,
+    RENDER_DIR,
+    SPLIT_INDEX_FILE,
+    CorpusConfig,
+    CorpusManifest,
+    CorpusVideo,
+)
 from .drawing import iter_frames, make_scene
 from .melody import Melody, compose_melody, midi_bytes, video_rng, video_seconds
 from .mux import encode_video
@@ -71,7 +80,20 @@ def plan_videos(config: CorpusConfig) -> list[tuple[CorpusVideo, Melody]]:
                 notes=len(pitches),
             )
             planned.append((entry, melody))
+    assign_splits([entry for entry, _ in planned], config)
     return planned
+
+
+def assign_splits(videos: Sequence[CorpusVideo], config: CorpusConfig) -> None:
+    """Stratified split: in every class, the `test_per_class` videos that rank first by a hash of (seed, id) go
+    to test. A video's rank does not depend on how many videos its class has."""
+    by_label: dict[str, list[CorpusVideo]] = {}
+    for v in videos:
+        by_label.setdefault(v.label, []).append(v)
+    for group in by_label.values():
+        ranked = sorted(group, key=lambda v: hashlib.sha256(f"clipsynth-split:{config.seed}:{v.id}".encode()).digest())
+        for rank, v in enumerate(ranked):
+            v.split = "test" if rank < config.test_per_class else "train"
 
 
 def _sha256(path: Path) -> str:
@@ -154,6 +176,14 @@ def write_label_index(root: Path, manifest: CorpusManifest) -> Path:
     return path
 
 
+def write_split_index(root: Path, manifest: CorpusManifest) -> Path:
+    """`path,label,split` rows (the ingestion job's CSV label format), paths relative to the corpus root."""
+    path = root / SPLIT_INDEX_FILE
+    rows = ["path,label,split"] + [f"{v.video},{v.label},{v.split}" for v in manifest.videos]
+    _write_atomic(path, ("\n".join(rows) + "\n").encode())
+    return path
+
+
 def _write_manifest(root: Path, manifest: CorpusManifest) -> None:
     _write_atomic(root / MANIFEST_FILE, (manifest.to_json() + "\n").encode())
 
@@ -194,6 +224,7 @@ def build_corpus(
         say(f"config changed or rebuild asked: removing the {len(previous.videos)} videos of the previous build")
         _remove_files(root, previous.videos)
         (root / LABEL_INDEX_FILE).unlink(missing_ok=True)
+        (root / SPLIT_INDEX_FILE).unlink(missing_ok=True)
         previous = None
     recorded = {v.id: v for v in previous.videos} if previous is not None else {}
 
@@ -236,6 +267,7 @@ def build_corpus(
                 )
     manifest.built.sort()
     write_label_index(root, manifest)
+    write_split_index(root, manifest)
     manifest.status = "complete"
     manifest.elapsed_seconds = round(time.perf_counter() - started, 3)
     _write_manifest(root, manifest)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 MANIFEST_FILE = "corpus_manifest.json"
 LABEL_INDEX_FILE = "music_solo_videos.json"
+SPLIT_INDEX_FILE = "corpus_index.csv"  # path,label,split: the stratified split, for the ingestion job
 RENDER_DIR = "_render"
 DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/TimGM6mb.sf2"  # 5.4 MB, loads fast; FluidR3_GM.sf2 sounds better
 SAMPLE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
@@ -63,11 +64,13 @@ class CorpusToolError(RuntimeError):
 @dataclass
 class CorpusConfig:
     """What to build. Defaults: 8 classes x 3 videos of 10-15 s, 320x240 at 10 fps (builds in well under a
-    minute on 2 cores with the TimGM6mb soundfont)."""
+    minute on 2 cores with the TimGM6mb soundfont). `test_per_class` videos of every class form the test split
+    (stratified, so every class is in both splits)."""
 
     out: str = ""  # local directory (created); ffmpeg writes files, so no s3:// here
     classes: tuple[str, ...] = DEFAULT_CLASSES
     videos_per_class: int = 3
+    test_per_class: int = 1  # videos of each class in the test split; the rest are train
     min_seconds: float = 10.0  # durations are drawn uniformly in [min, max] per video, whole frames
     max_seconds: float = 15.0
     seed: int = 0
@@ -94,6 +97,11 @@ class CorpusConfig:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"CorpusConfig.classes lists a class twice: {list(self.classes)}")
         _check_range("videos_per_class", self.videos_per_class, 1, 1000)
+        _check_range("test_per_class", self.test_per_class, 0, 1000)
+        if self.test_per_class >= self.videos_per_class:
+            raise ValueError(
+                f"test_per_class {self.test_per_class} leaves no train video of {self.videos_per_class} per class"
+            )
         _check_range("min_seconds", self.min_seconds, 2.0, 600.0)
         _check_range("max_seconds", self.max_seconds, 2.0, 600.0)
         if self.min_seconds > self.max_seconds:
@@ -139,6 +147,7 @@ class CorpusVideo:
     lowest_note: int
     highest_note: int
     notes: int
+    split: str = "train"  # "train" or "test" (stratified by class, see build.assign_splits)
     sha256: dict[str, str] = field(default_factory=dict)  # "video", "midi", "wav" -> hex digest (once built)
 
 
@@ -152,6 +161,7 @@ class CorpusManifest:
     status: str  # "building" until every video is written, then "complete"
     videos: list[CorpusVideo]
     label_index: str = LABEL_INDEX_FILE
+    split_index: str = SPLIT_INDEX_FILE
     tools: dict[str, str] = field(default_factory=dict)
     built: list[str] = field(default_factory=list)  # ids written by this run
     reused: list[str] = field(default_factory=list)  # ids found complete and unchanged

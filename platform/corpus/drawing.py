@@ -13,7 +13,7 @@ from .config import INSTRUMENTS, CorpusConfig, Instrument
 from .melody import Melody
 
 
-def _icon_layer(icon: str, colour: tuple[int, int, int], size: int) -> Image.Image:
+def draw_instrument(icon: str, colour: tuple[int, int, int], size: int) -> Image.Image:
     """The instrument drawn with PIL primitives on a transparent square (a recognisable sketch, not art)."""
     img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(img)
@@ -167,7 +167,7 @@ def make_scene(rng: np.random.Generator, label: str, config: CorpusConfig) -> Sc
     rows = np.linspace(1.0, shade, h)[:, None] * tint[None, :] * 255
     background = np.broadcast_to(rows[:, None, :], (h, w, 3)).round().astype(np.uint8).copy()
     icon_size = int(min(w, h) * rng.uniform(0.48, 0.62))
-    icon = _icon_layer(instrument.icon, instrument.colour, icon_size)
+    icon = draw_instrument(instrument.icon, instrument.colour, icon_size)
     icon = icon.rotate(float(rng.uniform(-15, 15)), resample=Image.BICUBIC, expand=True)
     title_size = max(10, int(h * rng.uniform(0.08, 0.11)))
     title = label.replace("_", " ")
