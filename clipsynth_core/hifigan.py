@@ -52,6 +52,14 @@ class HiFiGANConfig:
 HIFIGAN_PRESETS: dict[str, dict] = {
     "paper": {},  # V1 of the original paper, with upsampling factors for hop 1024
     "small": dict(upsample_initial_channel=128, disc_channels=256),
+    "cpu": dict(
+        upsample_initial_channel=64,
+        resblock_kernel_sizes=(3, 7),
+        resblock_dilations=((1, 3), (1, 3)),
+        mpd_periods=(2, 3, 5),
+        msd_scales=2,
+        disc_channels=64,
+    ),
     "tiny": dict(
         upsample_initial_channel=32,
         resblock_kernel_sizes=(3,),

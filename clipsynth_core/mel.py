@@ -105,6 +105,11 @@ class MelFrontend(nn.Module):
         mag = torch.sqrt(spec.real.square() + spec.imag.square() + 1e-12)
         return torch.matmul(self.mel_basis.to(mag.device), mag)
 
+    def log_mel(self, wave: torch.Tensor, sample_rate: int | None = None) -> torch.Tensor:
+        """Natural-log mel magnitude, clamped at `log_floor` only (HiFi-GAN's dynamic range compression): the
+        scale of its mel L1 loss, whose weight of 45 Kong et al. chose for ln-mels, not for [-1, 1]."""
+        return torch.log(torch.clamp(self.magnitude_mel(wave, sample_rate), min=self.config.log_floor))
+
     def normalize(self, mel_magnitude: torch.Tensor) -> torch.Tensor:
         c = self.config
         lo = math.log(c.log_floor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,3 +64,38 @@ def test_training_steps_reduce_mel_l1():
     first = sum(m["loss_mel"] for m in losses[:3]) / 3
     last = sum(m["loss_mel"] for m in losses[-3:]) / 3
     assert last < 0.85 * first, (first, last)
+
+
+def _numpy_ln_mel(wave: np.ndarray, basis: np.ndarray, n_fft: int = 2048, hop: int = 1024) -> np.ndarray:
+    """ln-mel by hand: reflect-pad (n_fft - hop) / 2 per side, periodic Hann frames, |rfft|, filterbank, ln."""
+    pad = (n_fft - hop) // 2
+    x = np.pad(wave.astype(np.float64), (pad, n_fft - hop - pad), mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    frames = np.stack([x[i : i + n_fft] * window for i in range(0, len(x) - n_fft + 1, hop)])
+    magnitude = np.abs(np.fft.rfft(frames, axis=-1))  # [T, freqs]
+    return np.log(np.maximum(magnitude @ basis.T, 1e-5))  # [T, mels]
+
+
+def test_generator_loss_terms_match_a_hand_computation():
+    torch.manual_seed(3)
+    cfg = hifigan_config("tiny")
+    gen, disc, fe = HiFiGANGenerator(cfg), HiFiGANDiscriminator(cfg), MelFrontend()
+    step = HiFiGANStep(
+        gen, disc, fe, cfg, torch.optim.SGD(gen.parameters(), 0.0), torch.optim.SGD(disc.parameters(), 0.0)
+    )
+    t = torch.arange(8 * 1024) / 16_000
+    wave = (0.4 * torch.sin(2 * math.pi * 440 * t) + 0.05 * torch.randn(t.shape))[None]
+    mel = step.mel_of(wave)
+    with torch.no_grad():
+        fake = gen(mel)  # what the step generates: the optimisers have lr 0, so nothing moves in between
+    losses = step(mel, wave)
+    basis = fe.mel_basis.double().numpy()
+    expected = np.abs(_numpy_ln_mel(fake[0].numpy(), basis) - _numpy_ln_mel(wave[0].numpy(), basis)).mean()
+    assert losses["loss_mel"] == pytest.approx(expected, rel=1e-4)
+    # The total is Kong et al.'s weighting of the three terms.
+    assert losses["loss_g"] == pytest.approx(
+        losses["loss_adv"] + 2.0 * losses["loss_fm"] + 45.0 * losses["loss_mel"], rel=1e-5
+    )
+    # On the [-1, 1] normalised mel the same L1 would be (ln 40 - ln 1e-5) / 2 = 7.6 times smaller.
+    normalised = float((step.mel_of(fake) - mel).abs().mean())
+    assert losses["loss_mel"] / normalised == pytest.approx((math.log(40) - math.log(1e-5)) / 2, rel=0.05)

@@ -1,5 +1,4 @@
-"""Mel -> waveform for training artifacts: a trained HiFi-GAN from any URI the platform produces, or
-Griffin-Lim (no training needed, audibly phasey) when none is given.
+"""HiFi-GAN vocoder directories: what the HiFi-GAN job writes and every other job loads by URI.
 
 A vocoder directory (what the HiFi-GAN job logs as the MLflow artifact "vocoder") holds:
     vocoder.json           {"format": "clipsynth-vocoder/1", "vocoder": HiFiGANConfig, "mel": MelConfig,
@@ -17,11 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torchaudio.functional as AF
 from safetensors.torch import load_file, save_file
-from torch import Tensor
 
-from clipsynth_core import HiFiGANConfig, HiFiGANGenerator, MelConfig, MelFrontend
+from clipsynth_core import HiFiGANConfig, HiFiGANGenerator, MelConfig
 
 VOCODER_FORMAT = "clipsynth-vocoder/1"
 VOCODER_FILE = "vocoder.json"
@@ -74,56 +71,3 @@ def load_vocoder(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGA
     from ..registry import resolve_vocoder_dir
 
     return load_vocoder_dir(resolve_vocoder_dir(uri, dst))
-
-
-class GriffinLimVocoder:
-    """Normalised log-mel [B, n_mels, T] -> waveform [B, T * hop] by Griffin-Lim.
-
-    The mel magnitude is mapped back to a linear spectrogram with the pseudo-inverse of the platform's mel
-    filterbank (clamped at 0), then phase is estimated iteratively; a stand-in until a HiFi-GAN is trained.
-    """
-
-    name = "griffin-lim"
-
-    def __init__(self, mel: MelConfig | None = None, n_iter: int = 32) -> None:
-        self.frontend = MelFrontend(mel or MelConfig())
-        self.n_iter = n_iter
-        self.inverse_basis = torch.linalg.pinv(self.frontend.mel_basis)  # [freqs, mels]
-
-    @torch.no_grad()
-    def __call__(self, mel: Tensor) -> Tensor:
-        c = self.frontend.config
-        mel = mel.detach().float().cpu()
-        magnitude_mel = torch.exp(self.frontend.denormalize(mel))
-        linear = torch.clamp(self.inverse_basis @ magnitude_mel, min=0.0)
-        length = mel.shape[-1] * c.hop_length
-        window = torch.hann_window(c.win_length)
-        wave = AF.griffinlim(
-            linear,
-            window=window,
-            n_fft=c.n_fft,
-            hop_length=c.hop_length,
-            win_length=c.win_length,
-            power=1.0,
-            n_iter=self.n_iter,
-            momentum=0.99,
-            length=None,
-            rand_init=False,
-        )
-        # Griffin-Lim centres frame t at t * hop; the platform's mel (no centre padding) centres it at
-        # t * hop + n_fft / 2. Shift by that much, then fit to the vocoder convention of T * hop samples.
-        wave = torch.nn.functional.pad(wave, (c.n_fft // 2, 0))
-        wave = torch.nn.functional.pad(wave, (0, max(0, length - wave.shape[-1])))[..., :length]
-        return wave.clamp(-1.0, 1.0)
-
-
-class HiFiGANVocoder:
-    """A trained generator as a callable mel -> waveform, on CPU (samples are few and short)."""
-
-    def __init__(self, generator: HiFiGANGenerator, source: str) -> None:
-        self.generator = generator.eval().cpu()
-        self.name = f"hifigan:{source}"
-
-    @torch.no_grad()
-    def __call__(self, mel: Tensor) -> Tensor:
-        return self.generator(mel.detach().float().cpu()).clamp(-1.0, 1.0)

@@ -1,0 +1,91 @@
+"""The clip vocoders: a mel of T frames comes back as the (T - 1) * hop + n_fft samples it was analysed from,
+aligned so that the project's mel of that audio has the same frames in the same places."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from clipsynth_core import (
+    GriffinLimVocoder,
+    HiFiGANGenerator,
+    HiFiGANVocoder,
+    MelConfig,
+    MelFrontend,
+    Synthesizer,
+    SynthesizerConfig,
+    build_vocoder,
+    hifigan_config,
+)
+from clipsynth_core.synthesizer import load_bundle_vocoder, read_bundle_config
+
+
+def tone(freq: float, seconds: float, sr: int = 16_000) -> torch.Tensor:
+    t = np.arange(int(seconds * sr)) / sr
+    return torch.from_numpy((0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32))
+
+
+def test_griffin_lim_returns_the_clip_whose_mel_is_the_input():
+    frontend = MelFrontend()
+    mel = frontend(tone(330.0, 4.3))[..., :64]
+    wave = GriffinLimVocoder(n_iter=32)(mel)
+    assert wave.shape == (1, 66_560)  # 4.16 s, exactly the 64 frames' span
+    error = (frontend(wave) - mel).abs().mean()
+    noise = (frontend(0.1 * torch.randn(1, 66_560)) - mel).abs().mean()
+    assert error < 0.08 and error < noise / 4
+
+
+class FrameValues(nn.Module):
+    """A stand-in generator in HiFi-GAN's convention: frame t's first band fills samples [t * hop, (t + 1) * hop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = hifigan_config("tiny")
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel[:, 0, :].repeat_interleave(self.config.hop_length, dim=-1)
+
+
+def test_hifigan_vocoder_puts_frame_t_where_the_analysis_centres_it():
+    c = MelConfig()
+    mel = torch.zeros(1, 64, 10)
+    mel[0, 0] = torch.arange(10, dtype=torch.float32)
+    wave = HiFiGANVocoder(FrameValues(), c)(mel)
+    assert wave.shape == (1, c.samples_for_frames(10))
+    # The project's mel (no centre padding) centres frame t at t * hop + n_fft / 2.
+    centres = torch.arange(10) * c.hop_length + c.n_fft // 2
+    assert torch.equal(wave[0, centres], torch.arange(10, dtype=torch.float32))
+
+
+def test_hifigan_vocoder_and_the_bundle_choice():
+    torch.manual_seed(0)
+    generator = HiFiGANGenerator(hifigan_config("tiny")).eval()
+    mel = torch.rand(2, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert HiFiGANVocoder(generator)(mel).shape == (2, 66_560)
+    assert isinstance(build_vocoder("griffin-lim"), GriffinLimVocoder)
+    with pytest.raises(ValueError, match="unknown vocoder"):
+        build_vocoder("wavenet", generator)
+    with pytest.raises(ValueError, match="needs its generator"):
+        build_vocoder("hifigan")
+
+
+def test_bundle_records_which_vocoder_serves_and_keeps_the_hifigan(tmp_path):
+    config = SynthesizerConfig.tiny()
+    config.serving_vocoder = "griffin-lim"
+    synth = Synthesizer.untrained(config, seed=3)
+    assert isinstance(synth.vocoder, GriffinLimVocoder) and synth.identity["vocoder"] == "griffin-lim"
+    synth.save(tmp_path / "b")
+    loaded = Synthesizer.load(tmp_path / "b")
+    assert read_bundle_config(tmp_path / "b").serving_vocoder == "griffin-lim"
+    assert isinstance(load_bundle_vocoder(tmp_path / "b", loaded.config), GriffinLimVocoder)
+    # The HiFi-GAN travels in the bundle all the same, weight for weight.
+    for k, v in synth.hifigan.state_dict().items():
+        assert torch.equal(v, loaded.hifigan.state_dict()[k])
+    wave = loaded.synthesize(["violin"], steps=2, seed=0)
+    assert wave.shape == (1, 66_560) and wave.abs().max() <= 1
+    config.serving_vocoder = "vocos"
+    with pytest.raises(ValueError, match="serving_vocoder"):
+        config.check()
