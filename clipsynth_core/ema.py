@@ -9,21 +9,34 @@ from torch import nn
 
 
 class EMA:
-    """Shadow copy of a model's parameters and buffers: p_ema <- decay * p_ema + (1 - decay) * p."""
+    """Shadow copy of a model's parameters and buffers: p_ema <- decay * p_ema + (1 - decay) * p.
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999) -> None:
+    With `warmup`, the decay at update `step` is min(decay, (1 + step) / (10 + step)), so that a short run's
+    average is not dominated by the random initialisation (0.999 ** 300 still weighs it at 74%). The decay
+    comes from the step passed in, so a resumed run continues exactly where it stopped.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError("EMA decay must lie in [0, 1]")
         self.decay = decay
+        self.warmup = warmup
         self.model = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        if not self.warmup or step is None:
+            return self.decay
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        """Fold the model's current weights in; `step` (1 for the first update) sets the warmup decay."""
+        decay = self.decay_at(step)
         src = unwrap(model).state_dict()
         for name, shadow in self.model.state_dict().items():
             value = src[name].detach()
             if shadow.dtype.is_floating_point:
-                shadow.lerp_(value.to(shadow.dtype), 1.0 - self.decay)
+                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
             else:
                 shadow.copy_(value)
 

@@ -4,7 +4,8 @@ Following the paper (sec. 2.1, after Ho et al.'s U-Net), the condition vector c 
 concatenated to the output features of every layer and passed to the next layer: every block here sees
 `cat([h, broadcast(c')])` as input, where c' is c through one shared linear projection (so the cost of the
 concatenation does not grow with CLIP's width). The timestep embedding enters every residual block as in
-improved-diffusion, together with the projected condition.
+improved-diffusion. `cond_in_embedding` adds a second path, beyond the paper: an MLP of c added to the
+timestep embedding, so the condition also scales and shifts every block's features.
 
 Inputs are [B, 1, 64, T] log-mels; T = 64 (4.16 s) or 128 (8.32 s), any multiple of 2^(levels - 1).
 The output has 2 channels with learned variance (eps and v).
@@ -35,6 +36,7 @@ class UNetConfig:
     cond_channels: int = 64  # width of the projected condition concatenated to every layer's output
     use_scale_shift_norm: bool = True
     input_height: int = 64
+    cond_in_embedding: bool = True  # beyond the paper: c also enters the timestep embedding (see the docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,6 +44,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         d = dict(d)
+        d.setdefault("cond_in_embedding", True)  # bundles written before the option had the path
         for k in ("channel_mult", "attention_resolutions"):
             if k in d:
                 d[k] = tuple(d[k])
@@ -52,6 +55,17 @@ class UNetConfig:
 UNET_PRESETS: dict[str, dict] = {
     "paper": {},
     "small": dict(model_channels=64, channel_mult=(1, 2, 2, 4), num_res_blocks=2, num_head_channels=32),
+    # Measured on 2 CPU cores (benchmarks/learning): narrow but four levels deep, so the receptive field
+    # spans the whole 64-row mel; ~80 steps/s of batch 16 in bf16, and it learns the 8 demo classes in 5 min.
+    "cpu": dict(
+        model_channels=8,
+        channel_mult=(1, 2, 4, 8),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        num_head_channels=32,
+        cond_channels=8,
+        dropout=0.0,
+    ),
     "tiny": dict(
         model_channels=32,
         channel_mult=(1, 2),
@@ -181,8 +195,12 @@ class ConditionalUNet(nn.Module):
         ch, cc = cfg.model_channels, cfg.cond_channels
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.cond_embed = nn.Sequential(nn.Linear(cfg.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.cond_proj = nn.Linear(cfg.cond_dim, cc)
+        self.cond_embed = (
+            nn.Sequential(nn.Linear(cfg.cond_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cfg.cond_in_embedding
+            else None
+        )
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.cond_channels)
         # Learned stand-in for "no condition" (classifier-free guidance); unused when guidance is off.
         self.null_cond = nn.Parameter(torch.zeros(cfg.cond_dim))
 
@@ -240,7 +258,9 @@ class ConditionalUNet(nn.Module):
         if cond.shape != (x.shape[0], cfg.cond_dim):
             raise ValueError(f"cond must be [{x.shape[0]}, {cfg.cond_dim}], got {tuple(cond.shape)}")
         cond = self.condition(cond.float(), drop_mask)
-        emb = self.time_embed(timestep_embedding(t, cfg.model_channels)) + self.cond_embed(cond)
+        emb = self.time_embed(timestep_embedding(t, cfg.model_channels))
+        if self.cond_embed is not None:
+            emb = emb + self.cond_embed(cond)
         c = self.cond_proj(cond)[:, :, None, None]
 
         def with_cond(h: Tensor) -> Tensor:

@@ -158,6 +158,35 @@ class Progress:
         return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+class TimeBudget:
+    """A budget of training seconds (0: none), summed over attempts, that all ranks leave at the same step.
+
+    Each rank measures its own loop time; every `check_every` steps the ranks agree (all-reduce of the
+    largest time spent) whether the budget is used up, so DDP never sees one rank stop alone.
+    """
+
+    def __init__(self, seconds: float, spent_before: float = 0.0, check_every: int = 10) -> None:
+        self.seconds = float(seconds)
+        self.spent_before = float(spent_before)
+        self.check_every = max(1, int(check_every))
+        self.t0 = time.perf_counter()
+
+    def spent(self) -> float:
+        return self.spent_before + time.perf_counter() - self.t0
+
+    def exhausted(self, step: int, device: torch.device, force: bool = False) -> bool:
+        """Whether to stop after `step` (every rank must call it at every step, or with force=True)."""
+        if not self.seconds:
+            return False
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and step % self.check_every and not force:
+            return False
+        spent = torch.tensor([self.spent()], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(spent, op=dist.ReduceOp.MAX)
+        return float(spent) >= self.seconds
+
+
 class cpu_threads:
     """Use as many intra-op threads as the worker reserved CPUs (and restore the previous count on exit).
 

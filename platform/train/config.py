@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 VARIANTS = ("image", "text", "hybrid")
-MODEL_SIZES = ("tiny", "small", "paper")
+MODEL_SIZES = ("tiny", "cpu", "small", "paper")
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
@@ -55,6 +55,9 @@ class TrainConfig:
     cpus_per_worker: float = opt(1.0, "logical CPUs reserved per Train worker (the rest feed the data pipeline)")
     max_failures: int = opt(3, "worker failures to recover from (resuming from the last checkpoint); -1: no limit")
     max_steps: int = opt(500_000, "optimizer steps to train for (in total, across resumptions)")
+    train_seconds: float = opt(
+        0.0, "stop once this many seconds of training are spent (in total, across resumptions); 0: no time limit"
+    )
     batch_size: int = opt(16, "examples per worker per step (global batch = batch size x workers)")
     lr: float = opt(2e-4, "learning rate")
     checkpoint_every: int = opt(10_000, "steps between checkpoints (a final one is always written)")
@@ -102,6 +105,8 @@ class TrainConfig:
             raise ValueError("--windows-per-chunk must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.train_seconds < 0:
+            raise ValueError("--train-seconds must be >= 0 (0: no time limit)")
         if not self.cpus_per_worker > 0:
             raise ValueError("--cpus-per-worker must be > 0")
         if self.max_failures < -1:
@@ -120,7 +125,7 @@ class DiffusionTrainConfig(TrainConfig):
     )
     model_size: str = opt(
         "paper",
-        "U-Net size: paper (improved-diffusion's 64x64 model), small, tiny (tests)",
+        "U-Net size: paper (improved-diffusion's 64x64 model), small, cpu (learns in CPU minutes), tiny (tests)",
         choices=MODEL_SIZES,
     )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K on VGG-Sound, 100K on MUSIC)")
@@ -128,11 +133,18 @@ class DiffusionTrainConfig(TrainConfig):
     lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
     weight_decay: float = opt(0.0, "AdamW weight decay (improved-diffusion: 0)")
     ema_decay: float = opt(0.9999, "EMA rate of the weights that samples and the bundle use")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0: off")
+    ema_warmup: bool = opt(
+        False, "EMA decay min(rate, (1 + step) / (10 + step)): short runs do not average in the initialisation"
+    )
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this; 0: off (improved-diffusion clips nothing)")
     diffusion_steps: int = opt(4000, "diffusion steps of the training process (paper: 4,000, cosine schedule)")
     cond_drop_prob: float = opt(0.0, "probability of training with the null condition (classifier-free guidance)")
     window_frames: int = opt(64, "mel frames per training example (64 = 4.16 s, the paper's 64 x 64)")
-    bf16: bool = opt(True, "bf16 autocast on GPU (ignored on CPU)")
+    bf16: str = opt(
+        "auto",
+        "bf16 autocast: on, off, or auto (GPUs, and CPUs with native bf16: AMX or AVX512-BF16)",
+        choices=("auto", "on", "off"),
+    )
     channels_last: bool = opt(True, "channels_last memory format on GPU (ignored on CPU)")
     sample_steps: int = opt(25, "respaced diffusion steps for the periodic samples (the EMA model)")
     sample_queries: tuple[str, ...] = opt(

@@ -1,7 +1,8 @@
 """The Ray Train worker function of the diffusion model (one per data-parallel worker).
 
-Per step: a batch of (64-frame mel window, CLIP condition) examples from this worker's dataset shard, the
-hybrid loss, backward through DDP (gradients averaged over workers), gradient clipping, AdamW, EMA.
+Per step: a batch of (64-frame mel window, CLIP condition) examples from this worker's dataset shard, then
+the core's DiffusionStep: the hybrid loss, backward through DDP (gradients averaged over workers), optional
+gradient clipping, AdamW, EMA. Training stops at --max-steps or when --train-seconds are spent.
 At intervals: metrics averaged over workers (MLflow, rank 0), EMA samples (rank 0), checkpoints (all ranks
 report; rank 0 writes the state). At the end, rank 0 registers the synthesizer bundle with the EMA weights.
 """
@@ -21,8 +22,10 @@ from clipsynth_core import (
     ConditionalUNet,
     DiffusionConfig,
     GaussianDiffusion,
+    GriffinLimVocoder,
     HiFiGANConfig,
     HiFiGANGenerator,
+    HiFiGANVocoder,
     SamplingDefaults,
     Synthesizer,
     SynthesizerConfig,
@@ -31,11 +34,12 @@ from clipsynth_core import (
     save_training_state,
 )
 from clipsynth_core.synthesizer import make_generators
-from clipsynth_core.training import clip_and_step, diffusion_losses
+from clipsynth_core.training import DiffusionStep, resolve_bf16
 
 from ..registry import log_bundle_model
 from .common import (
     Progress,
+    TimeBudget,
     WorkerPlace,
     fault_drill,
     gpu_memory_metrics,
@@ -49,7 +53,7 @@ from .common import (
 from .config import DiffusionTrainConfig
 from .data import endless_batches
 from .tracking import RunTracker, log_samples
-from .vocoder import GriffinLimVocoder, HiFiGANVocoder, load_vocoder
+from .vocoder import load_vocoder
 
 
 class _ReferencedClip(torch.nn.Module):
@@ -90,7 +94,7 @@ def build_bundle(
     unet = ConditionalUNet(unet_config)
     unet.load_state_dict(unet_state)
     encoder = ClipQueryEncoder(clip) if clip.is_random else _ReferencedClip(unet_config.cond_dim)
-    return Synthesizer(config, unet=unet, vocoder=vocoder, encoder=encoder).save(directory)
+    return Synthesizer(config, unet=unet, hifigan=vocoder, encoder=encoder).save(directory)
 
 
 @torch.no_grad()
@@ -122,7 +126,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
 
     rank, world, device = place.rank, place.world, place.device
     on_gpu = device.type == "cuda"
-    bf16 = cfg.bf16 and on_gpu
+    bf16 = resolve_bf16(cfg.bf16, device)
 
     unet_config = UNetConfig.from_dict(job["unet"])
     diffusion_config = DiffusionConfig(**job["diffusion"])
@@ -132,16 +136,17 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     model = ConditionalUNet(unet_config).to(device)
     if on_gpu and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = EMA(model, cfg.ema_decay)
+    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
-    start_step, resumed = 0, {}
+    start_step, resumed, spent = 0, {}, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = restore(
             checkpoint, lambda d: load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device)
         )
         start_step = int(state["step"])
+        spent = float(state.get("train_seconds", 0.0))
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
         say(f"[train rank {rank}] resumed from the checkpoint at step {start_step}")
     ddp_model = ray.train.torch.prepare_model(model)
@@ -156,10 +161,10 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         tracker.log_params(job["params"])
         if cfg.vocoder:
             generator, _ = load_vocoder(cfg.vocoder)
-            vocoder = HiFiGANVocoder(generator, cfg.vocoder)
+            vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
         else:
-            vocoder = GriffinLimVocoder()
-        tracker.set_tags({"sample_vocoder": vocoder.name, "resumed_at_step": str(start_step) if resumed else "0"})
+            vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
+        tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step) if resumed else "0"})
         if start_step < cfg.max_steps:
             say(
                 f"[train] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
@@ -168,6 +173,8 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     sample_diffusion = diffusion.respaced(cfg.sample_steps)
     sample_cond = torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device)
 
+    budget = TimeBudget(cfg.train_seconds, spent)
+
     def write_state(d: Path, step: int) -> None:
         save_training_state(
             d,
@@ -175,8 +182,24 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             step=step,
             ema=ema,
             optimizer=optimizer,
-            extra={"mlflow_run_id": tracker.run_id if tracker else None, "kind": "diffusion", "config": cfg.to_dict()},
+            extra={
+                "mlflow_run_id": tracker.run_id if tracker else None,
+                "kind": "diffusion",
+                "config": cfg.to_dict(),
+                "train_seconds": budget.spent(),
+            },
         )
+
+    step_fn = DiffusionStep(
+        ddp_model,
+        diffusion,
+        optimizer,
+        ema,
+        grad_clip=cfg.grad_clip or None,
+        cond_drop_prob=diffusion_config.cond_drop_prob,
+        bf16=bf16,
+        generator=noise_gen,
+    )
 
     progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
     # Running sums stay on the device (no host sync per step); they are read at log intervals.
@@ -186,7 +209,10 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     count = 0
     last_checkpoint = start_step
     ddp_model.train()
+    out_of_time = budget.exhausted(start_step, device, force=True)  # a finished run, resumed: nothing to do
     for step in range(start_step + 1, cfg.max_steps + 1):
+        if out_of_time:
+            break
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
         t_wait = time.perf_counter()
         batch = next(batches)
@@ -195,28 +221,20 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         cond = batch["cond"].float()
         if on_gpu and cfg.channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
-        terms = diffusion_losses(
-            ddp_model,
-            diffusion,
-            mel,
-            cond,
-            cond_drop_prob=diffusion_config.cond_drop_prob,
-            generator=noise_gen,
-            bf16=bf16,
-        )
-        terms["loss"].backward()
-        grad_norm = clip_and_step(ddp_model.parameters(), optimizer, cfg.grad_clip or None)
-        ema.update(ddp_model)
-        sums += torch.stack([terms["loss"], terms["mse"], terms["vb"], grad_norm.to(device)]).detach().double()
+        terms = step_fn(mel, cond, step)
+        sums += torch.stack([terms[k] for k in term_keys]).double()
         count += 1
+        out_of_time = budget.exhausted(step, device)
+        last = step == cfg.max_steps or out_of_time
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if step % cfg.log_every == 0 or last:
             values = dict(zip(term_keys, (sums / count).tolist()))
             means = mean_across_ranks({**values, "data_wait_s_per_step": data_wait / count}, device)
             pace = progress.interval(step)
             if tracker is not None:
                 metrics = {
                     **means,
+                    "train_seconds": budget.spent(),
                     "lr": optimizer.param_groups[0]["lr"],
                     "samples_per_s": pace["samples_per_s"],
                     "samples_per_s_per_worker": pace["samples_per_s"] / world,
@@ -231,11 +249,12 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             sums.zero_()
             data_wait, count = 0.0, 0
 
-        if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0:
+        if tracker is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             mels = sample_mels(
                 ema.model, sample_diffusion, sample_cond, cfg.window_frames, unet_config.input_height, cfg.sample_seed
             )
-            waves = vocoder(mels.cpu())
+            with torch.no_grad():
+                waves = vocoder(mels.cpu()).clamp(-1.0, 1.0)
             log_samples(
                 tracker,
                 step,
@@ -243,10 +262,10 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
                 mels=mels.cpu().numpy(),
                 waves=waves.numpy(),
                 sample_rate=16_000,
-                title=f"step {step}, EMA model, {cfg.sample_steps} DDPM steps, vocoder {vocoder.name}",
+                title=f"step {step}, EMA model, {cfg.sample_steps} DDPM steps, vocoder {vocoder_name}",
             )
 
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        if step % cfg.checkpoint_every == 0 or last:
             rank_info = {"model_digest": state_digest(ddp_model), "ema_digest": state_digest(ema.model), **resumed}
             report_checkpoint(
                 step,
@@ -274,7 +293,7 @@ def _finish(
     import mlflow
 
     done = tracker.record.get("bundle_step")
-    if done is not None and int(done) >= cfg.max_steps:
+    if done is not None and int(done) >= final_step:
         say(f"[train] already finished: the bundle of step {done} is logged (run {tracker.run_id})")
         tracker.finish()
         return
@@ -288,7 +307,7 @@ def _finish(
         "mlflow_run_id": tracker.run_id,
         "dataset": cfg.data,
         "variant": cfg.variant,
-        "step": cfg.max_steps,
+        "step": final_step,
         "ema_decay": cfg.ema_decay,
         "vocoder": vocoder_note,
         "experiment": cfg.experiment,
@@ -310,7 +329,7 @@ def _finish(
     version = getattr(info, "registered_model_version", None)
     tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri})
     tracker.update_record(
-        bundle_step=cfg.max_steps,
+        bundle_step=final_step,
         model_uri=info.model_uri,
         registered_model=cfg.register_as or None,
         registered_version=int(version) if version is not None else None,
