@@ -18,9 +18,11 @@ from .retriever import ClipRetriever
 from .synthesizer import SamplingDefaults, Synthesizer, SynthesizerConfig, frames_for_seconds
 from .training import HiFiGANStep, OptimConfig, diffusion_losses
 from .unet import ConditionalUNet, UNetConfig, unet_config
+from .vocoder import VOCODERS, GriffinLimVocoder, HiFiGANVocoder, build_vocoder
 
 __all__ = [
     "EMA",
+    "VOCODERS",
     "ClipConfig",
     "ClipQueryEncoder",
     "ClipRetriever",
@@ -28,10 +30,12 @@ __all__ = [
     "ConditionalUNet",
     "DiffusionConfig",
     "GaussianDiffusion",
+    "GriffinLimVocoder",
     "HiFiGANConfig",
     "HiFiGANDiscriminator",
     "HiFiGANGenerator",
     "HiFiGANStep",
+    "HiFiGANVocoder",
     "MelConfig",
     "MelFrontend",
     "OptimConfig",
@@ -39,6 +43,7 @@ __all__ = [
     "Synthesizer",
     "SynthesizerConfig",
     "UNetConfig",
+    "build_vocoder",
     "cosine_betas",
     "diffusion_losses",
     "frames_for_seconds",

@@ -4,9 +4,13 @@ Weights come from, in order of what `ClipConfig.pretrained` says:
 - an open_clip pretrained tag (`"openai"`, `"laion2b_s34b_b79k"`, ...): the open_clip / Hugging Face cache,
   downloaded when the machine allows it;
 - a local file path (`.bin`, `.pt`, `.safetensors`) with the model's state dict;
-- `"none"`: random weights, only when asked for explicitly (tests and the offline demo). Initialisation is
-  seeded (`init_seed`), so every process that builds the same random CLIP gets the same one.
+- `"none"`: random weights, only when asked for explicitly (tests). Initialisation is seeded (`init_seed`), so
+  every process that builds the same random CLIP gets the same one.
 Missing weights raise `ClipWeightsError` with the ways to provide them.
+
+Besides open_clip's registry, two small CLIPs are defined here (`LOCAL_CLIP_CONFIGS`): "tiny" for unit tests,
+and "toy", the encoder the offline demo trains on synthetic captioned pictures when no pretrained CLIP is at
+hand (clipsynth_platform.offline_clip). They have no published weights, so a synthesizer bundle carries theirs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ TINY_CLIP_CONFIG = {
 }
 
 
+# The offline demo's dual encoder: a small ModifiedResNet (conv layers learn pictures from a few thousand
+# examples far faster than a ViT) and a 2-layer text transformer over 16 tokens (captions are short).
+TOY_CLIP_CONFIG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+}
+LOCAL_CLIP_CONFIGS: dict[str, dict] = {"tiny": TINY_CLIP_CONFIG, "toy": TOY_CLIP_CONFIG}
+# The tokenizer every local CLIP uses (open_clip's BPE of ViT-B-32, truncated to the model's context length).
+LOCAL_TOKENIZER = "ViT-B-32"
+
+
 class ClipWeightsError(RuntimeError):
     """Raised when pretrained CLIP weights are requested but cannot be found or fetched."""
 
@@ -55,6 +71,11 @@ class ClipConfig:
         return self.pretrained.lower() == "none"
 
     @property
+    def is_local(self) -> bool:
+        """One of LOCAL_CLIP_CONFIGS: built here, weights from a file or random, carried inside bundles."""
+        return self.model_name in LOCAL_CLIP_CONFIGS
+
+    @property
     def identity(self) -> str:
         return f"{self.model_name}/{self.pretrained}"
 
@@ -75,14 +96,12 @@ def build_clip_model(config: ClipConfig) -> nn.Module:
     """An open_clip CLIP model with weights as `config` says; raises ClipWeightsError when they are missing."""
     import open_clip
 
-    if config.model_name == "tiny":
-        from open_clip.model import CLIP
-
+    if config.is_local:
         if not config.is_random and not os.path.isfile(config.pretrained):
-            raise ClipWeightsError(_weights_help(config, "the tiny test model has no published weights"))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.init_seed)
-            model = CLIP(**TINY_CLIP_CONFIG)
+            raise ClipWeightsError(
+                _weights_help(config, f"the {config.model_name!r} model has no published weights (no file there)")
+            )
+        model = build_local_clip(config.model_name, config.init_seed)
         if not config.is_random:
             model.load_state_dict(_load_state_dict(config.pretrained))
         return model
@@ -117,6 +136,27 @@ def build_clip_model(config: ClipConfig) -> nn.Module:
             )
         except Exception as exc:  # network errors, hub errors, missing cache: one clear message
             raise ClipWeightsError(_weights_help(config, f"{type(exc).__name__}: {exc}")) from exc
+
+
+def build_local_clip(model_name: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised CLIP of one of LOCAL_CLIP_CONFIGS (seeded; the global RNG is left as it was)."""
+    from open_clip.model import CLIP
+
+    if model_name not in LOCAL_CLIP_CONFIGS:
+        raise ValueError(f"{model_name!r} is not a local CLIP; choose from {sorted(LOCAL_CLIP_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIP(**LOCAL_CLIP_CONFIGS[model_name])
+
+
+def clip_tokenizer(model_name: str, context_length: int | None = None):
+    """open_clip's tokenizer of a model; local CLIPs use ViT-B-32's BPE at their own context length."""
+    import open_clip
+
+    if model_name in LOCAL_CLIP_CONFIGS:
+        ctx = context_length or LOCAL_CLIP_CONFIGS[model_name]["text_cfg"]["context_length"]
+        return open_clip.get_tokenizer(LOCAL_TOKENIZER, context_length=ctx)
+    return open_clip.get_tokenizer(model_name)
 
 
 @contextlib.contextmanager
@@ -156,13 +196,10 @@ class ClipQueryEncoder(nn.Module):
 
     def __init__(self, config: ClipConfig | None = None, model: nn.Module | None = None) -> None:
         super().__init__()
-        import open_clip
-
         self.config = config or ClipConfig()
         self.model = model if model is not None else build_clip_model(self.config)
         self.model.eval().requires_grad_(False)
-        tok_name = "ViT-B-32" if self.config.model_name == "tiny" else self.config.model_name
-        self.tokenizer = open_clip.get_tokenizer(tok_name)
+        self.tokenizer = clip_tokenizer(self.config.model_name, getattr(self.model, "context_length", None))
         size = self.model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)

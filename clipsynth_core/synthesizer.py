@@ -4,9 +4,10 @@ A synthesizer bundle is a directory that holds everything needed to run it, with
     bundle.json            format version, configs of every part (mel, CLIP, U-Net, diffusion, HiFi-GAN),
                            defaults for sampling, and free-form metadata (run id, dataset, variant)
     unet.safetensors       the diffusion model's weights (the EMA weights when training kept them)
-    vocoder.safetensors    the HiFi-GAN generator
-    clip.safetensors       only when CLIP is random (pretrained="none"), so a round trip is exact;
-                           pretrained CLIP weights are referenced by name/tag, not copied
+    vocoder.safetensors    the HiFi-GAN generator (kept and measured even when Griffin-Lim serves)
+    clip.safetensors       when CLIP is random (pretrained="none") or one of the core's local CLIPs (the toy
+                           encoder of the offline demo), so a round trip is exact and the bundle is whole;
+                           open_clip's pretrained weights are referenced by name/tag, not copied
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .clip_encoder import TINY_CLIP_CONFIG, ClipConfig, ClipQueryEncoder
+from .clip_encoder import TINY_CLIP_CONFIG, ClipConfig, ClipQueryEncoder, build_local_clip
 from .diffusion import DiffusionConfig, GaussianDiffusion, guided_model
 from .hifigan import HiFiGANConfig, HiFiGANGenerator, hifigan_config
 from .mel import MelConfig, MelFrontend
 from .unet import ConditionalUNet, UNetConfig, unet_config
+from .vocoder import VOCODERS, build_vocoder
 
 BUNDLE_FORMAT = "clipsynth-bundle/1"
 PAPER_SECONDS = 4.16  # 64 frames, the paper's window
@@ -47,6 +49,8 @@ class SynthesizerConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     vocoder: HiFiGANConfig = field(default_factory=HiFiGANConfig)
+    # Which vocoder turns mels into the audio served: the bundle's HiFi-GAN, or Griffin-Lim (vocoder.py).
+    serving_vocoder: str = "hifigan"
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     metadata: dict = field(default_factory=dict)
 
@@ -58,6 +62,7 @@ class SynthesizerConfig:
             "unet": asdict(self.unet),
             "diffusion": asdict(self.diffusion),
             "vocoder": asdict(self.vocoder),
+            "serving_vocoder": self.serving_vocoder,
             "sampling": asdict(self.sampling),
             "metadata": dict(self.metadata),
         }
@@ -72,6 +77,7 @@ class SynthesizerConfig:
             unet=UNetConfig.from_dict(d["unet"]),
             diffusion=DiffusionConfig(**d["diffusion"]),
             vocoder=HiFiGANConfig.from_dict(d["vocoder"]),
+            serving_vocoder=d.get("serving_vocoder", "hifigan"),
             sampling=SamplingDefaults(**d.get("sampling", {})),
             metadata=d.get("metadata", {}),
         )
@@ -106,6 +112,8 @@ class SynthesizerConfig:
             raise ValueError("U-Net input height, vocoder n_mels and mel n_mels must agree")
         if self.vocoder.hop_length != self.mel.hop_length:
             raise ValueError(f"vocoder upsamples by {self.vocoder.hop_length}, the mel hop is {self.mel.hop_length}")
+        if self.serving_vocoder not in VOCODERS:
+            raise ValueError(f"serving_vocoder {self.serving_vocoder!r} is not one of {VOCODERS}")
 
 
 def frames_for_seconds(seconds: float, mel: MelConfig | None = None) -> int:
@@ -127,15 +135,20 @@ def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") ->
 
 
 class Synthesizer:
-    """Batched, seeded text/image-to-audio. `synthesize(queries, steps=, seed=)` -> [B, N] at 16 kHz."""
+    """Batched, seeded text/image-to-audio. `synthesize(queries, steps=, seed=)` -> [B, N] at 16 kHz.
+
+    `hifigan` is the bundle's HiFi-GAN generator; `vocoder` is what serves (`config.serving_vocoder`): that
+    generator returning whole clips, or Griffin-Lim. A process that needs neither passes stand-ins for both.
+    """
 
     def __init__(
         self,
         config: SynthesizerConfig,
         unet: ConditionalUNet | None = None,
-        vocoder: HiFiGANGenerator | None = None,
+        hifigan: HiFiGANGenerator | None = None,
         encoder: ClipQueryEncoder | None = None,
         device: torch.device | str = "cpu",
+        vocoder: torch.nn.Module | None = None,
     ) -> None:
         config.check()
         self.config = config
@@ -144,7 +157,9 @@ class Synthesizer:
         if self.encoder.embed_dim != config.unet.cond_dim:
             raise ValueError(f"CLIP embeds to {self.encoder.embed_dim} dims, the U-Net expects {config.unet.cond_dim}")
         self.unet = (unet or ConditionalUNet(config.unet)).to(self.device).eval()
-        self.vocoder = (vocoder or HiFiGANGenerator(config.vocoder)).to(self.device).eval()
+        self.hifigan = (hifigan or HiFiGANGenerator(config.vocoder)).to(self.device).eval()
+        vocoder = vocoder if vocoder is not None else build_vocoder(config.serving_vocoder, self.hifigan, config.mel)
+        self.vocoder = vocoder.to(self.device).eval()
         self.mel = MelFrontend(config.mel).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self._respaced: dict[int, GaussianDiffusion] = {}
@@ -217,7 +232,7 @@ class Synthesizer:
 
     @torch.no_grad()
     def vocode(self, mel: Tensor) -> Tensor:
-        """Normalised mels [B, n_mels, T] -> waveforms [B, T * hop]."""
+        """Normalised mels [B, n_mels, T] -> the clips they describe, [B, (T - 1) * hop + n_fft] samples."""
         return self.vocoder(mel.to(self.device)).float()
 
     @torch.no_grad()
@@ -231,8 +246,8 @@ class Synthesizer:
         d.mkdir(parents=True, exist_ok=True)
         (d / "bundle.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         save_file(_cpu(self.unet.state_dict()), str(d / "unet.safetensors"))
-        save_file(_cpu(self.vocoder.state_dict()), str(d / "vocoder.safetensors"))
-        if self.config.clip.is_random:
+        save_file(_cpu(self.hifigan.state_dict()), str(d / "vocoder.safetensors"))
+        if bundles_clip_weights(self.config.clip):
             save_file(_cpu(self.encoder.model.state_dict()), str(d / "clip.safetensors"))
         return d
 
@@ -245,7 +260,7 @@ class Synthesizer:
         return cls(
             config,
             unet=load_bundle_unet(path, config),
-            vocoder=load_bundle_vocoder(path, config),
+            hifigan=load_bundle_hifigan(path, config),
             encoder=load_bundle_encoder(path, config.clip),
             device=device,
         )
@@ -256,6 +271,7 @@ class Synthesizer:
             "format": BUNDLE_FORMAT,
             "clip": self.config.clip.identity,
             "unet_channels": self.config.unet.model_channels,
+            "vocoder": self.config.serving_vocoder,
             "diffusion_steps": self.config.diffusion.num_steps,
             **{k: v for k, v in self.config.metadata.items() if isinstance(v, (str, int, float, bool))},
         }
@@ -269,12 +285,24 @@ def read_bundle_config(path: str | os.PathLike) -> SynthesizerConfig:
     return SynthesizerConfig.from_dict(json.loads((d / "bundle.json").read_text()))
 
 
+def bundles_clip_weights(clip: ClipConfig) -> bool:
+    """Whether a bundle carries the CLIP weights (random and local CLIPs) or only names them (open_clip's)."""
+    return clip.is_random or clip.is_local
+
+
 def load_bundle_encoder(path: str | os.PathLike, clip: ClipConfig) -> ClipQueryEncoder:
-    """The bundle's CLIP: a random CLIP from clip.safetensors, a pretrained one by name/tag or weights path."""
-    encoder = ClipQueryEncoder(clip)
+    """The bundle's CLIP: from its clip.safetensors when it carries one (random and local CLIPs: the file the
+    weights first came from need not exist where the bundle is loaded), else by name/tag or weights path."""
     weights = Path(path) / "clip.safetensors"
-    if clip.is_random and weights.exists():
-        encoder.model.load_state_dict(load_file(str(weights)))
+    if not (bundles_clip_weights(clip) and weights.exists()):
+        return ClipQueryEncoder(clip)
+    state = load_file(str(weights))
+    if clip.is_local:
+        model = build_local_clip(clip.model_name, clip.init_seed)
+        model.load_state_dict(state)
+        return ClipQueryEncoder(clip, model=model)
+    encoder = ClipQueryEncoder(clip)  # a random open_clip architecture
+    encoder.model.load_state_dict(state)
     return encoder
 
 
@@ -284,10 +312,16 @@ def load_bundle_unet(path: str | os.PathLike, config: SynthesizerConfig) -> Cond
     return unet
 
 
-def load_bundle_vocoder(path: str | os.PathLike, config: SynthesizerConfig) -> HiFiGANGenerator:
-    vocoder = HiFiGANGenerator(config.vocoder)
-    vocoder.load_state_dict(load_file(str(Path(path) / "vocoder.safetensors")))
-    return vocoder
+def load_bundle_hifigan(path: str | os.PathLike, config: SynthesizerConfig) -> HiFiGANGenerator:
+    generator = HiFiGANGenerator(config.vocoder)
+    generator.load_state_dict(load_file(str(Path(path) / "vocoder.safetensors")))
+    return generator.eval()
+
+
+def load_bundle_vocoder(path: str | os.PathLike, config: SynthesizerConfig) -> torch.nn.Module:
+    """The serving vocoder of the bundle (config.serving_vocoder): mels -> whole clips."""
+    generator = load_bundle_hifigan(path, config) if config.serving_vocoder == "hifigan" else None
+    return build_vocoder(config.serving_vocoder, generator, config.mel).eval()
 
 
 def _cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:

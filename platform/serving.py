@@ -5,7 +5,7 @@ The Ray Serve app (`serve/`) runs the query encoder, the diffusion sampler and t
 deployments, so each loads only its own part of the bundle:
     load_query_encoder(bundle_dir)  -> ClipQueryEncoder          (the CLIP text/image tower)
     load_mel_sampler(bundle_dir)    -> Synthesizer without CLIP or HiFi-GAN weights (U-Net + diffusion)
-    load_vocoder(bundle_dir)        -> HiFiGANGenerator
+    load_vocoder(bundle_dir)        -> the serving vocoder (HiFi-GAN or Griffin-Lim, as the bundle says)
 A batch of requests with different step counts, lengths or samplers is split into groups that can share one
 sampling loop (`group_key`); inside a group each example draws its noise from its own seed (the core's
 per-example generators), so a request's audio depends on its own parameters only.
@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from clipsynth_core import (
     ClipConfig,
     ClipQueryEncoder,
-    HiFiGANGenerator,
     Synthesizer,
     SynthesizerConfig,
     frames_for_seconds,
@@ -67,7 +66,8 @@ def load_query_encoder(
 
 def load_vocoder(
     bundle_dir: str | os.PathLike, config: SynthesizerConfig | None = None, device: torch.device | str = "cpu"
-) -> HiFiGANGenerator:
+) -> nn.Module:
+    """The bundle's serving vocoder: normalised mels [B, n_mels, T] -> whole clips [B, (T - 1) * hop + n_fft]."""
     config = config or load_bundle_config(bundle_dir)
     return load_bundle_vocoder(bundle_dir, config).to(device).eval()
 
@@ -102,7 +102,8 @@ def load_mel_sampler(
         config,
         unet=load_bundle_unet(bundle_dir, config),
         encoder=_AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim),
-        vocoder=_AbsentPart("HiFi-GAN vocoder"),
+        hifigan=_AbsentPart("HiFi-GAN vocoder"),
+        vocoder=_AbsentPart("vocoder"),
         device=device,
     )
 
@@ -171,15 +172,16 @@ def sample_batch(
 
 
 @torch.no_grad()
-def vocode_batch(vocoder: HiFiGANGenerator, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Waveforms (float32 [frames * hop]) for mels of possibly different lengths, equal lengths batched."""
-    device = next(vocoder.parameters()).device
+def vocode_batch(vocoder: nn.Module, mels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Waveforms (float32 [(frames - 1) * hop + n_fft]) for mels of possibly different lengths, equal lengths
+    batched."""
+    device = next(iter([*vocoder.parameters(), *vocoder.buffers()])).device
     out: list[np.ndarray | None] = [None] * len(mels)
     for idx in group_indices([np.shape(m) for m in mels]):
         x = torch.as_tensor(np.stack([np.asarray(mels[i], dtype=np.float32) for i in idx]), device=device)
         if x.dim() != 3:
             raise ValueError(f"mels must be [n_mels, frames], got {tuple(x.shape[1:])}")
-        waves = vocoder(x).float().cpu().numpy()
+        waves = vocoder(x).float().clamp(-1.0, 1.0).cpu().numpy()
         for j, i in enumerate(idx):
             out[i] = waves[j]
     return out  # type: ignore[return-value]

@@ -123,11 +123,13 @@ class DiffusionSampler:
 
 @serve.deployment(name="Vocoder")
 class Vocoder:
-    """Normalised mel [n_mels, frames] -> waveform float32 [frames * hop] (HiFi-GAN), batched by length."""
+    """Normalised mel [n_mels, frames] -> the clip, float32 [(frames - 1) * hop + n_fft] (HiFi-GAN or Griffin-Lim,
+    as the bundle says), batched by length."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, bundle_dir, device = _prepare(config, config.vocoder, "Vocoder")
-        self.vocoder = load_vocoder(bundle_dir, device=device)
+        self.config = load_bundle_config(bundle_dir)
+        self.vocoder = load_vocoder(bundle_dir, self.config, device=device)
         self._vocode_batch.set_max_batch_size(config.vocoder_max_batch_size)
         self._vocode_batch.set_batch_wait_timeout_s(config.vocoder_batch_wait_s)
 
@@ -139,4 +141,4 @@ class Vocoder:
         return await self._vocode_batch(mel)
 
     def info(self) -> dict:
-        return {"hop_length": self.vocoder.config.hop_length}
+        return {"hop_length": self.config.mel.hop_length, "vocoder": self.config.serving_vocoder}

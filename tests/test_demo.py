@@ -50,7 +50,7 @@ def test_demo_writes_playable_wavs_for_the_queries(demo):
     for f in files:
         with wave.open(str(f)) as w:
             assert w.getframerate() == 16_000 and w.getnchannels() == 1 and w.getsampwidth() == 2
-            assert w.getnframes() == 64 * 1024  # 64 mel frames x hop 1024 (the paper's 4.16 s window)
+            assert w.getnframes() == 66_560  # 4.16 s: the 64-frame mel's (64 - 1) * hop + n_fft samples
     assert summary["videos_in"] == 24 and summary["chunks_written"] >= 24
     assert "a photo of playing violin" in {s["query"] for s in summary["samples"]}
     assert "mlflow ui --backend-store-uri" in log and "serve run serve:app" in log

@@ -52,10 +52,11 @@ def test_tiny_config_and_untrained_weights_are_seeded():
 
 def test_synthesize_shapes_and_durations(synth):
     wave = synth.synthesize(["violin", "cello"], steps=4, seed=0)
-    assert wave.shape == (2, 64 * 1024) and wave.dtype == torch.float32
+    # A mel of T frames describes (T - 1) * hop + n_fft samples: 66,560 for the paper's 4.16 s.
+    assert wave.shape == (2, 66_560) and wave.dtype == torch.float32
     assert frames_for_seconds(4.16) == 64 and frames_for_seconds(8.32) == 128
     long = synth.synthesize(["violin"], steps=3, seed=0, seconds=8.32)
-    assert long.shape == (1, 128 * 1024)
+    assert long.shape == (1, 127 * 1024 + 2048)
     assert torch.isfinite(wave).all() and wave.abs().max() <= 1
 
 
@@ -74,7 +75,7 @@ def test_text_and_image_queries_use_one_space(synth):
     cond = synth.encode(imgs)
     assert cond.shape == (2, 64)
     torch.testing.assert_close(cond.norm(dim=-1), torch.ones(2))
-    assert synth.synthesize(imgs, steps=2, seed=1, sampler="ddim").shape == (2, 65536)
+    assert synth.synthesize(imgs, steps=2, seed=1, sampler="ddim").shape == (2, 66_560)
 
 
 def test_bundle_round_trip_is_exact(synth, tmp_path):

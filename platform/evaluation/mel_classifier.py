@@ -66,6 +66,10 @@ class MelClassifierConfig:
     feature_dim: int = 256
     dropout: float = 0.2
     labels: tuple[str, ...] = ()
+    # Each window's mean log-level is removed before the CNN: a sound's class does not depend on its gain.
+    # Measured on the built-in corpus: real test windows 0.89 -> 0.97 accurate, and a generated sample is
+    # judged by its spectral shape rather than by a loudness offset (see benchmarks/learning).
+    gain_invariant: bool = True
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **asdict(self)}
@@ -75,6 +79,7 @@ class MelClassifierConfig:
         if d.get("format") != FORMAT:
             raise ValueError(f"not a mel classifier config of format {FORMAT!r}: format={d.get('format')!r}")
         d = {k: v for k, v in d.items() if k not in ("format", "training")}
+        d.setdefault("gain_invariant", False)  # classifiers saved before the option saw raw levels
         return cls(**{**d, "channels": tuple(d["channels"]), "labels": tuple(d["labels"])})
 
 
@@ -121,7 +126,10 @@ class MelClassifier(nn.Module):
         """Penultimate features [B, feature_dim] of windows [B, n_mels, frames]."""
         if x.dim() != 3 or x.shape[1] != self.config.n_mels:
             raise ValueError(f"expected windows [B, {self.config.n_mels}, T], got {tuple(x.shape)}")
-        h = self.body(x[:, None].float())  # [B, C, F', T']
+        x = x.float()
+        if self.config.gain_invariant:
+            x = x - x.mean(dim=(-2, -1), keepdim=True)
+        h = self.body(x[:, None])  # [B, C, F', T']
         # Average over time only: where energy sits in frequency is what tells instruments apart.
         return self.penultimate(h.mean(dim=-1).flatten(1))
 
