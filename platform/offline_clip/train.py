@@ -1,0 +1,130 @@
+"""Training the offline demo's CLIP-style dual encoder, and measuring it zero-shot.
+
+open_clip builds the model (the core's "toy" config: a small ModifiedResNet and a 2-layer text transformer) and
+ships the loss (`open_clip.loss.ClipLoss`, the symmetric InfoNCE of CLIP with its learned temperature). Each
+step shows every class once, one picture and one caption each, so no two pairs of a batch share a class (CLIP's
+loss counts every other pair of the batch as a negative). The encoder never sees audio, nor a corpus frame.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from clipsynth_core import ClipConfig, ClipQueryEncoder
+from clipsynth_core.clip_encoder import build_local_clip
+
+from ..corpus.config import INSTRUMENTS
+from .pictures import captions, draw_pictures
+from .zero_shot import zero_shot_accuracy
+
+
+@dataclass(frozen=True)
+class OfflineClipConfig:
+    """What to train: every instrument the corpus can draw, so queries beyond the demo's classes mean something."""
+
+    model_name: str = "toy"
+    classes: tuple[str, ...] = tuple(sorted(INSTRUMENTS))
+    pictures_per_class: int = 500
+    steps: int = 2000
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.1
+    max_shift: int = 4  # pixels of random translation per step (a cheap augmentation of the fixed pool)
+    seed: int = 0
+    heldout_per_class: int = 40  # fresh pictures (another seed) for the held-out zero-shot accuracy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        unknown = [c for c in self.classes if c not in INSTRUMENTS]
+        if unknown or len(self.classes) < 2:
+            raise ValueError(f"offline CLIP classes must be >= 2 of {sorted(INSTRUMENTS)}; unknown: {unknown}")
+        if self.pictures_per_class < 1 or self.steps < 1 or self.heldout_per_class < 1:
+            raise ValueError("pictures_per_class, steps and heldout_per_class must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr must be > 0, weight_decay >= 0, warmup_fraction in [0, 1)")
+
+
+@dataclass
+class OfflineClipReport:
+    """How training went, and what the encoder is worth on pictures it never saw."""
+
+    steps: int
+    seconds: float
+    final_loss: float
+    logit_scale: float
+    heldout_zero_shot: float  # accuracy on fresh pictures with ZERO_SHOT_TEMPLATE, all classes
+    classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_offline_clip(
+    config: OfflineClipConfig, log: Callable[[str], None] = print
+) -> tuple[ClipQueryEncoder, OfflineClipReport]:
+    """Train from scratch (seeded); returns the frozen encoder and its report."""
+    from open_clip.loss import ClipLoss
+
+    config.check()
+    t0 = time.perf_counter()
+    classes = list(config.classes)
+    model = build_local_clip(config.model_name, config.seed)
+    clip = ClipConfig(model_name=config.model_name, pretrained="none", init_seed=config.seed)
+    encoder = ClipQueryEncoder(clip, model=model)  # its preprocessing and tokenizer; it freezes the model
+    model.requires_grad_(True).train()
+    images, _targets = draw_pictures(classes, config.pictures_per_class, config.seed)
+    # The pool is preprocessed once (in blocks: the float copy of every full-size picture would not fit).
+    pool = torch.cat([encoder.preprocess(images[i : i + 500]) for i in range(0, len(images), 500)])
+    pool = pool.view(len(classes), config.pictures_per_class, *pool.shape[1:])
+    del images
+    tokens = torch.stack([encoder.tokenizer(captions(c)) for c in classes])  # [C, phrasings, context]
+    log(
+        f"[offline-clip] {len(classes)} classes x {config.pictures_per_class} pictures drawn in {time.perf_counter() - t0:.1f} s"
+    )
+
+    loss_fn = ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.steps, pct_start=max(config.warmup_fraction, 1e-3)
+    )
+    rng = np.random.default_rng([config.seed, 0xC11F])
+    rows = torch.arange(len(classes))
+    loss = torch.zeros(())
+    for step in range(1, config.steps + 1):
+        x = pool[rows, torch.from_numpy(rng.integers(0, config.pictures_per_class, len(classes)))]
+        if config.max_shift:
+            dy, dx = (int(v) for v in rng.integers(-config.max_shift, config.max_shift + 1, 2))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        text = tokens[rows, torch.from_numpy(rng.integers(0, tokens.shape[1], len(classes)))]
+        image_features, text_features, logit_scale = model(x, text)
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():  # CLIP's clamp: the temperature stays above 1/100
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 250 == 0 or step == config.steps:
+            log(f"[offline-clip] step {step}/{config.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+    model.eval().requires_grad_(False)
+
+    heldout, heldout_targets = draw_pictures(classes, config.heldout_per_class, config.seed + 1)
+    accuracy = zero_shot_accuracy(encoder, encoder.encode_image(heldout), heldout_targets, classes)
+    report = OfflineClipReport(
+        steps=config.steps,
+        seconds=round(time.perf_counter() - t0, 1),
+        final_loss=loss.item(),
+        logit_scale=float(model.logit_scale.exp()),
+        heldout_zero_shot=accuracy,
+        classes=classes,
+    )
+    log(f"[offline-clip] trained in {report.seconds:.0f} s; zero-shot on fresh pictures {accuracy:.3f}")
+    return encoder, report
