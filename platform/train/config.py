@@ -128,6 +128,11 @@ class DiffusionTrainConfig(TrainConfig):
         "U-Net size: paper (improved-diffusion's 64x64 model), small, cpu (learns in CPU minutes), tiny (tests)",
         choices=MODEL_SIZES,
     )
+    cond_in_embedding: bool = opt(
+        True,
+        "beyond the paper: the condition also enters the U-Net's timestep embedding (an MLP of c added to it), "
+        "besides being concatenated to every layer's output as in the paper",
+    )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K on VGG-Sound, 100K on MUSIC)")
     batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
     lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
@@ -157,6 +162,11 @@ class DiffusionTrainConfig(TrainConfig):
         "",
         "HiFi-GAN for samples and the bundle: a vocoder dir, a HiFi-GAN checkpoint, a synthesizer bundle or an "
         "MLflow URI (runs:/ID/vocoder); default: Griffin-Lim for samples and an untrained HiFi-GAN in the bundle",
+    )
+    serving_vocoder: str = opt(
+        "hifigan",
+        "vocoder the bundle serves with: its HiFi-GAN, or griffin-lim (for a HiFi-GAN not yet trained far enough)",
+        choices=("hifigan", "griffin-lim"),
     )
     clip_template: str = opt("a photo of {query}", "query template stored in the bundle's CLIP config")
     bundle_sampling_steps: int = opt(1000, "default sampling steps stored in the bundle (paper: 1,000)")

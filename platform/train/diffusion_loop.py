@@ -33,7 +33,7 @@ from clipsynth_core import (
     load_training_state,
     save_training_state,
 )
-from clipsynth_core.synthesizer import make_generators
+from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16
 
 from ..registry import log_bundle_model
@@ -79,6 +79,7 @@ def build_bundle(
     vocoder: HiFiGANGenerator,
     sampling_steps: int,
     metadata: dict,
+    serving_vocoder: str = "hifigan",
 ) -> Path:
     """Write a synthesizer bundle (core format) with the given U-Net weights and vocoder."""
     from clipsynth_core import ClipQueryEncoder
@@ -88,12 +89,14 @@ def build_bundle(
         unet=unet_config,
         diffusion=diffusion,
         vocoder=vocoder.config,
+        serving_vocoder=serving_vocoder,
         sampling=SamplingDefaults(steps=min(sampling_steps, diffusion.num_steps)),
         metadata=metadata,
     )
     unet = ConditionalUNet(unet_config)
     unet.load_state_dict(unet_state)
-    encoder = ClipQueryEncoder(clip) if clip.is_random else _ReferencedClip(unet_config.cond_dim)
+    # Random and local CLIPs travel inside the bundle (their weights are loaded here, from the worker's disk).
+    encoder = ClipQueryEncoder(clip) if bundles_clip_weights(clip) else _ReferencedClip(unet_config.cond_dim)
     return Synthesizer(config, unet=unet, hifigan=vocoder, encoder=encoder).save(directory)
 
 
@@ -323,6 +326,7 @@ def _finish(
             vocoder=vocoder,
             sampling_steps=cfg.bundle_sampling_steps,
             metadata=metadata,
+            serving_vocoder=cfg.serving_vocoder,
         )
         with mlflow.start_run(run_id=tracker.run_id):
             info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)

@@ -32,6 +32,7 @@ from clipsynth_core import (
 from ..registry import VOCODER_ARTIFACT
 from .common import (
     Progress,
+    TimeBudget,
     WorkerPlace,
     fault_drill,
     gpu_memory_metrics,
@@ -72,7 +73,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
 
-    start_step, resumed = 0, {}
+    start_step, resumed, spent = 0, {}, 0.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         state = restore(
@@ -89,6 +90,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         sched_g.load_state_dict(state["scheduler_g"])
         sched_d.load_state_dict(state["scheduler_d"])
         start_step = int(state["step"])
+        spent = float(state.get("train_seconds", 0.0))
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(generator)}
         say(f"[hifigan rank {rank}] resumed from the checkpoint at step {start_step}")
 
@@ -109,6 +111,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                 f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
             )
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
+    budget = TimeBudget(cfg.train_seconds, spent)
 
     def write_state(d: Path, step: int) -> None:
         save_training_state(
@@ -124,6 +127,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                 "scheduler_g": sched_g.state_dict(),
                 "scheduler_d": sched_d.state_dict(),
                 "config": cfg.to_dict(),
+                "train_seconds": budget.spent(),
             },
         )
         # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
@@ -134,7 +138,11 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     count = 0
     g_ddp.train()
     d_ddp.train()
+    final_step = start_step
+    out_of_time = budget.exhausted(start_step, device, force=True)  # a finished run, resumed: nothing to do
     for step in range(start_step + 1, cfg.max_steps + 1):
+        if out_of_time:
+            break
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
         t_wait = time.perf_counter()
         wave = next(batches)["audio"].float()
@@ -148,8 +156,11 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         if step % steps_per_epoch == 0:
             sched_g.step()
             sched_d.step()
+        final_step = step
+        out_of_time = budget.exhausted(step, device)
+        last = step == cfg.max_steps or out_of_time
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if step % cfg.log_every == 0 or last:
             means = mean_across_ranks({k: v / count for k, v in sums.items()}, device)
             pace = progress.interval(step)
             if tracker is not None:
@@ -157,6 +168,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                     {
                         **means,
                         "lr": opt_g.param_groups[0]["lr"],
+                        "train_seconds": budget.spent(),
                         "samples_per_s": pace["samples_per_s"],
                         "samples_per_s_per_worker": pace["samples_per_s"] / world,
                         **gpu_memory_metrics(device),
@@ -171,10 +183,10 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
             sums = dict.fromkeys(sums, 0.0)
             count = 0
 
-        if tracker is not None and cfg.sample_every and step % cfg.sample_every == 0 and len(reference):
+        if tracker is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last) and len(reference):
             _log_reconstructions(tracker, step, generator, step_fn, reference, device)
 
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+        if step % cfg.checkpoint_every == 0 or last:
             rank_info = {
                 "model_digest": state_digest(g_ddp),
                 "discriminator_digest": state_digest(d_ddp),
@@ -190,14 +202,15 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
 
     if tracker is not None:
         done = tracker.record.get("vocoder_step")
-        if done is None or int(done) < cfg.max_steps:
+        if done is None or int(done) < final_step:
             with tempfile.TemporaryDirectory(prefix="clipsynth-vocoder-") as tmp:
-                save_vocoder(Path(tmp), generator, hcfg, cfg.max_steps)
+                save_vocoder(Path(tmp), generator, hcfg, final_step)
                 tracker.log_artifacts(tmp, VOCODER_ARTIFACT)
             uri = f"runs:/{tracker.run_id}/{VOCODER_ARTIFACT}"
             tracker.set_tags({"vocoder_uri": uri})
-            tracker.update_record(vocoder_step=cfg.max_steps, vocoder_uri=uri)
-            say(f"[hifigan] finished at step {cfg.max_steps}; vocoder: {uri} (pass it as --vocoder)")
+            tracker.update_record(vocoder_step=final_step, vocoder_uri=uri)
+            why = "out of training time" if final_step < cfg.max_steps else "all steps done"
+            say(f"[hifigan] finished at step {final_step} ({why}); vocoder: {uri} (pass it as --vocoder)")
         tracker.finish()
 
 

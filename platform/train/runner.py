@@ -253,7 +253,7 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
             f"--variant {cfg.variant} needs label text embeddings, but no training row has one (unlabeled data): "
             "use --variant image"
         )
-    unet = unet_config(cfg.model_size, cond_dim=info.embed_dim)
+    unet = unet_config(cfg.model_size, cond_dim=info.embed_dim, cond_in_embedding=cfg.cond_in_embedding)
     diffusion = DiffusionConfig(num_steps=cfg.diffusion_steps, cond_drop_prob=cfg.cond_drop_prob)
     clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
     names, conds, sample_kind = sample_conditions(cfg, info)
