@@ -36,7 +36,7 @@ class UNetConfig:
     cond_channels: int = 64  # width of the projected condition concatenated to every layer's output
     use_scale_shift_norm: bool = True
     input_height: int = 64
-    cond_in_embedding: bool = True  # beyond the paper: c also enters the timestep embedding (see the docstring)
+    cond_in_embedding: bool = False  # beyond the paper: c also enters the timestep embedding (see the docstring)
 
     def to_dict(self) -> dict:
         return asdict(self)

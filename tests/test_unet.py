@@ -117,3 +117,26 @@ def test_every_parameter_takes_part_in_backward():
     net(torch.randn(1, 1, 64, 16), torch.tensor([3]), torch.randn(1, 16)).sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def test_condition_enters_the_timestep_embedding_only_when_asked():
+    """The paper's U-Net (default) sees c only through the concatenation; the option adds an MLP of c to the
+    timestep embedding. Old bundles (no key) had the extra path and keep it."""
+    from clipsynth_core.unet import UNetConfig
+
+    paper = ConditionalUNet(unet_config("tiny", cond_dim=16))
+    extra = ConditionalUNet(unet_config("tiny", cond_dim=16, cond_in_embedding=True))
+    assert paper.cond_embed is None and isinstance(extra.cond_embed, nn.Sequential)
+    n_extra = sum(p.numel() for p in extra.cond_embed.parameters())
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(extra) - n(paper) == n_extra
+    legacy = {k: v for k, v in unet_config("tiny", cond_dim=16).to_dict().items() if k != "cond_in_embedding"}
+    assert UNetConfig.from_dict(legacy).cond_in_embedding is True
+    # With the option, the timestep embedding itself depends on c: zero the concatenation and c still matters.
+    _randomize(extra)
+    with torch.no_grad():
+        extra.cond_proj.weight.zero_()
+        extra.cond_proj.bias.zero_()
+        x, t = torch.randn(1, 1, 64, 64), torch.tensor([7])
+        a, b = extra(x, t, torch.randn(1, 16)), extra(x, t, torch.randn(1, 16))
+    assert (a - b).abs().mean() > 1e-5

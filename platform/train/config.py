@@ -129,9 +129,9 @@ class DiffusionTrainConfig(TrainConfig):
         choices=MODEL_SIZES,
     )
     cond_in_embedding: bool = opt(
-        True,
+        False,
         "beyond the paper: the condition also enters the U-Net's timestep embedding (an MLP of c added to it), "
-        "besides being concatenated to every layer's output as in the paper",
+        "besides being concatenated to every layer's output as in the paper (benchmarks/learning: no gain)",
     )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K on VGG-Sound, 100K on MUSIC)")
     batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
