@@ -1,11 +1,12 @@
-"""Draw the README's figures: the pipeline diagram, and the mel spectrogram of a demo sample (if given).
+"""Draw the README's figures: the pipeline diagram; with --demo, the generated-vs-real mels of a demo run.
 
-python docs/make_figures.py [--sample demo_output/samples/playing_violin.wav]
+python docs/make_figures.py [--demo demo_output]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -50,28 +51,10 @@ def pipeline(out: Path) -> None:
     plt.close(fig)
 
 
-def mel_figure(wav: Path, out: Path) -> None:
-    import soundfile as sf
-    import torch
-
-    from clipsynth_core import MelFrontend
-
-    audio, sr = sf.read(str(wav), dtype="float32")
-    mel = MelFrontend()(torch.from_numpy(audio)[None], sr)[0].numpy()
-    fig, ax = plt.subplots(figsize=(6, 3))
-    im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=-1, vmax=1)
-    ax.set_xlabel("frame (64 ms hop)")
-    ax.set_ylabel("mel band")
-    ax.set_title(f"{wav.stem.replace('_', ' ')}: normalised log-mel")
-    fig.colorbar(im, ax=ax)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sample", type=Path, default=None)
+    p.add_argument("--demo", type=Path, default=None, help="a demo output folder: copy its class_mels.png")
     a = p.parse_args()
     pipeline(HERE / "pipeline.png")
-    if a.sample:
-        mel_figure(a.sample, HERE / "demo_mel.png")
+    if a.demo:
+        shutil.copyfile(a.demo / "class_mels.png", HERE / "demo_mel.png")
