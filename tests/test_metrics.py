@@ -1,14 +1,18 @@
 """Fréchet distance and embedding statistics (clipsynth_core.metrics) against closed forms and scipy, and
-the FAD backbones (VGGish frontend and network, weights loading, the pluggable interface)."""
+the FAD backbones (VGGish frontend and network, its pre-activation embedding against the layers run by hand,
+weights loading, the pluggable interface)."""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import torch.nn.functional as F
 
 from clipsynth_core.metrics import (
     GaussianStats,
@@ -19,6 +23,8 @@ from clipsynth_core.metrics import (
 )
 from clipsynth_platform.evaluation.embedders import (
     VGGISH_ENV,
+    VGGISH_WEIGHTS_FILE,
+    VGGISH_WEIGHTS_URL,
     AudioEmbedder,
     BackboneWeightsError,
     VGGish,
@@ -165,11 +171,70 @@ def test_vggish_has_the_published_architecture():
         assert tuple(model(torch.zeros(2, 1, 96, 64)).shape) == (2, 128)
 
 
+def vggish_by_hand(state: dict[str, torch.Tensor], examples: torch.Tensor) -> np.ndarray:
+    """VGGish run layer by layer from a state dict, written out independently of the VGGish module: 3x3 convs
+    (ReLU) in groups of 1, 1, 2, 2 each closed by a 2x2 max pool, the NHWC flatten TensorFlow's weights
+    expect, FC + ReLU layers, and the last FC layer's output as it is (no activation)."""
+    x = examples.double()
+    conv_ids = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight")})
+    assert len(conv_ids) == 6
+    for k, i in enumerate(conv_ids):
+        x = F.relu(F.conv2d(x, state[f"features.{i}.weight"].double(), state[f"features.{i}.bias"].double(), padding=1))
+        if k in (0, 1, 3, 5):  # the last conv of each group
+            x = F.max_pool2d(x, 2)
+    x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+    fc_ids = sorted({int(k.split(".")[1]) for k in state if k.startswith("embeddings.") and k.endswith(".weight")})
+    for n, i in enumerate(fc_ids):
+        x = F.linear(x, state[f"embeddings.{i}.weight"].double(), state[f"embeddings.{i}.bias"].double())
+        if n < len(fc_ids) - 1:
+            x = F.relu(x)
+    return x.numpy()
+
+
+def small_vggish_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A narrow VGGish's random state dict with the port's key names (features.0 ... embeddings.4)."""
+    torch.manual_seed(seed)
+    model = VGGish(VGGishConfig(channels=(4, 8, 8, 16), fc_dims=(32, 24), embed_dim=12, final_relu=True))
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+REAL_VGGISH = os.environ.get(VGGISH_ENV, "")
+
+
+@pytest.mark.parametrize("weights", ["random-small", "released"])
+def test_vggish_embedding_is_the_pre_activation_output_of_the_last_layer(weights, tmp_path):
+    if weights == "released":
+        if not Path(REAL_VGGISH).is_file():
+            pytest.skip(f"${VGGISH_ENV} does not point to {VGGISH_WEIGHTS_FILE}")
+        path = Path(REAL_VGGISH)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    else:
+        state = small_vggish_state()
+        path = tmp_path / VGGISH_WEIGHTS_FILE
+        torch.save(state, str(path))
+    waves = tones(3)
+    with torch.no_grad():
+        examples, _ = VGGishFrontend()(torch.from_numpy(waves))
+    expected = vggish_by_hand(state, examples)
+    got = build_audio_embedder(str(path), device="cpu").embed(waves)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    # Pre-activation: negative values survive (a ReLU would have zeroed them) ...
+    assert (got < -1e-3 * np.abs(got).max()).mean() > 0.1
+    # ... and the post-ReLU variant, asked for by name, is exactly that ReLU of it, under another identity.
+    relu = build_audio_embedder(f"vggish-relu:{path}", device="cpu")
+    np.testing.assert_allclose(
+        relu.embed(waves), np.maximum(expected, 0.0), rtol=1e-4, atol=1e-5 * np.abs(expected).max()
+    )
+    pre = build_audio_embedder(f"vggish:{path}", device="cpu")
+    assert pre.identity.startswith("vggish/sha256:") and relu.identity.startswith("vggish-relu/sha256:")
+    assert pre.version != relu.version and pre.metric_name == "fad" and not pre.random
+
+
 def test_vggish_weights_load_from_safetensors_and_torch_files(tmp_path, monkeypatch):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    small = VGGish(VGGishConfig(channels=(4, 8, 8, 16), fc_dims=(32, 24), embed_dim=12, final_relu=True)).eval()
+    small = VGGish(VGGishConfig(channels=(4, 8, 8, 16), fc_dims=(32, 24), embed_dim=12)).eval()
     state = {k: v.contiguous() for k, v in small.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
     torch.save({**state, "pproc._pca_means": torch.zeros(12)}, str(tmp_path / "w.pt"))
@@ -190,8 +255,10 @@ def test_vggish_weights_load_from_safetensors_and_torch_files(tmp_path, monkeypa
 
 def test_missing_vggish_weights_say_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv(VGGISH_ENV, str(tmp_path / "absent.safetensors"))
-    with pytest.raises(BackboneWeightsError, match=f"no file at .*absent.safetensors.*{VGGISH_ENV}"):
+    with pytest.raises(BackboneWeightsError, match=f"no file at .*absent.safetensors.*{VGGISH_ENV}") as info:
         build_audio_embedder("vggish")
+    assert VGGISH_WEIGHTS_URL in str(info.value) and "fad_melclf" in str(info.value)
+    assert VGGISH_WEIGHTS_URL.endswith("/vggish-10086976.pth")
     with pytest.raises(BackboneWeightsError, match="--fad-backbone"):
         build_audio_embedder(f"vggish:{tmp_path / 'nope.pt'}")
     with pytest.raises(ValueError, match="unknown FAD backbone"):

@@ -1,32 +1,45 @@
 """Audio embedding backbones for FAD behind one interface, with VGGish (Hershey et al., 2017) as the default.
 
 `AudioEmbedder`: `embed(waves [B, N] at 16 kHz) -> [M, D]` float64 numpy, plus an `identity` string that
-names the backbone and its weights (the statistics cache keys on it). Any object with those members works;
-`build_audio_embedder(spec)` makes one from a command-line string:
+names the backbone and its weights (tables group by it) and, optionally, `version` (the code and front-end
+version: the statistics cache keys on it), `metric_name` (the metric its Fréchet distance is logged under,
+default "fad") and `random` (True for a backbone with random weights). Any object with the three required
+members works; `build_audio_embedder(spec)` makes one from a command-line string:
 
-| spec                              | backbone                                                              |
-| --------------------------------- | --------------------------------------------------------------------- |
-| `vggish`                          | VGGish, weights from $CLIPSYNTH_VGGISH_WEIGHTS or DEFAULT_VGGISH_PATH  |
-| `vggish:/path/w.safetensors`, or  | VGGish with the state dict at that path (safetensors, or a torch file  |
-| a path ending .safetensors/.pt/.pth | read with weights_only=True)                                        |
-| `tiny-random[:SEED]`              | a narrow VGGish with seeded random weights (tests, smoke runs)        |
+| spec                                | backbone                                                            |
+| ----------------------------------- | ------------------------------------------------------------------- |
+| `vggish`                            | VGGish, weights from $CLIPSYNTH_VGGISH_WEIGHTS or a default location |
+| `vggish:/path/w.pth`, or a path     | VGGish with the state dict at that path (safetensors, or a torch    |
+| ending .safetensors/.pt/.pth        | file read with weights_only=True)                                   |
+| `vggish-relu[:/path]`               | the same weights, embeddings taken after the final ReLU             |
+| `tiny-random[:SEED]`                | a narrow VGGish with seeded random weights (unit tests only)        |
 | a name given to `register_audio_embedder` | that factory                                                  |
-| `package.module:factory`          | factory(device=...) returning an AudioEmbedder                        |
+| `package.module:factory`            | factory(device=...) returning an AudioEmbedder                      |
+
+(The evaluation also accepts `auto`, VGGish when its weights are here and otherwise the mel classifier's
+audio embedding, and `melclf`; see runner.py and mel_classifier.ClassifierAudioEmbedder.)
 
 VGGish, as published: 16 kHz mono; STFT of 25 ms periodic-Hann windows every 10 ms (FFT length 512); 64 mel
 bands (HTK mel scale, triangles in mel space) over 125-7500 Hz; log(mel + 0.01); non-overlapping examples of
 96 frames (0.96 s), each a 96x64 patch. Network: conv64-pool, conv128-pool, 2x conv256-pool, 2x conv512-pool
 (3x3 convs, ReLU, 2x2 max pools) -> 6x4x512 -> FC 4096 -> FC 4096 -> FC 128. The module layout (`features`,
-`embeddings` Sequentials) follows the common PyTorch port so its state dicts load; the flatten before the
-FC layers is in TensorFlow's NHWC order, which ported weights expect. Embeddings are taken before VGGish's
-PCA/quantisation post-processing (its `pproc.*` tensors are ignored when present in a state dict).
-No weights ship offline: pass them as a local file.
+`embeddings` Sequentials) follows the common PyTorch port (torchvggish) so its state dicts load; the flatten
+before the FC layers is in TensorFlow's NHWC order, which ported weights expect.
+
+The embedding is the 128-d output of the last FC layer BEFORE its activation, as Google's FAD, the
+`frechet_audio_distance` package and AudioLDM's evaluation take it (the port appends a ReLU, which zeroes
+about half the dimensions; `vggish-relu` keeps it for whoever needs that variant). Embeddings are taken
+before VGGish's PCA/quantisation post-processing (its `pproc.*` tensors are ignored when present).
+
+Weights: the port's release file `vggish-10086976.pth` (VGGISH_WEIGHTS_URL), loaded by path. Nothing is
+downloaded here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import math
 import os
 from collections.abc import Callable
@@ -39,7 +52,20 @@ import torch
 from torch import Tensor, nn
 
 VGGISH_ENV = "CLIPSYNTH_VGGISH_WEIGHTS"
+VGGISH_WEIGHTS_FILE = "vggish-10086976.pth"
+VGGISH_WEIGHTS_URL = f"https://github.com/harritaylor/torchvggish/releases/download/v0.1/{VGGISH_WEIGHTS_FILE}"
 DEFAULT_VGGISH_PATH = Path("~/.cache/clipsynth/vggish.safetensors")
+# Where `vggish` looks when $CLIPSYNTH_VGGISH_WEIGHTS is unset, in order (the last is torch.hub's cache, where
+# torch.hub.load("harritaylor/torchvggish", "vggish") leaves the file).
+DEFAULT_VGGISH_PATHS = (
+    DEFAULT_VGGISH_PATH,
+    Path("~/.cache/clipsynth") / VGGISH_WEIGHTS_FILE,
+    Path("~/.cache/torch/hub/checkpoints") / VGGISH_WEIGHTS_FILE,
+)
+# Bumped whenever the front end or the embedding taken changes what VGGish returns; with a digest of this
+# file's source it keys the reference statistics (stats_cache.py), so a change never reuses stale ones.
+# 2: the pre-activation embedding (1 took the port's final ReLU).
+VGGISH_CODE_VERSION = "vggish/2"
 
 
 class BackboneWeightsError(FileNotFoundError):
@@ -140,8 +166,8 @@ class VGGishConfig:
     channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     fc_dims: tuple[int, ...] = (4096, 4096)
     embed_dim: int = 128
-    # The common PyTorch port ends with a ReLU after the 128-d layer; kept so ported weights give its values.
-    final_relu: bool = True
+    # The port ends with a ReLU after the 128-d layer; FAD as published takes the embedding before it.
+    final_relu: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +227,14 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def source_digest(*paths: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) of source files: a change of the code that computes embeddings changes it."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(Path(path).expanduser(), "rb") as f:
@@ -209,19 +243,38 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _vggish_help(reason: str) -> str:
+def vggish_help(reason: str) -> str:
+    defaults = ", ".join(str(p) for p in DEFAULT_VGGISH_PATHS)
     return (
         f"VGGish weights are not available: {reason}\n"
-        "No VGGish weights can be downloaded here. Provide a state dict of the PyTorch VGGish port "
-        "(keys features.*, embeddings.*) as a local file, in one of these ways:\n"
-        f"  1. --fad-backbone /path/to/vggish.safetensors (or .pt / .pth, read with weights_only=True);\n"
-        f"  2. export {VGGISH_ENV}=/path/to/vggish.safetensors;\n"
-        f"  3. put the file at {DEFAULT_VGGISH_PATH}.\n"
-        "For smoke tests only, --fad-backbone tiny-random gives a random (meaningless) backbone."
+        "Nothing is downloaded by the evaluation. Get the PyTorch VGGish port's weights, "
+        f"{VGGISH_WEIGHTS_FILE} ({VGGISH_WEIGHTS_URL}), or any state dict with its keys (features.*, "
+        "embeddings.*), and give it as a local file in one of these ways:\n"
+        f"  1. --fad-backbone /path/to/{VGGISH_WEIGHTS_FILE} (.pth/.pt read with weights_only=True, or .safetensors);\n"
+        f"  2. export {VGGISH_ENV}=/path/to/{VGGISH_WEIGHTS_FILE};\n"
+        f"  3. put the file at one of: {defaults}.\n"
+        "Without it, --fad-backbone auto (the default) measures FAD with the mel classifier's audio embedding "
+        "(fad_melclf), a backbone trained on the dataset at hand."
     )
 
 
-def vggish_config_from_state(state: dict[str, Tensor], final_relu: bool = True) -> VGGishConfig:
+def resolve_vggish_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """(the VGGish weights file, or None, and where it was looked for): `path`, else $CLIPSYNTH_VGGISH_WEIGHTS,
+    else the first of DEFAULT_VGGISH_PATHS that exists."""
+    if path:
+        p = Path(path).expanduser()
+        return (p if p.is_file() else None), f"{p} (the path given)"
+    if os.environ.get(VGGISH_ENV):
+        p = Path(os.environ[VGGISH_ENV]).expanduser()
+        return (p if p.is_file() else None), f"{p} (from ${VGGISH_ENV})"
+    for candidate in DEFAULT_VGGISH_PATHS:
+        p = candidate.expanduser()
+        if p.is_file():
+            return p, f"{p} (a default location)"
+    return None, "the default locations " + ", ".join(str(p) for p in DEFAULT_VGGISH_PATHS)
+
+
+def vggish_config_from_state(state: dict[str, Tensor], final_relu: bool = False) -> VGGishConfig:
     """The widths of a VGGish state dict (conv groups of 1, 1, 2, 2 convs, then the FC layers)."""
 
     def weights(prefix: str) -> list[Tensor]:
@@ -236,11 +289,11 @@ def vggish_config_from_state(state: dict[str, Tensor], final_relu: bool = True) 
     return VGGishConfig(channels=channels, fc_dims=tuple(dims[:-1]), embed_dim=dims[-1], final_relu=final_relu)
 
 
-def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None, final_relu: bool = True) -> VGGish:
+def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None, final_relu: bool = False) -> VGGish:
     """VGGish with the state dict at `path`; its widths are read from the file unless `config` is given."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise BackboneWeightsError(_vggish_help(f"no file at {p}"))
+        raise BackboneWeightsError(vggish_help(f"no file at {p}"))
     state = {k: v for k, v in load_state_dict_file(p).items() if not k.startswith("pproc.")}
     model = VGGish(config or vggish_config_from_state(state, final_relu))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -262,6 +315,7 @@ class VGGishEmbedder:
     """AudioEmbedder over a VGGish network: every 0.96 s example of every clip gives one embedding."""
 
     sample_rate = 16_000
+    metric_name = "fad"
 
     def __init__(
         self,
@@ -270,6 +324,7 @@ class VGGishEmbedder:
         device: str | torch.device | None = "auto",
         batch_size: int = 256,
         frontend: VGGishFrontendConfig | None = None,
+        random: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -277,6 +332,12 @@ class VGGishEmbedder:
         self.sample_rate = self.frontend.config.sample_rate
         self.identity = identity
         self.batch_size = batch_size
+        self.random = random
+        # Everything that changes the embeddings but not the weights: code, front end, which layer is taken.
+        front = hashlib.sha256(json.dumps(asdict(self.frontend.config), sort_keys=True).encode()).hexdigest()[:8]
+        self.version = (
+            f"{VGGISH_CODE_VERSION}/src:{source_digest(__file__)}/frontend:{front}/final_relu:{model.config.final_relu}"
+        )
 
     @torch.no_grad()
     def embed(self, waves: Tensor | np.ndarray) -> np.ndarray:
@@ -318,21 +379,20 @@ def build_audio_embedder(spec: str, device: str | torch.device | None = "auto", 
         raise ValueError("empty FAD backbone; use 'vggish', a weights path, 'tiny-random' or 'module:factory'")
     if spec in _REGISTRY:
         embedder = _REGISTRY[spec](device=device)
-    elif spec == "vggish" or spec.startswith("vggish:"):
-        path = (
-            spec[len("vggish:") :] if spec.startswith("vggish:") else os.environ.get(VGGISH_ENV) or DEFAULT_VGGISH_PATH
-        )
-        p = Path(path).expanduser()
-        if not p.is_file():
-            if spec != "vggish":
-                source = "the path given"
-            else:
-                source = f"from ${VGGISH_ENV}" if os.environ.get(VGGISH_ENV) else "the default location"
-            raise BackboneWeightsError(_vggish_help(f"no file at {p} ({source})"))
-        embedder = VGGishEmbedder(load_vggish(p), f"vggish/sha256:{file_sha256(p)[:16]}", device, batch_size)
+    elif spec.split(":", 1)[0] in ("vggish", "vggish-relu"):
+        name, _, given = spec.partition(":")
+        p, where = resolve_vggish_path(given or None)
+        if p is None:
+            raise BackboneWeightsError(vggish_help(f"no file at {where}"))
+        relu = name == "vggish-relu"
+        # The identity names the weights and the layer taken: pre- and post-ReLU FADs never share a column.
+        identity = f"{name}/sha256:{file_sha256(p)[:16]}"
+        embedder = VGGishEmbedder(load_vggish(p, final_relu=relu), identity, device, batch_size)
     elif spec == "tiny-random" or spec.startswith("tiny-random:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        embedder = VGGishEmbedder(tiny_random_vggish(seed), f"tiny-random-vggish/seed:{seed}", device, batch_size)
+        embedder = VGGishEmbedder(
+            tiny_random_vggish(seed), f"tiny-random-vggish/seed:{seed}", device, batch_size, random=True
+        )
     elif _looks_like_path(spec):
         return build_audio_embedder(f"vggish:{spec}", device, batch_size)
     elif ":" in spec:
@@ -344,7 +404,7 @@ def build_audio_embedder(spec: str, device: str | torch.device | None = "auto", 
         embedder = factory(device=device)
     else:
         raise ValueError(
-            f"unknown FAD backbone {spec!r}; use 'vggish', a weights path, 'tiny-random[:SEED]', "
+            f"unknown FAD backbone {spec!r}; use 'vggish', 'vggish-relu', a weights path, 'tiny-random[:SEED]', "
             f"a registered name ({sorted(_REGISTRY)}) or 'package.module:factory'"
         )
     if not isinstance(embedder, AudioEmbedder):
