@@ -6,10 +6,33 @@
     ray job submit --working-dir . -- python jobs/evaluate.py --model ... --data ...
 
 512 samples per query type (text: "a photo of playing {label}" on MUSIC, "a photo of {label}" on VGG-Sound;
-image: random test frames), generated on Ray actors (GPU when present); FAD against the whole test split
-(VGGish by default: weights from a local file, see --fad-backbone), FID and relevance with the platform's mel
-classifier (jobs/train_mel_classifier.py), the HiFi-GAN reconstruction FAD, the modality gap. Results go to
-an MLflow evaluation run linked to the model's training run; jobs/compare.py makes Table 1 from them.
+image: random test frames), generated on Ray actors (GPU when present), scored against the whole test split.
+Every metric is named for the backbone that computes it:
+
+  fad         FAD as published (Google's FAD, frechet_audio_distance, AudioLDM): VGGish's 128-d embeddings
+              BEFORE the final ReLU, on 16 kHz audio. Weights: the PyTorch VGGish port's release file
+              vggish-10086976.pth, from
+              https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth
+              given by --fad-backbone /path/to/vggish-10086976.pth or $CLIPSYNTH_VGGISH_WEIGHTS, or put at
+              ~/.cache/clipsynth/ or ~/.cache/torch/hub/checkpoints/ (read with torch.load(weights_only=True);
+              nothing is downloaded). --fad-backbone vggish-relu takes the port's post-ReLU output instead.
+  fad_melclf  when no VGGish weights are here (--fad-backbone auto, the default): the same distance on the
+              mel classifier's embedding of the audio re-analysed into the dataset's mel. Trained on the data
+              at hand, so it means something offline; comparable only with runs of the same classifier.
+  fid         Inception FID on the mel spectrograms rendered as images, as the paper: pytorch-fid's FID
+              Inception-v3 (pool3, 2048-d) on 299x299 resizes of 8-bit images of 64-frame mel windows.
+              Weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, from
+              https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth
+              given by --fid-backbone PATH or $CLIPSYNTH_FID_INCEPTION_WEIGHTS (or in the same cache
+              directories). Without the file, fid is not computed and the run's tag fid_absent says why.
+  fd_melclf   the Frechet distance of the mel classifier's features (--mel-classifier; train it with
+              jobs/train_mel_classifier.py) of generated mel windows against the test mels' windows.
+  relevance   the mel classifier's accuracy on the label each sample was asked for.
+
+Also the vocoder's reconstruction distance (<fad metric>_hifigan_recon) and, with --queries both, the
+modality gap of each metric. Random backbones (tiny-random) exist for unit tests only; such runs are tagged
+and jobs/compare.py never tables them beside real ones. Results go to an MLflow evaluation run linked to the
+model's training run; jobs/compare.py makes Table 1 from them.
 """
 
 import argparse

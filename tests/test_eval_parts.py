@@ -1,5 +1,6 @@
-"""Evaluation parts without Ray: reading splits, the statistics cache, the mel classifier (FID features and
-relevance), query batching, the config CLI, and the training-run link of model URIs."""
+"""Evaluation parts without Ray: reading splits, the statistics cache and what invalidates it, the mel
+classifier (its features, relevance, and its audio embedding as the offline FAD), the choice of backbones,
+query batching, the config CLI, and the training-run link of model URIs."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsynth_core import Synthesizer, SynthesizerConfig
+from clipsynth_core import MelFrontend, Synthesizer, SynthesizerConfig
 from clipsynth_core.metrics import embedding_statistics
+from clipsynth_platform.evaluation import embedders, inception_fid, mel_classifier
 from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.data import (
     column_null_count,
@@ -24,16 +26,18 @@ from clipsynth_platform.evaluation.data import (
     gather_rows,
     iter_split_rows,
 )
+from clipsynth_platform.evaluation.embedders import BackboneWeightsError, source_digest
 from clipsynth_platform.evaluation.generation import SampleSpec, conditions_for, make_batches
 from clipsynth_platform.evaluation.mel_classifier import (
+    ClassifierAudioEmbedder,
     ClassifierFeatures,
     build_mel_feature_extractor,
     mel_windows,
     tiny_random_classifier,
 )
-from clipsynth_platform.evaluation.runner import EvalConfig, Evaluation
+from clipsynth_platform.evaluation.runner import METRICS_VERSION, METRICS_VERSION_TAG, EvalConfig, Evaluation
 from clipsynth_platform.evaluation.stats_cache import StatsCache
-from clipsynth_platform.schema import CHUNK_SCHEMA, image_embeddings_of
+from clipsynth_platform.schema import CHUNK_SCHEMA, audio_of, image_embeddings_of, mel_of
 from clipsynth_platform.synthetic import write_synthetic_dataset
 
 LABELS = ("violin", "cello", "flute", "trumpet")
@@ -150,7 +154,7 @@ def test_mel_classifier_round_trips_and_scores_windows(tmp_path):
 
 def test_missing_classifier_explains_the_options(monkeypatch):
     monkeypatch.delenv("CLIPSYNTH_MEL_CLASSIFIER", raising=False)
-    with pytest.raises(FileNotFoundError, match="--fid-backbone none"):
+    with pytest.raises(FileNotFoundError, match="--mel-classifier none"):
         build_mel_feature_extractor("mel-classifier")
 
 
@@ -181,6 +185,22 @@ def test_cli_flags_come_from_the_config_dataclass():
     with pytest.raises(ValueError, match="lacks '\\{label\\}'"):
         EvalConfig(model="m", data="d", query_template="a photo").validate()
     assert EvalConfig(model="m", data="d", dataset="vggsound").template == "{label}"
+
+
+def test_dataset_names_are_case_insensitive(tmp_path):
+    for name, expected, template in (
+        ("MUSIC", "music", "playing {label}"),
+        ("Music", "music", "playing {label}"),
+        ("VGG-Sound", "vggsound", "{label}"),
+        ("VGGSound", "vggsound", "{label}"),
+        ("AudioSet", "audioset", "{label}"),
+    ):
+        config = EvalConfig(model="m", data="d", dataset=name)
+        assert (config.dataset, config.template) == (expected, template)
+    # Before the Inception FID, --fid-backbone named the mel classifier: such a directory still means it.
+    tiny_random_classifier(LABELS).save(tmp_path / "clf")
+    legacy = EvalConfig(model="m", data="d", fid_backbone=str(tmp_path / "clf"))
+    assert (legacy.mel_classifier, legacy.fid_backbone) == (str(tmp_path / "clf"), "inception")
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
@@ -230,3 +250,122 @@ def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(datas
             ev.plan("image")
         finally:
             ev.close()
+
+
+# ------------------------------------------------------------------------------- backbones and references
+@pytest.fixture
+def bundle(tmp_path):
+    return Synthesizer(SynthesizerConfig.tiny()).save(tmp_path / "bundle")
+
+
+@pytest.fixture
+def no_released_weights(tmp_path, monkeypatch):
+    """Neither VGGish's nor the FID Inception's weights on this machine, whatever its caches hold."""
+    monkeypatch.delenv(embedders.VGGISH_ENV, raising=False)
+    monkeypatch.delenv(inception_fid.FID_INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(embedders, "DEFAULT_VGGISH_PATHS", (tmp_path / "no-vggish.pth",))
+    monkeypatch.setattr(inception_fid, "DEFAULT_FID_INCEPTION_PATHS", (tmp_path / "no-inception.pth",))
+
+
+def test_offline_fad_is_the_mel_classifiers_audio_embedding(dataset, bundle, tmp_path, no_released_weights):
+    model = tiny_random_classifier(LABELS[:2], seed=4)
+    model.save(tmp_path / "clf")
+    common = dict(model=str(bundle), data=dataset, num_samples=4, stats_cache="none")
+    ev = Evaluation(EvalConfig(mel_classifier=str(tmp_path / "clf"), **common))  # the defaults: auto, inception
+    try:
+        assert isinstance(ev.embedder, ClassifierAudioEmbedder) and ev.fad_metric == "fad_melclf"
+        assert ev.fid is None and ev.fid_absent == "no FID Inception weights"
+        tags = ev.tags("text")
+        assert tags["fad_metric"] == "fad_melclf" and tags["fad_backbone"].startswith("melclf-audio/mel-classifier/")
+        assert "no VGGish weights" in tags["fad_fallback"] and tags["fid_absent"] == "no FID Inception weights"
+        assert tags["fid_backbone"] == "absent" and tags["random_backbones"] == "none"
+        assert tags[METRICS_VERSION_TAG] == METRICS_VERSION
+        ref, _ = ev.audio_reference("audio")
+        synth_mel = ev.synth.config.mel
+    finally:
+        ev.close()
+    # Independently: each test clip's audio through the project's mel front end, cut into 64-frame windows,
+    # through the classifier's penultimate layer.
+    rows = pq.read_table(f"{dataset}/test/part-00000.parquet").to_pylist()
+    with torch.no_grad():
+        mels = MelFrontend(synth_mel)(torch.from_numpy(np.stack([audio_of(r) for r in rows])))
+        windows, _ = mel_windows(mels, 64)
+        feats = model.embed(windows).double().numpy()
+    expected = embedding_statistics(feats)
+    assert ref.count == len(feats)
+    np.testing.assert_allclose(ref.mu, expected.mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ref.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
+    # Without a classifier there is nothing trained on the data to fall back on: an error, never a random net.
+    with pytest.raises(BackboneWeightsError, match="no mel classifier to fall back on") as info:
+        Evaluation(EvalConfig(mel_classifier="none", **common))
+    assert embedders.VGGISH_WEIGHTS_URL in str(info.value)
+    # Asked for by name, a missing weights file is an error, not an absent metric.
+    with pytest.raises(BackboneWeightsError, match="the path given"):
+        Evaluation(EvalConfig(mel_classifier="none", fad_backbone="tiny-random", fid_backbone="x/none.pth", **common))
+
+
+def test_random_backbones_only_by_name_and_tagged(dataset, bundle):
+    random = dict(fad_backbone="tiny-random", fid_backbone="tiny-random", mel_classifier="tiny-random")
+    ev = Evaluation(EvalConfig(model=str(bundle), data=dataset, num_samples=4, stats_cache="none", **random))
+    try:
+        tags = ev.tags("text")
+    finally:
+        ev.close()
+    assert tags["random_backbones"] == "fad,fid,fd_melclf,relevance"
+    assert tags["fad_backbone"].startswith("tiny-random") and tags["fid_backbone"].startswith("tiny-random")
+
+
+def test_reference_statistics_are_keyed_by_backbone_versions(dataset, bundle, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    config = EvalConfig(
+        model=str(bundle), data=str(data), num_samples=4, stats_cache=str(tmp_path / "cache"),
+        fad_backbone="tiny-random", fid_backbone="tiny-random", mel_classifier="tiny-random",
+    )  # fmt: skip
+
+    def references(**changes) -> list[bool]:
+        """Whether the FAD, FID and fd_melclf references came from the cache."""
+        ev = Evaluation(EvalConfig(**{**config.__dict__, **changes}))
+        try:
+            return [ev.audio_reference("audio")[1], ev.mel_reference(ev.fid)[1], ev.mel_reference(ev.extractor)[1]]
+        finally:
+            ev.close()
+
+    assert references() == [False, False, False]
+    assert references() == [True, True, True]
+    # A new version of one embedder's code invalidates its statistics only.
+    monkeypatch.setattr(embedders, "VGGISH_CODE_VERSION", "vggish/test-next")
+    assert references() == [False, True, True]
+    monkeypatch.setattr(inception_fid, "MEL_IMAGE_FID_VERSION", "mel-image-fid/test-next")
+    assert references() == [True, False, True]
+    monkeypatch.setattr(mel_classifier, "MEL_FEATURES_VERSION", "melclf-features/test-next")
+    assert references() == [True, True, False]
+    # So do other weights, another clip limit, and new content at the same path.
+    assert references(fad_backbone="tiny-random:1") == [False, True, True]
+    assert references(max_reference_clips=2) == [False, False, False]
+    rewrite_test_shard(data, lambda rows: rows[0].update(label="cello"))
+    assert references() == [False, False, False]
+    # The statistics themselves: the test mels' windows through the classifier, as computed independently.
+    rows = pq.read_table(f"{data}/test/part-00000.parquet").to_pylist()
+    windows, _ = mel_windows(torch.from_numpy(np.stack([mel_of(r) for r in rows])), 64)
+    ev = Evaluation(config)
+    try:
+        stats, hit = ev.mel_reference(ev.extractor)
+        expected = embedding_statistics(ev.extractor.features(windows.numpy()))
+        parts = ev._ref_parts("fad", "audio", ev.embedder)
+    finally:
+        ev.close()
+    assert hit and stats.count == len(windows) == 4
+    np.testing.assert_allclose(stats.mu, expected.mu, rtol=1e-9)
+    assert {"backbone", "backbone_version", "fingerprint", "reference", "max_reference_clips"} <= parts.keys()
+
+
+def test_source_digest_follows_the_code(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("x = 1\n")
+    assert source_digest(a) == source_digest(b)
+    b.write_text("x = 2\n")
+    assert source_digest(a) != source_digest(b)
+    vggish = embedders.build_audio_embedder("tiny-random", device="cpu")
+    assert source_digest(embedders.__file__) in vggish.version and embedders.VGGISH_CODE_VERSION in vggish.version

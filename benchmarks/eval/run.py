@@ -121,6 +121,7 @@ def main() -> None:
             num_workers=args.workers,
             fad_backbone="tiny-random",
             fid_backbone="tiny-random",
+            mel_classifier="tiny-random",
             stats_cache=str(work / "cache"),
             experiment="bench-eval",
         ),

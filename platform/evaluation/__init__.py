@@ -1,4 +1,5 @@
-"""Evaluation of CLIPSynth models (the paper's Table 1): FAD, FID, relevance, CLIPRetriever, MLflow comparison.
+"""Evaluation of CLIPSynth models (the paper's Table 1): FAD, Inception FID on mels, the mel classifier's
+distances and relevance, CLIPRetriever, MLflow comparison.
 
     from clipsynth_platform.evaluation import EvalConfig, run_evaluation      # jobs/evaluate.py
     from clipsynth_platform.evaluation.compare import compare_experiment       # jobs/compare.py
@@ -8,19 +9,28 @@ The metric math (Fréchet distance, statistics) is in clipsynth_core.metrics.
 """
 
 from .embedders import AudioEmbedder, BackboneWeightsError, VGGish, VGGishEmbedder, build_audio_embedder
-from .mel_classifier import MelClassifier, MelFeatureExtractor, build_mel_feature_extractor
+from .inception_fid import MelImageFID, build_mel_image_fid
+from .mel_classifier import (
+    ClassifierAudioEmbedder,
+    MelClassifier,
+    MelFeatureExtractor,
+    build_mel_feature_extractor,
+)
 from .runner import EvalConfig, EvalResult, run_evaluation
 
 __all__ = [
     "AudioEmbedder",
     "BackboneWeightsError",
+    "ClassifierAudioEmbedder",
     "EvalConfig",
     "EvalResult",
     "MelClassifier",
     "MelFeatureExtractor",
+    "MelImageFID",
     "VGGish",
     "VGGishEmbedder",
     "build_audio_embedder",
     "build_mel_feature_extractor",
+    "build_mel_image_fid",
     "run_evaluation",
 ]

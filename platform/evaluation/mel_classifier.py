@@ -1,13 +1,19 @@
-"""FID features and relevance from a mel-spectrogram classifier trained on the dataset's labels.
+"""Features and relevance from a mel-spectrogram classifier trained on the dataset's labels.
 
-As SpecVQGAN's Melception does for its FID, the platform trains a small CNN to classify the dataset's
-labels from 64x64 normalised log-mel windows (the diffusion model's sample size): its penultimate layer gives
-the FID features, its softmax the relevance of a generated sample to the label it was asked for.
+As SpecVQGAN's Melception does, the platform trains a small CNN to classify the dataset's labels from 64x64
+normalised log-mel windows (the diffusion model's sample size). Its penultimate layer gives features for two
+Fréchet distances trained on the data at hand, each under its own name (never `fid`, which is the Inception
+FID of inception_fid.py, nor `fad`, which is VGGish's):
+- `fd_melclf`: generated mels against the test mels' windows (`ClassifierFeatures`);
+- `fad_melclf`: generated audio, re-analysed into the project's mel, against the test audio
+  (`ClassifierAudioEmbedder`): the offline FAD when no VGGish weights are at hand.
+Its softmax gives the relevance of a generated sample to the label it was asked for.
 
-`MelFeatureExtractor` is the interface FID uses: `features(mels [B, n_mels, T]) -> [M, D]` over non-
-overlapping `window_frames` windows, plus an `identity` for the statistics cache. `build_mel_feature_extractor`
-makes one from a command-line string: a classifier directory (mel_classifier.json + .safetensors), `tiny-
-random[:SEED]` (a random narrow CNN, for tests), or `module:factory`.
+`MelFeatureExtractor` is the interface for mels: `features(mels [B, n_mels, T]) -> [M, D]` over non-
+overlapping `window_frames` windows, plus an `identity` (tables group by it) and optionally `version` (the
+code version: the statistics cache keys on it) and `random`. `build_mel_feature_extractor` makes one from a
+command-line string: a classifier directory (mel_classifier.json + .safetensors), `tiny-random[:SEED]` (a
+random narrow CNN, unit tests only), or `module:factory`.
 """
 
 from __future__ import annotations
@@ -29,13 +35,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+import clipsynth_core.mel as core_mel
+from clipsynth_core import MelConfig, MelFrontend
+
 from .data import iter_split_rows
-from .embedders import resolve_device
+from .embedders import resolve_device, source_digest
 
 CLASSIFIER_ENV = "CLIPSYNTH_MEL_CLASSIFIER"
 CONFIG_FILE = "mel_classifier.json"
 WEIGHTS_FILE = "mel_classifier.safetensors"
 FORMAT = "clipsynth-mel-classifier/1"
+# Bumped when the features taken from a classifier change (windowing, normalisation, layer); with a digest of
+# this file's source (and, for audio, of the project's mel front end) it keys the reference statistics.
+MEL_FEATURES_VERSION = "melclf-features/1"
+AUDIO_FEATURES_VERSION = "melclf-audio/1"
 
 
 @runtime_checkable
@@ -167,8 +180,15 @@ def state_digest(model: nn.Module) -> str:
 class ClassifierFeatures:
     """MelFeatureExtractor (and relevance scorer) over a MelClassifier."""
 
+    metric_name = "fd_melclf"
+
     def __init__(
-        self, model: MelClassifier, identity: str, device: str | torch.device | None = "auto", batch_size: int = 256
+        self,
+        model: MelClassifier,
+        identity: str,
+        device: str | torch.device | None = "auto",
+        batch_size: int = 256,
+        random: bool = False,
     ):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -176,6 +196,8 @@ class ClassifierFeatures:
         self.window_frames = model.config.window_frames
         self.labels = model.config.labels
         self.batch_size = batch_size
+        self.random = random
+        self.version = f"{MEL_FEATURES_VERSION}/src:{source_digest(__file__)}"
 
     def _windows(self, mels: Tensor | np.ndarray) -> tuple[Tensor, int]:
         x = torch.as_tensor(np.asarray(mels) if not isinstance(mels, Tensor) else mels, dtype=torch.float32)
@@ -203,6 +225,46 @@ class ClassifierFeatures:
         return probs.view(-1, per_mel, probs.shape[-1]).mean(dim=1).double().numpy()
 
 
+class ClassifierAudioEmbedder:
+    """AudioEmbedder over a mel classifier: each waveform is re-analysed by the project's `MelFrontend` (the
+    dataset's normalised log-mel), cut into the classifier's windows, and embedded by its penultimate layer.
+
+    A FAD backbone trained on the data at hand, for when VGGish's weights are not here: logged as
+    `fad_melclf`. Its values are comparable only with other runs of the same classifier (its identity).
+    """
+
+    metric_name = "fad_melclf"
+
+    def __init__(self, features: ClassifierFeatures, mel: MelConfig | None = None) -> None:
+        self.mel = mel or MelConfig()
+        if self.mel.n_mels != features.model.config.n_mels:
+            raise ValueError(
+                f"the mel classifier takes {features.model.config.n_mels} mel bands, the mel front end gives "
+                f"{self.mel.n_mels}"
+            )
+        self.features = features
+        self.frontend = MelFrontend(self.mel).to(features.device)
+        self.sample_rate = self.mel.sample_rate
+        mel_digest = hashlib.sha256(json.dumps(self.mel.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        self.identity = f"melclf-audio/{features.identity}/mel:{mel_digest}"
+        self.random = features.random
+        self.version = f"{AUDIO_FEATURES_VERSION}/{features.version}/mel-src:{source_digest(core_mel.__file__)}"
+
+    @torch.no_grad()
+    def embed(self, waves: Tensor | np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(waves) if not isinstance(waves, Tensor) else waves, dtype=torch.float32)
+        if x.dim() == 1:
+            x = x[None]
+        # A clip of exactly `window_frames` hops (a retrieved window: 65,536 samples for 64 frames) is short of
+        # the STFT's last frame by n_fft - hop samples: reflect-pad it, half on each side, as centred STFTs do.
+        need = self.mel.samples_for_frames(self.features.window_frames)
+        if x.shape[-1] < need:
+            short = need - x.shape[-1]
+            x = F.pad(x[:, None], (short // 2, short - short // 2), mode="reflect")[:, 0]
+        mels = self.frontend(x.to(self.features.device))  # [B, n_mels, T] in [-1, 1]
+        return self.features.features(mels.cpu())
+
+
 def tiny_random_classifier(labels: tuple[str, ...] = ("a", "b"), seed: int = 0) -> MelClassifier:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -219,14 +281,15 @@ def build_mel_feature_extractor(
         path = os.environ.get(CLASSIFIER_ENV)
         if not path:
             raise FileNotFoundError(
-                f"no mel classifier for FID: set ${CLASSIFIER_ENV} or pass --fid-backbone DIR (train one with "
-                "jobs/train_mel_classifier.py), or --fid-backbone none to skip FID and relevance"
+                f"no mel classifier: set ${CLASSIFIER_ENV} or pass --mel-classifier DIR (train one with "
+                "jobs/train_mel_classifier.py), or --mel-classifier none to skip fd_melclf, fad_melclf and relevance"
             )
         spec = path
     if spec == "tiny-random" or spec.startswith("tiny-random:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         model = tiny_random_classifier(tuple(labels) or ("a", "b"), seed)
-        return ClassifierFeatures(model, f"tiny-random-mel-cnn/seed:{seed}/labels:{len(model.config.labels)}", device)
+        identity = f"tiny-random-mel-cnn/seed:{seed}/labels:{len(model.config.labels)}"
+        return ClassifierFeatures(model, identity, device, random=True)
     p = Path(spec).expanduser()
     if p.is_dir() or os.sep in spec:
         model = MelClassifier.load(p)
@@ -236,12 +299,12 @@ def build_mel_feature_extractor(
         try:
             extractor = getattr(importlib.import_module(module_name), attr)(device=device)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load the FID feature extractor {spec!r}: {exc}") from exc
+            raise ValueError(f"cannot load the mel feature extractor {spec!r}: {exc}") from exc
         if not isinstance(extractor, MelFeatureExtractor):
             raise TypeError(f"{spec!r} gave {type(extractor).__name__}, which lacks identity/window_frames/features")
         return extractor
     raise ValueError(
-        f"unknown FID backbone {spec!r}; use a mel classifier directory, 'mel-classifier', 'tiny-random[:SEED]', "
+        f"unknown mel classifier {spec!r}; use a mel classifier directory, 'mel-classifier', 'tiny-random[:SEED]', "
         "'module:factory' or 'none'"
     )
 

@@ -8,18 +8,31 @@ For a synthesizer bundle (path or MLflow model URI) and a preprocessed dataset:
    the shard was embedded with the model's CLIP, else the decoded JPEG through the model's CLIP;
 2. samples: generated on Ray actors (`generation.py`), or retrieved by CLIPRetriever from the train split
    (`--retriever`), or the vocoder's reconstructions of the test mels (`--hifigan-recon`);
-3. metrics: FAD against the whole test split's audio (its `audio` column, else the bundle's vocoder on its
-   mels; recorded in the tag `fad_reference`), FID of 64-frame mel windows against the test mels' windows,
-   relevance (the mel classifier's accuracy on the intended label), the vocoder's reconstruction FAD, and
-   with `--queries both` the modality gap (FAD of text queries minus FAD of image queries). Reference
-   statistics are cached (`stats_cache.py`);
-4. MLflow: one evaluation run per query type, tagged for `compare.py` and with the training run's id, with
-   the metrics, a few WAVs, a grid of mel images and the list of queries as artifacts.
+3. metrics, each named for the backbone that computes it (one name never holds two kinds of number):
+   - `fad`: FAD as the literature computes it, VGGish's 128-d pre-activation embeddings of the samples
+     against those of the whole test split's audio (its `audio` column, else the bundle's vocoder on its
+     mels; the tag `fad_reference` says which). Without VGGish weights, `--fad-backbone auto` (the default)
+     falls back to `fad_melclf`: the same distance on the mel classifier's embedding of the audio re-analysed
+     into the project's mel, a backbone trained on the data at hand (tag `fad_fallback` says why);
+   - `fid`: Inception FID on the mels rendered as images (inception_fid.py, pytorch-fid's network and
+     weights file); without the weights file it is not computed, and the tag `fid_absent` says why;
+   - `fd_melclf`: the Fréchet distance of the mel classifier's features of 64-frame mel windows against the
+     test mels' windows; `relevance`: the classifier's accuracy on the intended label;
+   - `<fad metric>_hifigan_recon`: the vocoder's reconstructions of the test mels against the test audio;
+   - with `--queries both`, `modality_gap_<metric>`: the metric with text queries minus with image queries.
+   Reference statistics are cached (`stats_cache.py`) under a key of everything that changes them;
+4. MLflow: one evaluation run per query type, tagged for `compare.py` (every backbone's identity, which
+   metrics came from random backbones) and with the training run's id, with the metrics, a few WAVs, a grid
+   of mel images and the list of queries as artifacts.
+
+A random backbone (`tiny-random`) is used only where a caller asks for it by name (unit tests); its runs are
+tagged, and compare.py never puts them in a table with real ones.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -42,9 +55,27 @@ from ..registry import default_tracking_uri, ensure_experiment, resolve_bundle
 from ..schema import audio_of, image_embeddings_of, mel_of
 from ..uri import is_s3, strip_scheme
 from .data import column_null_count, dataset_fingerprint, gather_rows, iter_split_batches, iter_split_rows
-from .embedders import AudioEmbedder, build_audio_embedder, file_sha256, resolve_device
+from .embedders import (
+    VGGISH_ENV,
+    VGGISH_WEIGHTS_FILE,
+    VGGISH_WEIGHTS_URL,
+    AudioEmbedder,
+    BackboneWeightsError,
+    build_audio_embedder,
+    file_sha256,
+    resolve_device,
+    resolve_vggish_path,
+    vggish_help,
+)
 from .generation import GeneratedSet, RayGenerator, SampleSpec, SamplingOptions, make_batches
-from .mel_classifier import MelFeatureExtractor, build_mel_feature_extractor
+from .inception_fid import FID_INCEPTION_ENV, FID_INCEPTION_FILE, FID_INCEPTION_URL, build_mel_image_fid
+from .mel_classifier import (
+    CONFIG_FILE,
+    ClassifierAudioEmbedder,
+    ClassifierFeatures,
+    MelFeatureExtractor,
+    build_mel_feature_extractor,
+)
 from .plots import mel_grid_png, write_wavs
 from .stats_cache import DEFAULT_CACHE_DIR, StatsCache
 
@@ -60,6 +91,23 @@ DEFAULT_MODEL_NAMES = {
 }
 EVAL_MARKER_TAG = "clipsynth.kind"
 EVAL_MARKER = "evaluation"
+# Runs without this tag (or with an older value) were logged when `fid` held the classifier distance and FAD
+# took VGGish after its ReLU: compare.py leaves them out of tables.
+METRICS_VERSION_TAG = "clipsynth.metrics_version"
+METRICS_VERSION = "2"
+# Version of how reference statistics are computed here (which clips, how they are batched and accumulated).
+REFERENCE_VERSION = "reference/2"
+
+
+def normalize_dataset(name: str) -> str:
+    """'MUSIC' -> 'music', 'VGG-Sound' -> 'vggsound'; other names lower-cased."""
+    key = str(name).strip().lower()
+    compact = re.sub(r"[^a-z0-9]", "", key)
+    return compact if compact in DATASET_QUERY_TEMPLATES else key
+
+
+def is_random_identity(identity: str) -> bool:
+    return str(identity).startswith("tiny-random")
 
 
 @dataclass
@@ -71,7 +119,8 @@ class EvalConfig:
         default="", metadata={"help": "preprocessed dataset URI (root with test/ and, for the retriever, train/)"}
     )
     dataset: str = field(
-        default="music", metadata={"help": "dataset name for the table; music|vggsound set the query template"}
+        default="music",
+        metadata={"help": "dataset name for the table (case-insensitive); music|vggsound set the query template"},
     )
     query_template: str | None = field(
         default=None,
@@ -97,12 +146,37 @@ class EvalConfig:
         },
     )
     fad_backbone: str = field(
-        default="vggish", metadata={"help": "vggish | weights path | tiny-random[:SEED] | module:factory"}
+        default="auto",
+        metadata={
+            "help": (
+                "auto | vggish | vggish-relu | weights path | melclf | tiny-random[:SEED] | module:factory. "
+                "vggish: FAD as published (128-d pre-activation embeddings of 16 kHz audio), from the PyTorch "
+                f"VGGish port's {VGGISH_WEIGHTS_FILE} ({VGGISH_WEIGHTS_URL}) given as a path or by "
+                f"${VGGISH_ENV}; logged as fad. melclf: the mel classifier's embedding of the audio, logged as "
+                "fad_melclf. auto: vggish when its weights are here, else melclf. tiny-random: a random "
+                "network, for unit tests only"
+            )
+        },
     )
     fid_backbone: str = field(
+        default="inception",
+        metadata={
+            "help": (
+                "inception | weights path | tiny-random | none. Inception FID on the mels rendered as images "
+                f"(pytorch-fid's network), from its {FID_INCEPTION_FILE} ({FID_INCEPTION_URL}) given as a path or "
+                f"by ${FID_INCEPTION_ENV}; logged as fid. With 'inception' and no weights file, fid is not "
+                "computed (the run's tag fid_absent says why)"
+            )
+        },
+    )
+    mel_classifier: str = field(
         default="mel-classifier",
         metadata={
-            "help": "mel classifier dir | mel-classifier ($CLIPSYNTH_MEL_CLASSIFIER) | tiny-random | module:factory | none"
+            "help": (
+                "mel classifier dir | mel-classifier ($CLIPSYNTH_MEL_CLASSIFIER) | tiny-random | module:factory | "
+                "none: the classifier trained on the dataset (jobs/train_mel_classifier.py) for fd_melclf, "
+                "relevance and the fad_melclf fallback"
+            )
         },
     )
     retriever: bool = field(
@@ -137,6 +211,15 @@ class EvalConfig:
     ray_address: str | None = field(
         default=None, metadata={"help": "Ray cluster to join; default: RAY_ADDRESS or a local one"}
     )
+
+    def __post_init__(self) -> None:
+        self.dataset = normalize_dataset(self.dataset)
+        # Before the Inception FID, --fid-backbone named the mel classifier: a classifier directory there
+        # still means the classifier (and the Inception FID keeps its default).
+        if (Path(str(self.fid_backbone)).expanduser() / CONFIG_FILE).is_file():
+            if self.mel_classifier == "mel-classifier":
+                self.mel_classifier = str(self.fid_backbone)
+            self.fid_backbone = "inception"
 
     def validate(self) -> None:
         if not self.model:
@@ -279,26 +362,85 @@ class Evaluation:
         self.fad_reference = "audio" if nulls == 0 else "vocoded_mels"
         if 0 < nulls < rows:
             log(f"[evaluate] note: {nulls} of {rows} test rows lack audio; the FAD reference is vocoded mels for all")
-        self.embedder: AudioEmbedder = build_audio_embedder(config.fad_backbone, self.device)
         labels = tuple(sorted({r["label"] for r in self.test_rows if r["label"] is not None}))
         self.extractor: MelFeatureExtractor | None = (
             None
-            if config.fid_backbone.lower() == "none"
-            else build_mel_feature_extractor(config.fid_backbone, self.device, labels=labels)
+            if config.mel_classifier.lower() == "none"
+            else build_mel_feature_extractor(config.mel_classifier, self.device, labels=labels)
         )
+        self.fad_fallback: str | None = None
+        self.embedder: AudioEmbedder = self._build_embedder(config.fad_backbone)
+        self.fad_metric: str = getattr(self.embedder, "metric_name", "fad")
+        self.fid_absent: str | None = None
+        self.fid: MelFeatureExtractor | None = self._build_fid(config.fid_backbone)
+        for name, backbone in (("FAD", self.embedder), ("FID", self.fid), ("mel classifier", self.extractor)):
+            if backbone is not None and self._is_random(backbone):
+                log(f"[evaluate] note: the {name} backbone {backbone.identity} is RANDOM: its numbers carry no meaning")
+
+    # ------------------------------------------------------------------------------------- backbones
+    @staticmethod
+    def _is_random(backbone) -> bool:
+        return bool(getattr(backbone, "random", False)) or is_random_identity(backbone.identity)
+
+    def _classifier_embedder(self, why: str) -> ClassifierAudioEmbedder:
+        if not isinstance(self.extractor, ClassifierFeatures):
+            raise BackboneWeightsError(
+                f"{why}, and there is no mel classifier to fall back on (--mel-classifier DIR, or "
+                "$CLIPSYNTH_MEL_CLASSIFIER; train one with jobs/train_mel_classifier.py)"
+            )
+        return ClassifierAudioEmbedder(self.extractor, self.synth.config.mel)
+
+    def _build_embedder(self, spec: str) -> AudioEmbedder:
+        spec = str(spec).strip()
+        if spec in ("melclf", "mel-classifier"):
+            return self._classifier_embedder(f"--fad-backbone {spec} needs the mel classifier")
+        if spec == "auto":
+            path, where = resolve_vggish_path()
+            if path is not None:
+                return build_audio_embedder(f"vggish:{path}", self.device)
+            self.fad_fallback = f"no VGGish weights at {where}"
+            embedder = self._classifier_embedder(vggish_help(f"no file at {where}"))
+            self.log(
+                f"[evaluate] note: {self.fad_fallback}; FAD is measured with the mel classifier's audio embedding "
+                f"and logged as {embedder.metric_name} (not comparable to VGGish FADs). See jobs/evaluate.py --help."
+            )
+            return embedder
+        return build_audio_embedder(spec, self.device)
+
+    def _build_fid(self, spec: str) -> MelFeatureExtractor | None:
+        spec = str(spec).strip()
+        if spec.lower() == "none":
+            self.fid_absent = "disabled (--fid-backbone none)"
+            return None
+        window = self.synth.config.mel.segment_frames
+        try:
+            return build_mel_image_fid(spec, self.device, window_frames=window)
+        except BackboneWeightsError as exc:
+            if spec != "inception":  # a file asked for by name must be there
+                raise
+            self.fid_absent = "no FID Inception weights"
+            self.log(f"[evaluate] note: fid is not computed: {exc}")
+            return None
 
     # ------------------------------------------------------------------------------------- references
-    def _ref_parts(self, metric: str, reference: str, backbone: str) -> dict:
+    def _ref_parts(self, metric: str, reference: str, backbone) -> dict:
+        """Everything that changes a reference's statistics (and nothing that does not, such as the device):
+        the data and its content, the backbone's weights (in its identity) and code version, what the
+        reference is, and how many clips it takes."""
         c = self.config
         parts = {
             "metric": metric,
             "data": self.data,
             "split": "test",
             "fingerprint": f"{c.fingerprint}:{self.fingerprint}",
-            "backbone": backbone,
+            "backbone": backbone.identity,
+            "backbone_version": getattr(backbone, "version", "unversioned"),
             "reference": reference,
+            "reference_version": REFERENCE_VERSION,
             "max_reference_clips": c.max_reference_clips,
         }
+        if hasattr(backbone, "window_frames"):
+            parts["window_frames"] = backbone.window_frames
         if reference == "vocoded_mels":
             parts["vocoder"] = self.vocoder_id
         return parts
@@ -345,19 +487,24 @@ class Evaluation:
         return acc.stats()
 
     def audio_reference(self, reference: str) -> tuple[GaussianStats, bool]:
-        parts = self._ref_parts("fad", reference, self.embedder.identity)
+        parts = self._ref_parts(self.fad_metric, reference, self.embedder)
+        if isinstance(self.embedder, ClassifierAudioEmbedder):
+            parts["sample_rate"] = self.embedder.sample_rate
         return self.cache.get_or_compute(parts, lambda: self._audio_stats(reference))
 
-    def _mel_stats(self) -> GaussianStats:
+    def _mel_stats(self, extractor: MelFeatureExtractor) -> GaussianStats:
         acc = StatsAccumulator()
         for rows in self._test_batches(["mel", "n_mels", "mel_frames"]):
             for group in group_by_length_mels([mel_of(r) for r in rows]):
-                acc.update(self.extractor.features(group))
+                acc.update(extractor.features(group))
         return acc.stats()
 
-    def mel_reference(self) -> tuple[GaussianStats, bool]:
-        parts = self._ref_parts("fid", "mels", f"{self.extractor.identity}/window:{self.extractor.window_frames}")
-        return self.cache.get_or_compute(parts, self._mel_stats)
+    def mel_reference(self, extractor: MelFeatureExtractor | None = None) -> tuple[GaussianStats, bool]:
+        """The test mels' windows through `extractor` (default: the mel classifier)."""
+        extractor = extractor or self.extractor
+        metric = getattr(extractor, "metric_name", "fd_melclf")
+        parts = self._ref_parts(metric, "mels", extractor)
+        return self.cache.get_or_compute(parts, lambda: self._mel_stats(extractor))
 
     # ----------------------------------------------------------------------------------------- queries
     def plan(self, query_type: str) -> list[SampleSpec]:
@@ -493,20 +640,23 @@ class Evaluation:
         metrics: dict[str, float] = {}
         ref, hit = self.audio_reference(self.fad_reference)
         self.log(
-            f"[metrics] FAD reference ({self.fad_reference}): {ref.count} embeddings, cache {'hit' if hit else 'miss'}"
+            f"[metrics] {self.fad_metric} reference ({self.fad_reference}): {ref.count} embeddings, "
+            f"cache {'hit' if hit else 'miss'}"
         )
         gen_stats = embedding_statistics(self.embed_waves(list(generated.waves)))
-        metrics["fad"] = frechet_distance_stats(gen_stats, ref)
+        metrics[self.fad_metric] = frechet_distance_stats(gen_stats, ref)
         metrics["num_reference_embeddings"] = ref.count
         metrics["num_generated_embeddings"] = gen_stats.count
+        for extractor in (self.fid, self.extractor):
+            if extractor is None:
+                continue
+            mel_ref, _ = self.mel_reference(extractor)
+            gen = embedding_statistics(extractor.features(generated.mels))
+            metrics[getattr(extractor, "metric_name", "fd_melclf")] = frechet_distance_stats(gen, mel_ref)
         if self.extractor is not None:
-            mel_ref, _ = self.mel_reference()
-            metrics["fid"] = frechet_distance_stats(
-                embedding_statistics(self.extractor.features(generated.mels)), mel_ref
-            )
             metrics.update(self.relevance(generated))
         if self.config.recon_metric and self.fad_reference == "audio":
-            metrics["fad_hifigan_recon"] = self.recon_fad(ref)
+            metrics[f"{self.fad_metric}_hifigan_recon"] = self.recon_fad(ref)
         return metrics
 
     def recon_fad(self, audio_ref: GaussianStats) -> float:
@@ -552,15 +702,34 @@ class Evaluation:
             "generative": str(generative).lower(),
             "unlabeled_only": unlabeled,
             "fad_reference": self.fad_reference,
+            "fad_metric": self.fad_metric,
             "fad_backbone": self.embedder.identity,
-            "fid_backbone": self.extractor.identity if self.extractor else "none",
+            "fid_backbone": self.fid.identity if self.fid else "absent",
+            "melclf_backbone": self.extractor.identity if self.extractor else "none",
+            "random_backbones": ",".join(self.random_metrics()) or "none",
+            METRICS_VERSION_TAG: METRICS_VERSION,
             "model_uri": self.config.model,
             "data_uri": self.data,
             "clip_model": self.synth.config.clip.identity,
         }
+        if self.fid_absent:
+            tags["fid_absent"] = self.fid_absent
+        if self.fad_fallback:
+            tags["fad_fallback"] = self.fad_fallback
         if self.training_run_id:
             tags["training_run_id"] = self.training_run_id
         return tags
+
+    def random_metrics(self) -> list[str]:
+        """The metrics this evaluation computes with a random backbone."""
+        out = []
+        if self._is_random(self.embedder):
+            out.append(self.fad_metric)
+        if self.fid is not None and self._is_random(self.fid):
+            out.append("fid")
+        if self.extractor is not None and self._is_random(self.extractor):
+            out += ["fd_melclf", "relevance"]
+        return out
 
     def params(self) -> dict:
         c = self.config
@@ -630,7 +799,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = print) -> li
                     raise ValueError("HiFi-GAN reconstruction FAD needs the test split's audio column")
                 ref, _ = ev.audio_reference("audio")
                 recon = ev.recon_fad(ref)
-                metrics = {"fad": recon, "fad_hifigan_recon": recon}
+                metrics = {ev.fad_metric: recon, f"{ev.fad_metric}_hifigan_recon": recon}
                 generated = ev.reconstructions(max(config.num_audio_artifacts, 1))
             else:
                 specs = ev.plan(query_type)
@@ -653,9 +822,12 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = print) -> li
             )
         by_query = {r.test_query_type: r for r in results}
         if {"text", "image"} <= by_query.keys():
-            gap = {"modality_gap_fad": by_query["text"].metrics["fad"] - by_query["image"].metrics["fad"]}
-            if "fid" in by_query["text"].metrics and "fid" in by_query["image"].metrics:
-                gap["modality_gap_fid"] = by_query["text"].metrics["fid"] - by_query["image"].metrics["fid"]
+            text_m, image_m = by_query["text"].metrics, by_query["image"].metrics
+            gap = {
+                f"modality_gap_{k}": text_m[k] - image_m[k]
+                for k in (ev.fad_metric, "fid", "fd_melclf")
+                if k in text_m and k in image_m
+            }
             client = mlflow.MlflowClient()
             for r in results:
                 for k, v in gap.items():

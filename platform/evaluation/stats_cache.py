@@ -1,9 +1,12 @@
 """A cache of reference-set statistics (mu, sigma), so the test split is embedded once per backbone.
 
-The key is the SHA-256 of a canonical JSON of what determines the statistics: the data URI and split, the
-content fingerprint of its shards, the backbone's identity, and what the reference is (raw audio, vocoded
-mels with which vocoder, mel windows). Entries are `<key>.npz` (numpy arrays only, loaded with
-allow_pickle=False) beside a `<key>.json` that records the key's parts for people.
+The key is the SHA-256 of a canonical JSON of everything that determines the statistics (runner.py's
+`_ref_parts`): the data URI and split, the content fingerprint of its shards, the backbone's identity (its
+weights' hash) and its code version (a version constant per embedder and a digest of the source that
+computes it, front end included), what the reference is (raw audio, vocoded mels with which vocoder, mel
+windows of what length) and how many clips it takes; plus this cache's own format version. Nothing about the
+machine (device, batch size, threads) is in it: those do not change the statistics. Entries are `<key>.npz`
+(numpy arrays only, loaded with allow_pickle=False) beside a `<key>.json` that records the key's parts.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import numpy as np
 from clipsynth_core.metrics import GaussianStats
 
 DEFAULT_CACHE_DIR = Path("~/.cache/clipsynth/eval_stats")
+CACHE_FORMAT = "clipsynth-ref-stats/2"
 
 
 def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    payload = {"cache_format": CACHE_FORMAT, **parts}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class StatsCache:
