@@ -1,7 +1,8 @@
 """End to end on the session's Ray cluster: a tiny registered model, a synthetic dataset, a mel classifier
 trained by its job, evaluation runs in MLflow (text and image queries, CLIPRetriever, HiFi-GAN
-reconstructions), and the Table 1 comparison built from those runs. Metric values are checked against
-independent recomputations from the shards."""
+reconstructions; the offline FAD fallback), and the Table 1 comparison built from those runs. Metric values
+are checked against independent recomputations from the shards (the mel FID against pytorch-fid's own
+Fréchet distance on the same activations)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ import soundfile as sf
 import torch
 
 from clipsynth_core import (
+    MelFrontend,
     Synthesizer,
     SynthesizerConfig,
     unet_config,
 )
-from clipsynth_core.metrics import frechet_distance_features
+from clipsynth_core.metrics import embedding_statistics, frechet_distance_features
+from clipsynth_platform.evaluation import embedders, inception_fid
 from clipsynth_platform.evaluation.compare import compare_experiment, format_value
 from clipsynth_platform.evaluation.embedders import build_audio_embedder
-from clipsynth_platform.evaluation.mel_classifier import build_mel_feature_extractor, mel_windows
+from clipsynth_platform.evaluation.inception_fid import build_mel_image_fid
+from clipsynth_platform.evaluation.mel_classifier import MelClassifier, build_mel_feature_extractor, mel_windows
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
 from clipsynth_platform.registry import ensure_experiment, log_bundle_model
 from clipsynth_platform.schema import audio_of, image_embeddings_of, mel_of
@@ -92,8 +96,9 @@ def env(tmp_path_factory, tiny_clip, ray_cluster):
 def evaluations(env):
     common = dict(
         data=env["data"],
-        fad_backbone="tiny-random",
-        fid_backbone=env["classifier"],
+        fad_backbone="tiny-random",  # random networks, asked for by name: the runs are tagged as such
+        fid_backbone="tiny-random",
+        mel_classifier=env["classifier"],
         stats_cache=str(env["root"] / "stats-cache"),
         experiment=EXPERIMENT,
         num_samples=8,
@@ -101,7 +106,8 @@ def evaluations(env):
     generative = run_evaluation(
         EvalConfig(model=env["model_uri"], queries="both", steps=STEPS, batch_size=4, num_workers=2, **common)
     )
-    retriever = run_evaluation(EvalConfig(model=str(env["bundle"]), retriever=True, **common))
+    # Dataset names are case-insensitive: this run lands in the same "music" column.
+    retriever = run_evaluation(EvalConfig(model=str(env["bundle"]), retriever=True, dataset="MUSIC", **common))
     recon = run_evaluation(EvalConfig(model=str(env["bundle"]), hifigan_recon=True, **common))
     return {"generative": generative, "retriever": retriever[0], "recon": recon[0]}
 
@@ -152,9 +158,16 @@ def test_generative_runs_follow_the_protocol_and_land_in_mlflow(env, evaluations
             "generative": "true",
             "unlabeled_only": "true",
             "fad_reference": "audio",
+            "fad_metric": "fad",
+            "random_backbones": "fad,fid",
+            "clipsynth.metrics_version": "2",
         }
         assert {k: tags[k] for k in expected_tags} == expected_tags
-        for name in ("fad", "fid", "relevance", "fad_hifigan_recon", "modality_gap_fad", "num_samples"):
+        assert tags["fid_backbone"].startswith("tiny-random-image-cnn/")
+        assert tags["melclf_backbone"].startswith("mel-classifier/")
+        names = ("fad", "fid", "fd_melclf", "relevance", "fad_hifigan_recon", "num_samples")
+        gaps = ("modality_gap_fad", "modality_gap_fid", "modality_gap_fd_melclf")
+        for name in names + gaps:
             assert metrics[name] == pytest.approx(result.metrics[name], rel=1e-12)
         assert metrics["num_samples"] == 8
         assert run.data.params["steps_used"] == str(STEPS)
@@ -165,7 +178,8 @@ def test_generative_runs_follow_the_protocol_and_land_in_mlflow(env, evaluations
     local = Path(client.download_artifacts(text.run_id, wavs[0].path))
     wave, rate = sf.read(local)
     assert rate == 16_000 and wave.shape == (66_560,)  # 4.16 s: 64 frames of the mel
-    assert metrics["modality_gap_fad"] == pytest.approx(text.metrics["fad"] - image.metrics["fad"], rel=1e-9)
+    for k in ("fad", "fid", "fd_melclf"):
+        assert metrics[f"modality_gap_{k}"] == pytest.approx(text.metrics[k] - image.metrics[k], rel=1e-9)
     assert image.cache_hits > 0  # the second run reused the reference statistics of the first
 
 
@@ -185,11 +199,15 @@ def test_ray_samples_equal_local_sampling_with_the_same_seeds(env, evaluations):
 
 
 def test_metrics_match_independent_computations(env, evaluations, test_split):
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
     embedder = build_audio_embedder("tiny-random", device="cpu")
     ref_audio = embedder.embed(test_split["audio"])
     classifier = build_mel_feature_extractor(env["classifier"], device="cpu")
     ref_windows, _ = mel_windows(torch.from_numpy(test_split["mels"]), 64)
     ref_feats = classifier.features(ref_windows.numpy())
+    image_fid = build_mel_image_fid("tiny-random", device="cpu")
+    ref_images = image_fid.features(ref_windows.numpy())
     synth = Synthesizer.load(env["bundle"])
     recon = synth.vocode(torch.from_numpy(test_split["mels"])).numpy()
     recon_fad = frechet_distance_features(embedder.embed(recon), ref_audio)
@@ -198,9 +216,15 @@ def test_metrics_match_independent_computations(env, evaluations, test_split):
         assert result.metrics["fad"] == pytest.approx(
             frechet_distance_features(embedder.embed(gen.waves), ref_audio), rel=1e-6
         )
-        assert result.metrics["fid"] == pytest.approx(
+        assert result.metrics["fd_melclf"] == pytest.approx(
             frechet_distance_features(classifier.features(gen.mels), ref_feats), rel=1e-6
         )
+        gen_images = image_fid.features(gen.mels)
+        theirs = calculate_frechet_distance(
+            gen_images.mean(0), np.cov(gen_images, rowvar=False), ref_images.mean(0), np.cov(ref_images, rowvar=False)
+        )
+        print(f"[equivalence] e2e fid {result.metrics['fid']:.6g} vs pytorch-fid's distance {theirs:.6g}")
+        assert result.metrics["fid"] == pytest.approx(float(theirs), rel=1e-5)
         predicted = [classifier.labels[i] for i in classifier.predict_proba(gen.mels).argmax(1)]
         assert result.metrics["relevance"] == pytest.approx(
             np.mean([p == s.label for p, s in zip(predicted, gen.specs)])
@@ -241,16 +265,21 @@ def test_compare_builds_table1_from_the_runs(env, evaluations):
     markdown = (out / "table.md").read_text()
     for row, run in zip(rows, runs):
         assert row["music_run_id"] == run.run_id
-        assert float(row["music_fad"]) == run.metrics["fad"]
-        if "fid" in run.metrics:
-            assert float(row["music_fid"]) == run.metrics["fid"]
+        for k in ("fad", "fid", "fd_melclf"):
+            if k in run.metrics:
+                assert float(row[f"music_{k}"]) == run.metrics[k]
+                assert row[f"music_{k}_backbone"] == run.tags[{"fd_melclf": "melclf_backbone"}.get(k, f"{k}_backbone")]
         assert f"| {format_value(run.metrics['fad'])} |" in markdown
     assert "| CLIPSynth-tiny | ✓ | ✓ | Image | Text |" in markdown
     assert "| HiFi-GAN reconstructions | × | - | - | - |" in markdown
-    gap = evaluations["generative"][0].metrics["modality_gap_fad"]
+    # Every run here used random FAD and FID networks: one table, said to be meaningless, with its footnotes.
+    assert len(result["tables"]) == 1 and "RANDOM backbones" in markdown
+    assert "FD-melclf↓ (fd_melclf" in markdown and "mel classifier trained on the dataset (mel-classifier/" in markdown
     with open(out / "modality_gap.csv") as f:
-        (gap_row,) = list(csv.DictReader(f))
-    assert float(gap_row["modality_gap_fad"]) == pytest.approx(gap, rel=1e-12)
+        gap_rows = {g["metric"]: g for g in csv.DictReader(f)}
+    for k in ("fad", "fid", "fd_melclf"):
+        gap = evaluations["generative"][0].metrics[f"modality_gap_{k}"]
+        assert float(gap_rows[k]["modality_gap"]) == pytest.approx(gap, rel=1e-12)
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "comparison")}
     assert {"comparison/table.md", "comparison/table.csv", "comparison/table.png"} <= logged
@@ -266,8 +295,56 @@ def test_evaluate_job_help_and_bad_arguments(capsys):
     assert helped.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--model", "--data", "--num-samples", "--steps", "--queries", "--fad-backbone", "--fid-backbone",
-                 "--experiment", "--retriever"):  # fmt: skip
+                 "--mel-classifier", "--experiment", "--retriever"):  # fmt: skip
         assert flag in text
+    # Where the released weights come from, and what each metric name means.
+    assert "vggish-10086976.pth" in text and "pt_inception-2015-12-05-6726825d.pth" in text
+    assert "BEFORE the final ReLU" in text and "fad_melclf" in text and "fd_melclf" in text
     with pytest.raises(SystemExit) as bad:
         main(["--model", "m", "--data", "d", "--num-samples", "1"])
     assert bad.value.code == 2 and "num_samples must be in [2, 100000]" in capsys.readouterr().err
+
+
+def test_offline_evaluation_measures_fad_with_the_mel_classifier(env, test_split, tmp_path, monkeypatch):
+    """No VGGish and no Inception weights: FAD falls back to the classifier trained on the data (fad_melclf),
+    fid is absent with its reason, and Table 1 says which backbone each column used."""
+    monkeypatch.delenv(embedders.VGGISH_ENV, raising=False)
+    monkeypatch.delenv(inception_fid.FID_INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(embedders, "DEFAULT_VGGISH_PATHS", (tmp_path / "no-vggish.pth",))
+    monkeypatch.setattr(inception_fid, "DEFAULT_FID_INCEPTION_PATHS", (tmp_path / "no-inception.pth",))
+    (result,) = run_evaluation(
+        EvalConfig(
+            model=str(env["bundle"]),
+            data=env["data"],
+            retriever=True,
+            num_samples=8,
+            mel_classifier=env["classifier"],
+            experiment="offline-eval",
+            stats_cache="none",
+        )  # the defaults otherwise: --fad-backbone auto, --fid-backbone inception
+    )
+    m, tags = result.metrics, result.tags
+    assert {"fad_melclf", "fad_melclf_hifigan_recon", "fd_melclf", "relevance"} <= m.keys()
+    assert "fad" not in m and "fid" not in m
+    assert tags["fid_absent"] == "no FID Inception weights" and "no VGGish weights" in tags["fad_fallback"]
+    assert tags["random_backbones"] == "none"
+    # Independently: audio -> the project's mel -> the classifier's 64-frame windows -> penultimate features.
+    model = MelClassifier.load(env["classifier"])
+    frontend = MelFrontend(Synthesizer.load(env["bundle"]).config.mel)
+
+    def embed(waves: np.ndarray) -> np.ndarray:
+        waves = np.asarray(waves, np.float32)
+        if waves.shape[1] == 64 * 1024:  # retrieved windows: reflect-padded to the 66,560 samples of 64 frames
+            waves = np.pad(waves, ((0, 0), (512, 512)), mode="reflect")
+        with torch.no_grad():
+            windows, _ = mel_windows(frontend(torch.from_numpy(waves)), 64)
+            return model.embed(windows).double().numpy()
+
+    expected = frechet_distance_features(embed(result.generated.waves), embed(test_split["audio"]))
+    assert m["fad_melclf"] == pytest.approx(expected, rel=1e-5)
+    assert result.generated.waves.shape == (8, 64 * 1024)
+    assert m["fad_melclf"] > 0 and embedding_statistics(embed(test_split["audio"])).count == 16
+    table = compare_experiment("offline-eval", tmp_path / "table", log_to_mlflow=False)
+    markdown = table["paths"]["markdown"].read_text()
+    assert "| MUSIC FAD-melclf↓ | MUSIC FD-melclf↓ | MUSIC Relevance↑ |" in markdown
+    assert "RANDOM" not in markdown and "on the re-analysed audio (melclf-audio/mel-classifier/" in markdown
