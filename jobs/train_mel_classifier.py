@@ -1,7 +1,8 @@
-"""Train the mel-spectrogram classifier that gives FID features and relevance (as SpecVQGAN's Melception).
+"""Train the mel-spectrogram classifier (as SpecVQGAN's Melception) that gives the evaluation its
+fd_melclf features, relevance, and the offline FAD backbone (fad_melclf) when VGGish's weights are absent.
 
     python jobs/train_mel_classifier.py --data s3://bucket/music --out classifiers/music
-    python jobs/evaluate.py ... --fid-backbone classifiers/music
+    python jobs/evaluate.py ... --mel-classifier classifiers/music
 
 A small CNN on random 64x64 windows of the train split's mels, one class per label; saves
 mel_classifier.safetensors + mel_classifier.json to --out and logs parameters, per-epoch loss, train/test

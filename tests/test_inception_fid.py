@@ -139,7 +139,7 @@ def test_mel_fid_equals_pytorch_fid_on_the_same_images(tmp_path):
     calculate_frechet_distance."""
     fid = build_mel_image_fid("tiny-random:5", device="cpu", window_frames=64, batch_size=7)
     assert isinstance(fid, MelImageFID) and fid.random and fid.metric_name == "fid"
-    generated = smooth_mels(40, 64, seed=0, shift=0.1)
+    generated = smooth_mels(40, 64, seed=0, shift=0.5)
     reference = smooth_mels(20, 192, seed=1)  # 3 windows each: 60 reference images
     ours_gen, ours_ref = fid.features(generated), fid.features(reference)
     assert ours_gen.shape == (40, 16) and ours_ref.shape == (60, 16)
@@ -172,7 +172,7 @@ def test_mel_fid_equals_pytorch_fid_on_the_same_images(tmp_path):
     print(
         f"[equivalence] mel FID {ours:.6g}; pytorch-fid from files {theirs:.6g}; from our activations {same_acts:.6g}"
     )
-    assert ours > 0.01
+    assert ours > 1e-3 * float(np.trace(np.cov(ours_ref, rowvar=False)))  # far from a difference of zeros
     assert ours == pytest.approx(same_acts, rel=1e-6)
     assert ours == pytest.approx(theirs, rel=1e-4)
     assert frechet_distance_stats(embedding_statistics(ours_ref), embedding_statistics(ours_ref)) == pytest.approx(
