@@ -45,3 +45,14 @@ def mel_grid_png(mels: np.ndarray, titles: Sequence[str], path: Path, columns: i
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path))
     return path
+
+
+def generated_vs_real_png(
+    generated: np.ndarray, real: np.ndarray, queries: Sequence[str], labels: Sequence[str], path: Path
+) -> Path:
+    """One row per class: the mel generated for its text query beside a real mel of that class."""
+    if not len(generated) == len(real) == len(queries) == len(labels):
+        raise ValueError("need one generated mel, one real mel, one query and one label per class")
+    mels = np.stack([m for pair in zip(generated, real) for m in pair])
+    titles = [t for q, lab in zip(queries, labels) for t in (f"generated: '{q}'", f"real: {lab} (test)")]
+    return mel_grid_png(mels, titles, path, columns=4)
