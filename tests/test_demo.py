@@ -59,7 +59,7 @@ def test_demo_writes_playable_wavs_for_the_queries(demo):
 @pytest.mark.ray
 def test_demo_served_audio_sounds_like_its_query(demo):
     """The service's wav files, re-analysed into mels and classified: each should be heard as its query's class."""
-    out, log, _ = demo
+    out, _, _ = demo
     summary = json.loads((out / "demo_summary.json").read_text())
     served = summary["served_audio"]
     chance = served["chance"]
