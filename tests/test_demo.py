@@ -7,6 +7,7 @@ HiFi-GAN and diffusion, mel classifier, evaluation on Ray, Ray Serve) on 2 CPU c
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The fixture runs the whole demo twice (about 15 + 2 minutes on 2 cores): beyond the suite's 900 s per test.
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
@@ -40,12 +42,13 @@ def demo(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2700)
 def test_demo_writes_playable_wavs_for_the_queries(demo):
     out, log, _ = demo
     summary = json.loads((out / "demo_summary.json").read_text())
     files = sorted((out / "samples").glob("*.wav"))
     classes = ["acoustic_guitar", "cello", "clarinet", "flute", "trumpet", "tuba", "violin", "xylophone"]
-    assert [f.name for f in files] == sorted(f"playing_{c}_{k}.wav" for c in classes for k in (0, 1))
+    assert [f.name for f in files] == sorted(f"playing_{c}_{k}.wav" for c in classes for k in range(4))
     for f in files:
         with wave.open(str(f)) as w:
             assert w.getframerate() == 16_000 and w.getnchannels() == 1 and w.getsampwidth() == 2
@@ -57,6 +60,7 @@ def test_demo_writes_playable_wavs_for_the_queries(demo):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2700)
 def test_demo_served_audio_sounds_like_its_query(demo):
     """The service's wav files, re-analysed into mels and classified: each should be heard as its query's class."""
     out, _, _ = demo
@@ -64,11 +68,15 @@ def test_demo_served_audio_sounds_like_its_query(demo):
     served = summary["served_audio"]
     chance = served["chance"]
     assert chance == pytest.approx(1 / 8)
-    assert len(served["judgements"]) == 16
-    # Well above chance (measured on this machine: see the README's demo section for the figures).
-    assert served["relevance"] >= 3 * chance, served
-    assert summary["metrics"]["image/text"]["relevance"] >= 3 * chance
-    assert summary["metrics"]["image/image"]["relevance"] >= 3 * chance
+    n = len(served["judgements"])
+    assert n == 32
+    # "Well above chance" as a binomial test: with 8 classes, 10 or more hits in 32 (0.31) happen by chance
+    # with probability 0.005, 18 in 64 with probability < 0.001. The issue's targets (0.7 image, 0.5 text)
+    # are measured and reported (README, benchmarks/learning), not asserted: one CPU run is too noisy for them.
+    assert sum(math.comb(n, k) * chance**k * (1 - chance) ** (n - k) for k in range(10, n + 1)) < 0.005
+    assert served["relevance"] >= 10 / 32, served
+    assert summary["metrics"]["image/text"]["relevance"] >= 18 / 64
+    assert summary["metrics"]["image/image"]["relevance"] >= 18 / 64
     # Offline, the demo's own CLIP: it reads the corpus frames zero-shot, and the tags say which CLIP ran.
     assert summary["clip_encoder"] == "offline-toy"
     assert summary["clip_zero_shot"]["accuracy"] >= 0.8
@@ -78,6 +86,7 @@ def test_demo_served_audio_sounds_like_its_query(demo):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2700)
 def test_demo_tracks_everything_in_mlflow(demo):
     out, _, _ = demo
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
@@ -102,6 +111,7 @@ def test_demo_tracks_everything_in_mlflow(demo):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2700)
 def test_demo_rerun_reuses_what_is_built(demo):
     _, _, rerun = demo
     for stage in ("preprocess", "train_hifigan", "train_diffusion", "mel_classifier", "evaluate", "compare_vocoders"):
