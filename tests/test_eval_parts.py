@@ -211,7 +211,14 @@ def jpeg(color: tuple[int, int, int]) -> bytes:
 
 def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(dataset, tmp_path, tiny_clip):
     bundle = Synthesizer(SynthesizerConfig.tiny()).save(tmp_path / "bundle")
-    common = dict(model=str(bundle), num_samples=6, fad_backbone="tiny-random", fid_backbone="none", stats_cache="none")
+    common = dict(
+        model=str(bundle),
+        num_samples=6,
+        fad_backbone="tiny-random",
+        fid_backbone="none",
+        mel_classifier="none",
+        stats_cache="none",
+    )
     # Shards embedded with the model's CLIP: image conditions are the stored frame embeddings.
     ev = Evaluation(EvalConfig(data=dataset, **common))
     try:
