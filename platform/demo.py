@@ -523,13 +523,10 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     # Released backbones when their weights are here (VGGish for FAD, FID Inception for FID); else FAD falls
     # back to the mel classifier's embedding of the audio (fad_melclf) and FID is absent, never a random network.
     fad_backbone = "auto"
-    from .evaluation.embedders import DEFAULT_VGGISH_PATHS, VGGISH_ENV
-    from .evaluation.inception_fid import DEFAULT_FID_INCEPTION_PATHS, FID_INCEPTION_ENV
+    from .evaluation.embedders import resolve_vggish_path
+    from .evaluation.inception_fid import resolve_fid_inception_path
 
-    def at_hand(env: str, defaults: tuple[Path, ...]) -> bool:
-        return any(Path(p).expanduser().is_file() for p in (os.environ.get(env, ""), *defaults) if str(p))
-
-    if not (at_hand(VGGISH_ENV, DEFAULT_VGGISH_PATHS) and at_hand(FID_INCEPTION_ENV, DEFAULT_FID_INCEPTION_PATHS)):
+    if resolve_vggish_path()[0] is None or resolve_fid_inception_path()[0] is None:
         banner(
             [
                 "VGGish or FID-Inception weights missing: without VGGish, FAD is computed on the demo's mel classifier",

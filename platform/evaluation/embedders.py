@@ -258,20 +258,27 @@ def vggish_help(reason: str) -> str:
     )
 
 
-def resolve_vggish_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """(the VGGish weights file, or None, and where it was looked for): `path`, else $CLIPSYNTH_VGGISH_WEIGHTS,
-    else the first of DEFAULT_VGGISH_PATHS that exists."""
+def resolve_weights_path(
+    path: str | os.PathLike | None, env: str, defaults: tuple[Path, ...]
+) -> tuple[Path | None, str]:
+    """(a released weights file, or None, and where it was looked for): `path`, else $`env`, else the first of
+    `defaults` that exists. Shared by every backbone whose weights are loaded by path."""
     if path:
         p = Path(path).expanduser()
         return (p if p.is_file() else None), f"{p} (the path given)"
-    if os.environ.get(VGGISH_ENV):
-        p = Path(os.environ[VGGISH_ENV]).expanduser()
-        return (p if p.is_file() else None), f"{p} (from ${VGGISH_ENV})"
-    for candidate in DEFAULT_VGGISH_PATHS:
+    if os.environ.get(env):
+        p = Path(os.environ[env]).expanduser()
+        return (p if p.is_file() else None), f"{p} (from ${env})"
+    for candidate in defaults:
         p = candidate.expanduser()
         if p.is_file():
             return p, f"{p} (a default location)"
-    return None, "the default locations " + ", ".join(str(p) for p in DEFAULT_VGGISH_PATHS)
+    return None, "the default locations " + ", ".join(str(p) for p in defaults)
+
+
+def resolve_vggish_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The VGGish weights file: `path`, else $CLIPSYNTH_VGGISH_WEIGHTS, else the first of DEFAULT_VGGISH_PATHS."""
+    return resolve_weights_path(path, VGGISH_ENV, DEFAULT_VGGISH_PATHS)
 
 
 def vggish_config_from_state(state: dict[str, Tensor], final_relu: bool = False) -> VGGishConfig:

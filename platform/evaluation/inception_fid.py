@@ -29,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedders import BackboneWeightsError, file_sha256, load_state_dict_file, resolve_device, source_digest
+from .embedders import (
+    BackboneWeightsError,
+    file_sha256,
+    load_state_dict_file,
+    resolve_device,
+    resolve_weights_path,
+    source_digest,
+)
 from .mel_classifier import mel_windows
 
 FID_INCEPTION_ENV = "CLIPSYNTH_FID_INCEPTION_WEIGHTS"
@@ -217,19 +224,9 @@ class MelImageFID:
 
 
 def resolve_fid_inception_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """(the weights file, or None, and where it was looked for): `path`, else $CLIPSYNTH_FID_INCEPTION_WEIGHTS,
-    else the first of DEFAULT_FID_INCEPTION_PATHS that exists."""
-    if path:
-        p = Path(path).expanduser()
-        return (p if p.is_file() else None), f"{p} (the path given)"
-    if os.environ.get(FID_INCEPTION_ENV):
-        p = Path(os.environ[FID_INCEPTION_ENV]).expanduser()
-        return (p if p.is_file() else None), f"{p} (from ${FID_INCEPTION_ENV})"
-    for candidate in DEFAULT_FID_INCEPTION_PATHS:
-        p = candidate.expanduser()
-        if p.is_file():
-            return p, f"{p} (a default location)"
-    return None, "the default locations " + ", ".join(str(p) for p in DEFAULT_FID_INCEPTION_PATHS)
+    """The FID Inception weights file: `path`, else $CLIPSYNTH_FID_INCEPTION_WEIGHTS, else the first of
+    DEFAULT_FID_INCEPTION_PATHS."""
+    return resolve_weights_path(path, FID_INCEPTION_ENV, DEFAULT_FID_INCEPTION_PATHS)
 
 
 def fid_inception_help(reason: str) -> str:
