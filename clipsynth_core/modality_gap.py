@@ -39,9 +39,9 @@ def check_gap_method(method: str) -> str:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    hidden: int = 512
-    steps: int = 2000
-    lr: float = 1e-3
+    hidden: int = 256
+    steps: int = 600
+    lr: float = 2e-3
     batch_size: int = 256
     weight_decay: float = 1e-4
     input_noise: float = 0.02  # Gaussian noise on the (normalised) text input: smooths the map between texts
@@ -51,7 +51,7 @@ class PriorConfig:
 class EmbeddingPrior(nn.Module):
     """t -> normalise(t + mlp(t)): a residual map from text embeddings to the frame embeddings' region."""
 
-    def __init__(self, dim: int, hidden: int = 512) -> None:
+    def __init__(self, dim: int, hidden: int = 256) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.out = nn.Linear(hidden, dim)

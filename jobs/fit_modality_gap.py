@@ -18,7 +18,7 @@ def main() -> None:
     p.add_argument("--data", required=True, help="preprocessed dataset (its train split)")
     p.add_argument("--bundle", required=True, help="a synthesizer bundle directory to write the statistics into")
     p.add_argument("--no-prior", dest="with_prior", action="store_false", help="fit the shift only")
-    p.add_argument("--prior-steps", type=int, default=2000)
+    p.add_argument("--prior-steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 

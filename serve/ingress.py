@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
-from .schemas import RequestError, parse_form_options, parse_json_request, resolve_spec
+from .schemas import RequestError, parse_form_options, parse_json_request, resolve_gap, resolve_spec
 from .wav import wav_bytes
 
 logger = logging.getLogger("ray.serve")
@@ -122,6 +122,7 @@ class SynthesizerIngress:
         self.vocoder = vocoder
         self.config = config
         self._info: dict | None = None
+        self._encoder_info: dict | None = None
         self._health: dict | None = None
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -143,6 +144,11 @@ class SynthesizerIngress:
             self._info = await self._call(self.sampler.info.remote())
         return self._info
 
+    async def _gap_methods(self) -> list[str]:
+        if self._encoder_info is None:
+            self._encoder_info = await self._call(self.encoder.info.remote())
+        return list(self._encoder_info.get("gap", {}).get("methods", ["none"]))
+
     async def _synthesize(self, cond: np.ndarray, spec: dict, info: dict) -> Response:
         sample = await self._call(self.sampler.sample.remote({**spec, "cond": cond}))
         wave = await self._call(self.vocoder.vocode.remote(sample["mel"]))
@@ -152,6 +158,7 @@ class SynthesizerIngress:
             "X-Sampler": spec["sampler"],
             "X-Seconds": str(spec["seconds"]),
             "X-Guidance": str(spec["guidance"]),
+            "X-Gap-Reduction": spec.get("gap", "none"),
             # Requests that shared this one's sampling loop, and requests in the whole dynamic batch.
             "X-Batch-Size": str(sample["group_size"]),
             "X-Batch-Requests": str(sample["batch_size"]),
@@ -187,6 +194,7 @@ class SynthesizerIngress:
             "model_uri": sampler["model_uri"],
             "identity": sampler["identity"],
             "clip": encoder["clip"],
+            "gap_reduction": encoder.get("gap", {"methods": ["none"]}),
             "trained_steps": sampler["trained_steps"],
             "guidance_allowed": sampler["guidance_allowed"],
             "sample_rate": sampler["sample_rate"],
@@ -194,7 +202,10 @@ class SynthesizerIngress:
                 "steps": min(c.default_steps, sampler["trained_steps"]),
                 "sampler": c.default_sampler,
                 "seconds": c.default_seconds,
-                "guidance": 0.0,
+                "guidance": c.default_guidance if sampler["guidance_allowed"] else 0.0,
+                "gap_reduction": c.default_gap_reduction
+                if c.default_gap_reduction in encoder.get("gap", {}).get("methods", ["none"])
+                else "none",
             },
             "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
             "vocoder_hop_length": vocoder["hop_length"],
@@ -209,7 +220,8 @@ class SynthesizerIngress:
         req = parse_json_request(await read_body(request, self.config.max_json_bytes))
         info = await self._model_info()
         spec = resolve_spec(req, info, self.config)
-        cond = await self._call(self.encoder.encode_text.remote(req.query))
+        spec["gap"] = resolve_gap(req, await self._gap_methods(), self.config)
+        cond = await self._call(self.encoder.encode_text.remote(req.query, spec["gap"]))
         return await self._synthesize(cond, spec, info)
 
     @api.post("/synthesize/image")

@@ -226,7 +226,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--diffusion-steps", type=int, default=1000)
-    p.add_argument("--prior-steps", type=int, default=2000)
+    p.add_argument("--prior-steps", type=int, default=600)
     p.add_argument("--samples", type=int, default=128, help="queries per query type in the gap table")
     p.add_argument("--eval-steps", type=int, default=25, help="DDPM sampling steps")
     p.add_argument("--guidance", default="0,1,2,4")
