@@ -64,6 +64,7 @@ class ClipEncoder:
             bundle_dir, load_bundle_config(bundle_dir), device, clip_pretrained=config.clip_pretrained or None
         )
         self.gap = GapReducer.load(bundle_dir)  # None: the bundle has no gap statistics
+        self.clip_pretrained = config.clip_pretrained
         self._encode_texts.set_max_batch_size(config.encoder_max_batch_size)
         self._encode_texts.set_batch_wait_timeout_s(config.encoder_batch_wait_s)
 
@@ -91,7 +92,15 @@ class ClipEncoder:
 
     def info(self) -> dict:
         gap = self.gap.describe() if self.gap is not None else {"methods": ["none"]}
-        return {"clip": self.encoder.config.identity, "embed_dim": self.encoder.embed_dim, "gap": gap}
+        return {
+            "clip": self.encoder.config.identity,
+            "clip_random": self.encoder.config.is_random,
+            "clip_substituted": bool(self.clip_pretrained),  # the service's weights, not the bundle's
+            "embed_dim": self.encoder.embed_dim,
+            "gap": gap,
+            # The classes of the training data, as the gap statistics recorded them (empty when unknown).
+            "labels": list(self.gap.info.get("labels", [])) if self.gap is not None else [],
+        }
 
 
 @serve.deployment(name="DiffusionSampler")

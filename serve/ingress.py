@@ -11,6 +11,7 @@ Bad input of any kind gets a 4xx JSON {"error": "..."}; a full queue gets 503 wi
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -89,6 +90,30 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def mel_header(mel) -> str:
+    """A normalised mel [n_mels, T] in [-1, 1] as base64 of uint8 (0..255), row-major."""
+    levels = np.clip((np.asarray(mel, dtype=np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return base64.b64encode(levels.tobytes()).decode("ascii")
+
+
+def model_card(sampler: dict, encoder: dict) -> dict:
+    """What the page shows about the model: the encoder, its classes, the CLIP tag, substitutions."""
+    identity = sampler.get("identity", {})
+    clip = str(encoder.get("clip", ""))
+    return {
+        "encoder": clip.partition("/")[0],
+        "clip_tag": clip.partition("/")[2],
+        "clip_random": bool(encoder.get("clip_random", False)),
+        "clip_substituted": bool(encoder.get("clip_substituted", False)),
+        "classes": list(encoder.get("labels", [])),
+        "variant": identity.get("variant", ""),
+        "vocoder": identity.get("vocoder", ""),
+        "trained_steps": sampler.get("trained_steps"),
+        "guidance_allowed": bool(sampler.get("guidance_allowed", False)),
+        "gap_methods": list(encoder.get("gap", {}).get("methods", ["none"])),
+    }
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Uploaded bytes -> uint8 RGB [H, W, 3]; 415 when they are not an image, 413 when it is too large."""
     from PIL import Image, UnidentifiedImageError
@@ -159,6 +184,9 @@ class SynthesizerIngress:
             "X-Seconds": str(spec["seconds"]),
             "X-Guidance": str(spec["guidance"]),
             "X-Gap-Reduction": spec.get("gap", "none"),
+            # The generated mel itself, for the page's picture: uint8 rows (low frequencies first), base64.
+            "X-Mel": mel_header(sample["mel"]),
+            "X-Mel-Shape": "x".join(str(n) for n in np.shape(sample["mel"])),
             # Requests that shared this one's sampling loop, and requests in the whole dynamic batch.
             "X-Batch-Size": str(sample["group_size"]),
             "X-Batch-Requests": str(sample["batch_size"]),
@@ -195,6 +223,7 @@ class SynthesizerIngress:
             "identity": sampler["identity"],
             "clip": encoder["clip"],
             "gap_reduction": encoder.get("gap", {"methods": ["none"]}),
+            "card": model_card(sampler, encoder),
             "trained_steps": sampler["trained_steps"],
             "guidance_allowed": sampler["guidance_allowed"],
             "sample_rate": sampler["sample_rate"],
