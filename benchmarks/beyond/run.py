@@ -1,21 +1,25 @@
 """Benchmark: the modality gap with and without reduction, classifier-free guidance, combined queries.
 
     nice -n 19 .venv/bin/python benchmarks/beyond/run.py --data demo_output/shards \\
-        --classifier demo_output/mel_classifier --steps 1500 --cond-drops 0.1,0
+        --classifier demo_output/mel_classifier --steps 1500 --cond-drop 0.1 --control     # from scratch
+    E=demo_output/checkpoints/demo-diffusion-image/checkpoint_000001424/ema.safetensors
+    nice -n 19 .venv/bin/python benchmarks/beyond/run.py --base $E --init $E --steps 200  # the demo's model
 
 What it does, in one process (no Ray), on fixed STEP budgets so that runs are reproducible on a busy machine:
-  1. trains the cpu U-Net (image-trained CLIPSynth, the learning benchmark's recipe) once per condition-dropout
-     rate in --cond-drops, for --steps steps each, from the same seed (cached in --cache by configuration);
-  2. fits the gap statistics (platform/modality_gap.py: the shift and the prior) on the train split, with the
-     evaluation's phrasing "playing {name}" held out of the texts they see;
-  3. per model: relevance and fd_melclf of image queries (test frames) and of text queries under each gap
-     method; the gap is image minus text relevance (and text minus image fd_melclf);
-  4. on the first model with dropout: relevance and fd_melclf against the guidance scale, image queries and text
-     queries (unreduced and with the best reduction);
-  5. combined queries: for every pair of classes (a, b), "a + b" and "a*0.7 + b*0.3" against a and b alone,
-     scored by the judge's probability of a and of b.
-Prints JSON and a one-line summary; writes benchmarks/results/beyond_<device>.json and a PNG.
-"""
+  1. fits the gap statistics (platform/modality_gap.py: the shift and the prior) on the train split, with the
+     evaluation's phrasing "playing {name}" held out of the texts they see (cached in --cache);
+  2. --base: a trained U-Net (no condition dropout) measured as it is;
+  3. trains the cpu U-Net (image-trained CLIPSynth, the learning benchmark's recipe) for --steps steps with
+     condition dropout --cond-drop, from scratch or from --init (cached in --cache by configuration); with
+     --control the same steps without dropout, to see what dropout costs unguided queries;
+  4. per model: relevance and fd_melclf of image queries (test frames) and of text queries under each gap
+     method, on the same seeds; the gap is image minus text relevance (and text minus image fd_melclf);
+  5. on the model with dropout: relevance and fd_melclf against the guidance scale, image queries and text
+     queries (unreduced and with the better reduction);
+  6. combined queries: for --blend-pairs pairs of classes (a, b), "a + b" and "a*0.7 + b*0.3" against a and b
+     alone, scored by the judge's probability of a and of b.
+Prints JSON and a one-line summary; writes benchmarks/results/beyond_<device>.json (after every stage, marked
+partial until the end) and a PNG."""
 
 from __future__ import annotations
 

@@ -346,6 +346,8 @@ class Evaluation:
         self._tmp = tempfile.TemporaryDirectory(prefix="clipsynth-eval-")
         self.bundle_dir = resolve_bundle(config.model, dst=self._tmp.name)
         self.synth = Synthesizer.load(self.bundle_dir, device=self.device)
+        if config.gap != "none" and (self.synth.gap is None or config.gap not in self.synth.gap.methods):
+            raise ValueError(f"--gap {config.gap}: the bundle has no such statistics (jobs/fit_modality_gap.py)")
         self.metadata = dict(self.synth.config.metadata)
         self.vocoder_id = f"sha256:{file_sha256(self.bundle_dir / 'vocoder.safetensors')[:16]}"
         self.training_run_id = resolve_training_run_id(config.model, self.metadata)
