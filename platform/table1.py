@@ -93,7 +93,7 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
     from .demo import Stages
     from .evaluation.compare import compare_experiment
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
-    from .evaluation.runner import DEFAULT_MODEL_NAMES, EvalConfig, run_evaluation
+    from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
     from .modality_gap import GapFitConfig, fit_gap_reducer
     from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from .train.runner import run_diffusion_training, run_hifigan_training
@@ -107,6 +107,8 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
     mlflow.set_tracking_uri(tracking)
     stages = Stages(root)
     if not ray.is_initialized():
+        # As the demo: Ray Jobs run workers at niceness 0, Ray's local default (15) yields to any busy process.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             address="local",
             num_cpus=c.ray_num_cpus,
@@ -228,9 +230,8 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
                 out[f"{name}/{r.test_query_type}"] = {"run_id": r.run_id, **r.metrics}
         return out
 
-    metrics = stages.run(
-        "evaluate", {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps}, evaluate, log
-    )
+    settings = {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps, "metrics": METRICS_VERSION}
+    metrics = stages.run("evaluate", settings, evaluate, log)
     table = compare_experiment(c.experiment, root / "table")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
