@@ -1,7 +1,7 @@
 """Benchmark: the modality gap with and without reduction, classifier-free guidance, combined queries.
 
     nice -n 19 .venv/bin/python benchmarks/beyond/run.py --data demo_output/shards \\
-        --classifier demo_output/mel_classifier --steps 1500 --cond-drop 0.1 --control     # from scratch
+        --classifier demo_output/mel_classifier --steps 1500 --stages guided-gap,guidance,blends,control
     E=demo_output/checkpoints/demo-diffusion-image/checkpoint_000001424/ema.safetensors
     nice -n 19 .venv/bin/python benchmarks/beyond/run.py --base $E --init $E --steps 200  # the demo's model
 
@@ -11,7 +11,7 @@ What it does, in one process (no Ray), on fixed STEP budgets so that runs are re
   2. --base: a trained U-Net (no condition dropout) measured as it is;
   3. trains the cpu U-Net (image-trained CLIPSynth, the learning benchmark's recipe) for --steps steps with
      condition dropout --cond-drop, from scratch or from --init (cached in --cache by configuration); with
-     --control the same steps without dropout, to see what dropout costs unguided queries;
+     --stages control the same steps without dropout, to see what dropout costs unguided queries;
   4. per model: relevance and fd_melclf of image queries (test frames) and of text queries under each gap
      method, on the same seeds; the gap is image minus text relevance (and text minus image fd_melclf);
   5. on the model with dropout: relevance and fd_melclf against the guidance scale, image queries and text
@@ -225,7 +225,12 @@ def main() -> None:
     p.add_argument("--init", default="", help="weights the trained models start from (default: from scratch)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per trained model")
     p.add_argument("--cond-drop", type=float, default=0.1, help="condition dropout of the guided model")
-    p.add_argument("--control", action="store_true", help="also train the same steps without dropout (its cost)")
+    p.add_argument(
+        "--stages",
+        default="gap,guided-gap,guidance,blends",
+        help="of gap (the --base model), guided-gap, guidance, blends, control (the same steps without dropout)",
+    )
+    p.add_argument("--reduction", default="prior", help="the gap reduction of text queries in guidance and blends")
     p.add_argument("--model-size", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -297,57 +302,66 @@ def main() -> None:
         out.write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
 
     embed_dim = int(train[0]["embed_dim"])
-    if args.base:
-        base = load_unet(args.base, embed_dim, args.model_size, device)
+    stages = {x.strip() for x in args.stages.split(",") if x.strip()}
+    base = load_unet(args.base, embed_dim, args.model_size, device) if args.base else None
+    if base is not None and "gap" in stages:
         result["gap"]["base"] = gap_table(base, process, queries, reducer, judge, device)
         print(f"[beyond] base: {json.dumps(result['gap']['base'])}", flush=True)
         save_partial()
     guided_name = f"cond_drop={args.cond_drop:g}"
-    guided = train_model(train, args.steps, args.cond_drop, args, device)
-    result["gap"][guided_name] = gap_table(guided, process, queries, reducer, judge, device)
-    print(f"[beyond] {guided_name}: {json.dumps(result['gap'][guided_name])}", flush=True)
-    save_partial()
-
-    table = result["gap"][guided_name]
-    best = min(("shift", "prior"), key=lambda m: abs(table[f"gap_{m}"]["relevance"]))
-    result["best_reduction"] = best
-    guidance = {"model": guided_name, "samples": args.guidance_samples, "curve": []}
-    result["guidance"] = guidance
-    few = Queries(test, labels, encoder, args.guidance_samples, args.seed + 1)
-    for w in [float(x) for x in args.guidance.split(",") if x]:
-        point = {"guidance": w}
-        for name, cond in (("image", few.image), ("text_none", few.text), (f"text_{best}", reducer(few.text, best))):
-            point[name] = judge.score(sample(guided, process, cond, few.seeds, w, device), few.targets)
-        guidance["curve"].append(point)
-        print(f"[beyond] guidance {json.dumps(point)}", flush=True)
+    guided = None
+    if stages & {"guided-gap", "guidance"} or base is None:
+        guided = train_model(train, args.steps, args.cond_drop, args, device)
+    if guided is not None and "guided-gap" in stages:
+        result["gap"][guided_name] = gap_table(guided, process, queries, reducer, judge, device)
+        print(f"[beyond] {guided_name}: {json.dumps(result['gap'][guided_name])}", flush=True)
         save_partial()
 
-    seeds = [int(s) for s in np.random.default_rng(args.seed + 2).integers(0, 2**31 - 1, args.blend_seeds)]
-    blends = blend_table(guided, process, encoder, reducer, best, judge, labels, seeds, device, args.blend_pairs)
-    result["blends"] = blends
-    print(f"[beyond] blends {json.dumps(blends['summary'])}", flush=True)
-    save_partial()
+    best = args.reduction
+    result["best_reduction"] = best
+    guidance = {"model": guided_name, "samples": args.guidance_samples, "curve": []}
+    if guided is not None and "guidance" in stages:
+        result["guidance"] = guidance
+        few = Queries(test, labels, encoder, args.guidance_samples, args.seed + 1)
+        for w in [float(x) for x in args.guidance.split(",") if x]:
+            point = {"guidance": w}
+            for name, cond in (("image", few.image), (f"text_{best}", reducer(few.text, best))):
+                point[name] = judge.score(sample(guided, process, cond, few.seeds, w, device), few.targets)
+            guidance["curve"].append(point)
+            print(f"[beyond] guidance {json.dumps(point)}", flush=True)
+            save_partial()
 
-    if args.control:
+    blends = None
+    if "blends" in stages:
+        seeds = [int(s) for s in np.random.default_rng(args.seed + 2).integers(0, 2**31 - 1, args.blend_seeds)]
+        model = guided if guided is not None else base
+        blends = blend_table(model, process, encoder, reducer, best, judge, labels, seeds, device, args.blend_pairs)
+        blends["model"] = guided_name if guided is not None else "base"
+        result["blends"] = blends
+        print(f"[beyond] blends {json.dumps(blends['summary'])}", flush=True)
+        save_partial()
+
+    if "control" in stages:
         control = train_model(train, args.steps, 0.0, args, device)
         result["gap"]["cond_drop=0"] = gap_table(control, process, queries, reducer, judge, device)
         print(f"[beyond] cond_drop=0: {json.dumps(result['gap']['cond_drop=0'])}", flush=True)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
-    plot(result, out.with_suffix(".png"))
-    gc = guidance["curve"]
-    best_w = max(gc, key=lambda q: q["image"]["relevance"] + q[f"text_{best}"]["relevance"])["guidance"]
-    gaps = "; ".join(
-        f"{name}: gap "
-        + ", ".join(f"{m} {t[f'gap_{m}']['relevance']:+.3f}" for m in reducer.methods)
-        + f" (image relevance {t['image']['relevance']:.3f})"
-        for name, t in result["gap"].items()
-    )
-    bs = blends["summary"]
-    summary = (
-        f"{gaps}; best guidance {best_w:g}; a+b: p_a {bs['a+b']['p_a']:.2f} p_b {bs['a+b']['p_b']:.2f} "
-        f"(a alone: {bs['a']['p_a']:.2f} / {bs['a']['p_b']:.2f}, b alone: {bs['b']['p_a']:.2f} / {bs['b']['p_b']:.2f})"
-    )
-    emit(result, f"beyond_{device.type}", summary, str(out))
+    parts = []
+    for name, t in result["gap"].items():
+        gaps = ", ".join(f"{m} {t[f'gap_{m}']['relevance']:+.3f}" for m in reducer.methods)
+        parts.append(f"{name}: relevance gap {gaps} (image {t['image']['relevance']:.3f})")
+    if guidance["curve"]:
+        plot(result, out.with_suffix(".png"))
+        gc = guidance["curve"]
+        best_w = max(gc, key=lambda q: q["image"]["relevance"] + q[f"text_{best}"]["relevance"])["guidance"]
+        parts.append(f"best guidance {best_w:g}")
+    if blends:
+        bs = blends["summary"]
+        parts.append(
+            f"a+b: p_a {bs['a+b']['p_a']:.2f} p_b {bs['a+b']['p_b']:.2f} (a alone: {bs['a']['p_a']:.2f} / "
+            f"{bs['a']['p_b']:.2f}, b alone: {bs['b']['p_a']:.2f} / {bs['b']['p_b']:.2f})"
+        )
+    emit(result, f"beyond_{device.type}", "; ".join(parts), str(out))
 
 
 if __name__ == "__main__":
