@@ -83,7 +83,7 @@ class ServeConfig:
     default_seconds: float = 4.16
     # Classifier-free guidance when the request gives none (models trained with condition dropout only) and
     # the gap reduction of text queries where the bundle has it: both chosen by benchmarks/beyond/run.py.
-    default_guidance: float = 0.0
+    default_guidance: float = 3.0
     default_gap_reduction: str = "prior"
     max_steps: int = 1000
     # Request size limits (HTTP 413 beyond them).

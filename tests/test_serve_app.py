@@ -169,7 +169,13 @@ def test_healthz_reports_the_identity_of_the_model_from_the_mlflow_registry(clie
     assert body["model_uri"] == "models:/clipsynth-serve-test/1"
     assert body["identity"] == reference.identity
     assert body["trained_steps"] == 100 and body["guidance_allowed"] is False
-    assert body["defaults"] == {"steps": 2, "sampler": "ddpm", "seconds": 4.16, "guidance": 0.0}
+    assert body["defaults"] == {
+        "steps": 2,
+        "sampler": "ddpm",
+        "seconds": 4.16,
+        "guidance": 0.0,
+        "gap_reduction": "none",
+    }
 
 
 @pytest.mark.parametrize("seconds", [4.16, 8.32])
