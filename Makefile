@@ -16,7 +16,8 @@ demo: bootstrap
 	$(PY) jobs/demo.py
 
 # Table 1 on the built-in corpus: the demo's shards and mel classifier (`make demo` builds them first; a
-# finished demo is reused), three variants x 1,200 steps; about 25 minutes on 2 idle cores.
+# finished demo is reused), three variants x 1,200 steps (an estimate from the ~4 steps/s measured in-process:
+# 15 minutes of training plus evaluation; `make table1` itself has not been timed yet).
 table1: bootstrap
 	test -d demo_output/shards || $(PY) jobs/demo.py
 	$(PY) jobs/table1.py --data demo_output/shards --mel-classifier demo_output/mel_classifier --out table1_output

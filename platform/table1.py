@@ -37,7 +37,7 @@ class Table1Config:
     experiment: str = "clipsynth-table1"
     variants: tuple[str, ...] = VARIANTS
     model_size: str = "cpu"
-    diffusion_train_steps: int = 1200  # the same budget for every variant (~5 min each on 2 idle cores)
+    diffusion_train_steps: int = 1200  # the same budget for every variant (~5 min each at ~4 steps/s, estimated)
     diffusion_steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-3
