@@ -63,6 +63,7 @@ def test_the_encoder_deployment_reduces_and_blends_each_request_as_asked():
     image = F.normalize(text + 0.5 * torch.randn(40, encoder.embed_dim, generator=g), dim=-1)
     body = object.__new__(ClipEncoder.func_or_class)  # the deployment's class, without a Serve replica
     body.encoder, body.gap = encoder, GapReducer.fit(text, image, PriorConfig(steps=5, hidden=16))
+    body.clip_pretrained = ""  # the bundle's own CLIP weights
     items = [("a dog", "none"), ("a dog", "shift"), ("a dog + a cat*0.5", "prior"), ("a cat", "none")]
     out = body._encode_items(items)
     raw = encoder.encode_text(["a dog", "a cat"])
@@ -71,4 +72,6 @@ def test_the_encoder_deployment_reduces_and_blends_each_request_as_asked():
     mixed = blend(body.gap(raw, "prior"), [1.0, 0.5])
     torch.testing.assert_close(torch.from_numpy(out[2]), mixed, atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.from_numpy(out[3]), raw[1])
-    assert body.info()["gap"]["methods"] == ["none", "shift", "prior"]
+    info = body.info()
+    assert info["gap"]["methods"] == ["none", "shift", "prior"]
+    assert info["clip_substituted"] is False and info["clip_random"] is True and info["labels"] == []
