@@ -300,9 +300,11 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     `worker_env`: environment variables for the decode workers, for clusters whose workers lack the driver's
     environment (e.g. S3 endpoint settings in tests). Values are passed to Ray, never printed.
     """
+    from ..origin import require_consistent_origin
+
     t_start = time.perf_counter()
     config.validate()
-    log(f"[ingest] config:\n{config.describe()}")
+    log(f"[ingest] code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
         labels = load_label_index(config.labels, config.labels_format, config.input)
