@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..preflight import ClusterView
 from ..schema import SCHEMA_VERSION
 from .config import IngestConfig
 from .decode import DecodeSettings, decode_videos
@@ -45,6 +46,8 @@ from .store import OutputStore, VideoOutcome
 
 # Commit failed-only videos once this many are waiting, so a corpus of bad files still makes progress.
 MAX_VIDEOS_PER_COMMIT = 1000
+# Without --num-gpus, CLIP actors on an autoscaling cluster with unlimited GPU nodes stop at this many.
+MAX_AUTO_GPU_ACTORS = 64
 DECODE_TIMING_KEYS = ("read", "probe", "audio", "video", "mel", "jpeg")
 
 
@@ -66,13 +69,36 @@ def ensure_ray(config: IngestConfig) -> str:
     return f"local cluster ({kwargs['num_cpus']} CPUs)"
 
 
-def clip_gpus(config: IngestConfig) -> int:
-    """GPUs for the CLIP stage: as asked, or (None) every GPU of the cluster: GPU when present, else CPU."""
-    import ray
+@dataclass(frozen=True)
+class ClipPlan:
+    """How the CLIP stage runs: GPU or CPU actors, and the actor pool's bounds (Ray Data scales within them)."""
 
-    if config.num_gpus is not None:
-        return config.num_gpus
-    return int(ray.cluster_resources().get("GPU", 0))
+    gpu: bool
+    min_actors: int
+    max_actors: int
+    note: str
+
+
+def plan_clip_stage(config: IngestConfig, view: ClusterView) -> ClipPlan:
+    """--num-gpus N: N GPU actors; 0: CPU actors; unset: one actor per GPU the cluster has or its node types can
+    add (an autoscaling cluster from zero starts a GPU node for the first one), else CPU actors, said aloud."""
+    if config.num_gpus:
+        return ClipPlan(True, config.num_gpus, config.num_gpus, f"{config.num_gpus} GPU actor(s) (--num-gpus)")
+    if config.num_gpus == 0:
+        return ClipPlan(False, 1, config.clip_actors, f"up to {config.clip_actors} CPU actor(s) (--num-gpus 0)")
+    now, most = int(view.total_now("GPU")), view.total_at_most("GPU")
+    if most == 0:
+        return ClipPlan(
+            False,
+            1,
+            config.clip_actors,
+            f"no GPU on the cluster nor on its node types: up to {config.clip_actors} CPU actor(s) "
+            "(--clip-actors; --num-gpus 0 says this on purpose)",
+        )
+    most = int(min(most, MAX_AUTO_GPU_ACTORS))
+    if now:
+        return ClipPlan(True, min(now, most), most, f"{now} GPU actor(s), up to {most} as GPU nodes join")
+    return ClipPlan(True, 1, most, f"no GPU yet: the autoscaler starts GPU nodes for up to {most} actor(s)")
 
 
 @dataclass
@@ -236,7 +262,9 @@ def _text_embeddings(config: IngestConfig, labels: list[str]) -> tuple[dict[str,
     return table, encoder.embed_dim, encoder.config.identity
 
 
-def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict, worker_env: dict | None):
+def _build_dataset(
+    config: IngestConfig, pending: list[VideoSource], text: dict, worker_env: dict | None, plan: ClipPlan
+):
     import ray.data
 
     blocks = math.ceil(len(pending) / config.videos_per_task)
@@ -270,13 +298,8 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(decode_videos, **decode_args)
 
-    gpus = clip_gpus(config)
-    use_gpu = gpus > 0
-    pool = (
-        ray.data.ActorPoolStrategy(size=gpus)
-        if use_gpu
-        else ray.data.ActorPoolStrategy(min_size=1, max_size=config.clip_actors)
-    )
+    use_gpu = plan.gpu
+    pool = ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors)
     clip = config.clip_config.to_dict()
     return ds.map_batches(
         ClipEmbedder,
@@ -331,7 +354,8 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         import ray.data
 
         ray_where = ensure_ray(config)
-        log(f"[ingest] Ray: {ray_where}; CLIP stage on {clip_gpus(config) or 'no'} GPU(s)")
+        plan = plan_clip_stage(config, ClusterView.from_ray())
+        log(f"[ingest] Ray: {ray_where}; CLIP stage: {plan.note}")
         context = ray.data.DataContext.get_current()
         saved = context.max_errored_blocks
         # Tolerate lost blocks (native crashes); every lost video is accounted for below.
@@ -339,7 +363,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         committer = _Committer(store, config, stats, len(pending), log)
         batches = None
         try:
-            ds = _build_dataset(config, pending, text, worker_env)
+            ds = _build_dataset(config, pending, text, worker_env, plan)
             batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
             for batch in batches:
                 committer.add_batch(batch)

@@ -21,6 +21,7 @@ import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
+from ..preflight import ClusterView, Preflight, check_request
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
@@ -73,23 +74,21 @@ def connect_ray(cfg: TrainConfig) -> None:
     ray.init(address="local", num_cpus=num_cpus)
 
 
-def check_cluster_resources(cfg: TrainConfig) -> None:
-    """Refuse a layout that would starve the data pipeline (the known TorchTrainer + Ray Data hang)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    cpus = float(resources.get("CPU", 0))
-    train_cpus = cfg.num_workers * cfg.cpus_per_worker
-    if cpus - train_cpus < 1:
+def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -> Preflight:
+    """Refuse a layout that no node the cluster has or can start would hold, or that leaves the data pipeline
+    no CPU (the known TorchTrainer + Ray Data hang); warn when it fits only once the autoscaler adds nodes."""
+    view = view or ClusterView.from_ray()
+    bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+    result = check_request(view, bundle, cfg.num_workers, spare_cpus=1.0, what="training")
+    if result.refused:
         raise RuntimeError(
-            f"the cluster has {cpus:g} CPUs and the {cfg.num_workers} Train workers reserve {train_cpus:g}: "
-            "Ray Data would get none and the run would hang. Lower --cpus-per-worker (e.g. 0.5), use fewer "
-            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`)."
+            f"{result.messages[0]}. Each Train worker reserves its CPUs, so Ray Data would get none and the run "
+            "would hang, or the workers would never be placed. Lower --cpus-per-worker (e.g. 0.5), use fewer "
+            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`) or GPUs."
         )
-    if cfg.use_gpu and float(resources.get("GPU", 0)) < max(cfg.num_workers, 1):
-        raise RuntimeError(
-            f"--use-gpu with {cfg.num_workers} workers, but the cluster has {resources.get('GPU', 0)} GPUs"
-        )
+    for message in result.messages:
+        print(f"[preflight] {message}", flush=True)
+    return result
 
 
 def configure_data_context() -> None:
