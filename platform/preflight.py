@@ -134,3 +134,29 @@ def check_request(
             "start nodes first (the job waits for them)"
         )
     return result
+
+
+SHARED_PATHS_ENV = "CLIPSYNTH_SHARED_PATHS"  # "1": local paths are on a filesystem every node mounts (NFS)
+
+
+def is_node_local(uri: str) -> bool:
+    """A location only this machine can read: a plain path, file:, or a SQLite file (`sqlite:///...`)."""
+    return "://" not in uri or uri.startswith(("file:", "sqlite:"))
+
+
+def require_shared_locations(view: ClusterView, **locations: str) -> None:
+    """On a cluster of several nodes (or one that can add nodes) every location must be shared storage: a
+    Train worker or task on another node would read (or create) its own, empty copy of a driver-local path."""
+    import os
+
+    if (len(view.nodes) <= 1 and not view.autoscaling) or os.environ.get(SHARED_PATHS_ENV) == "1":
+        return
+    local = {name: uri for name, uri in locations.items() if uri and is_node_local(uri)}
+    if local:
+        listed = "; ".join(f"{name.replace('_', '-')} {uri}" for name, uri in local.items())
+        raise RuntimeError(
+            f"this cluster has {len(view.nodes)} nodes{' and can add more' if view.autoscaling else ''}, but "
+            f"these locations exist only on the driver's machine: {listed}. Use s3:// (or another shared store) "
+            "for data and checkpoints and an MLflow server (--tracking-uri / MLFLOW_TRACKING_URI http://...) for "
+            f"tracking; set {SHARED_PATHS_ENV}=1 if these paths are on a filesystem every node mounts."
+        )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..preflight import ClusterView
+from ..preflight import ClusterView, require_shared_locations
 from ..schema import SCHEMA_VERSION
 from .config import IngestConfig
 from .decode import DecodeSettings, decode_videos
@@ -354,7 +354,10 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         import ray.data
 
         ray_where = ensure_ray(config)
-        plan = plan_clip_stage(config, ClusterView.from_ray())
+        view = ClusterView.from_ray()
+        # The label index is read here, on the driver; videos are read and shards written on the workers.
+        require_shared_locations(view, input=config.input, output=config.output)
+        plan = plan_clip_stage(config, view)
         log(f"[ingest] Ray: {ray_where}; CLIP stage: {plan.note}")
         context = ray.data.DataContext.get_current()
         saved = context.max_errored_blocks

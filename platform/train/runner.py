@@ -21,7 +21,7 @@ import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
-from ..preflight import ClusterView, Preflight, check_request
+from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
@@ -91,6 +91,12 @@ def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -
     return result
 
 
+def _vocoder(cfg: TrainConfig) -> str:
+    """The diffusion job's --vocoder (read by rank 0 on whichever node it lands): a path must be shared too."""
+    value = getattr(cfg, "vocoder", "")
+    return "" if value.startswith(("runs:", "models:")) else value
+
+
 def configure_data_context() -> None:
     from ray.data import DataContext
 
@@ -112,7 +118,11 @@ def launch(
 ) -> TrainingSummary:
     """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
     connect_ray(cfg)
-    check_cluster_resources(cfg)
+    view = ClusterView.from_ray()
+    check_cluster_resources(cfg, view)
+    require_shared_locations(
+        view, data=cfg.data, storage_path=job["storage_path"], tracking_uri=job["tracking_uri"], vocoder=_vocoder(cfg)
+    )
     configure_data_context()
     dataset = make_dataset()  # after connect_ray: a Dataset built first would start Ray with default resources
     print_plan(cfg, job)
