@@ -180,6 +180,9 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
 
     t_start = time.perf_counter()
     config.validate()
+    if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
+        ensure_ray(config)
+        require_shared_locations(ClusterView.from_ray(), input=config.input, output=config.output)
     log(f"[ingest] code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
