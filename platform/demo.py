@@ -413,6 +413,9 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         sys.path.insert(0, project_root)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
     if not ray.is_initialized():
+        # Ray starts its workers at niceness 15, so that its own daemons stay responsive; the demo's Train worker
+        # then yields to any other busy process on the machine. Ray Jobs run theirs at 0, and so does the demo.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             address="local",
             num_cpus=config.ray_num_cpus,
@@ -510,7 +513,7 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     # 5. a mel classifier for FID and relevance, then evaluation (text and image queries, and the retriever)
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
-    from .evaluation.runner import EvalConfig, run_evaluation
+    from .evaluation.runner import METRICS_VERSION, EvalConfig, run_evaluation
 
     cls_cfg = MelClassifierTrainConfig(
         data=str(shards),
@@ -561,7 +564,11 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
         return out
 
     metrics = stages.run(
-        "evaluate", {"model": model_uri, "samples": config.eval_samples, "fad": fad_backbone}, evaluate, log
+        "evaluate",
+        # the metrics' version too: a demo output evaluated by older metric code is evaluated again
+        {"model": model_uri, "samples": config.eval_samples, "fad": fad_backbone, "metrics": METRICS_VERSION},
+        evaluate,
+        log,
     )
     _tag_clip(config.experiment, clip)
 

@@ -140,7 +140,9 @@ def test_submitted_job_survives_a_crash_and_resumes_on_rerun(tmp_path, tiny_clip
     args = ["--data", str(data), "--model-size", "tiny", "--num-workers", "2", "--batch-size", "4", "--lr", "1e-3"]
     args += ["--checkpoint-every", "3", "--keep-checkpoints", "10", "--log-every", "4", "--sample-every", "8"]
     args += ["--diffusion-steps", "100", "--sample-steps", "3", "--bundle-sampling-steps", "10"]
-    args += ["--min-examples-per-pass", "128", "--storage-path", str(runs), "--run-name", "ddp"]
+    # streamed from Ray Data pass after pass (the path of datasets too large to cache in the workers)
+    args += ["--min-examples-per-pass", "128", "--cache-in-worker", "off"]
+    args += ["--storage-path", str(runs), "--run-name", "ddp"]
     args += ["--experiment", "test-diffusion", "--register-as", "test-clipsynth", "--max-failures", "2"]
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -216,6 +218,7 @@ def test_submitted_job_survives_a_crash_and_resumes_on_rerun(tmp_path, tiny_clip
         "0.001",
     )
     assert params["max_steps"] == "8" and tags["resumed_with.max_steps"] == "9"
+    assert params["data.cache_in_worker"] == "False"  # --cache-in-worker off: the streamed path
     assert (tags["variant"], tags["clip_model"], tags["clip_weights"], tags["dataset"]) == (
         "image",
         "tiny",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ VARIANTS = {
     "no-ema-warmup": {"ema_warmup": False},
     "grad-clip-1": {"grad_clip": 1.0},
     "fp32": {"bf16": "off"},
+    "cosine-lr": {"lr_schedule": "cosine"},  # lr decays to 0 over the largest budget (the run's time)
+    "batch-32": {"batch_size": 32},
+    "lr-6e-3": {"lr": 6e-3},
 }
 
 
@@ -57,6 +61,7 @@ class Setup:
     diffusion_steps: int
     bf16: str
     unet: dict
+    lr_schedule: str = "constant"
 
     def with_changes(self, changes: dict) -> Setup:
         unet = {**self.unet, **changes.get("unet", {})}
@@ -185,8 +190,12 @@ def train_curve(
     extra = {name: [dict(curve[0])] for name in shadows}
     print(json.dumps(curve[-1]), flush=True)
     spent, step, pending = 0.0, 0, sorted(budgets)
+    horizon = max(budgets)
     while pending:
         t0 = time.perf_counter()
+        if setup.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = setup.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, spent / horizon)))
         rows = rng.choice(len(train), setup.batch_size)
         batch = {k: [train[i][k] for i in rows] for k in columns}
         ex = diffusion_examples(batch, variant="image", window_frames=64, seed=int(rng.integers(2**31)))

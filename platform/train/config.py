@@ -69,6 +69,15 @@ class TrainConfig:
         2048, "draw more windows per chunk from small datasets so one pass holds at least this many examples"
     )
     shuffle_buffer: int = opt(256, "rows in each worker's local shuffle buffer")
+    cache_in_worker: str = opt(
+        "auto",
+        "hold each worker's share of the train split in its memory and cut examples there, instead of streaming "
+        "them from Ray Data pass after pass: on, off, or auto (when the share is under --cache-max-mb)",
+        choices=("auto", "on", "off"),
+    )
+    cache_max_mb: float = opt(
+        1024.0, "largest share of the train split (uncompressed MB per worker) that --cache-in-worker auto caches"
+    )
     seed: int = opt(0, "seed of the model initialisation and of the training noise")
     tracking_uri: str = opt("", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     ray_address: str = opt(
@@ -101,6 +110,8 @@ class TrainConfig:
         for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.cache_max_mb < 0:
+            raise ValueError(f"--cache-max-mb must be >= 0, got {self.cache_max_mb}")
         if self.windows_per_chunk < 1:
             raise ValueError("--windows-per-chunk must be >= 1")
         if not self.lr > 0:

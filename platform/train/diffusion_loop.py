@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ from .common import (
     state_digest,
 )
 from .config import DiffusionTrainConfig
-from .data import endless_batches
+from .data import diffusion_examples, training_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import load_vocoder
 
@@ -117,6 +118,10 @@ def sample_mels(
     return x[:, 0].clamp(-1, 1)
 
 
+def _examples(rows: dict, seed: int, *, variant: str, window_frames: int) -> dict[str, np.ndarray]:
+    return diffusion_examples(rows, variant=variant, window_frames=window_frames, seed=seed)
+
+
 def train_diffusion_worker(loop_config: dict) -> None:
     """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
     run_worker(DiffusionTrainConfig, loop_config, _train_diffusion_worker)
@@ -156,7 +161,15 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_step)
-    batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames),
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed * 1_000_003 + 7919 * rank + start_step + 1,
+        device=device,
+    )
 
     tracker, vocoder = None, None
     if rank == 0:

@@ -25,13 +25,18 @@ from ..preflight import ClusterView, Preflight, check_request, require_shared_lo
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
+    VOCODER_COLUMNS,
     DatasetError,
     DatasetInfo,
+    column_bytes,
+    diffusion_columns,
     diffusion_dataset,
     first_rows,
     inspect_dataset,
     label_text_embeddings,
+    read_train_dataset,
     repeat_factor,
+    should_cache,
     vocoder_dataset,
 )
 from .tracking import flatten_params, git_commit, read_run_record, resolve_tracking_uri, run_record_uri
@@ -192,11 +197,13 @@ def _warn_about_job_local_tracking(cfg: TrainConfig) -> None:
         )
 
 
-def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
+def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str, columns: list[str]) -> dict:
     _warn_about_job_local_tracking(cfg)
     storage = resolve_storage(cfg.storage_path)
     run_name = cfg.run_name_or_default()
+    share_bytes = column_bytes(info, columns) / max(cfg.num_workers, 1)
     return {
+        "cache_in_worker": should_cache(cfg.cache_in_worker, share_bytes, cfg.cache_max_mb),
         "kind": kind,
         "storage_path": storage,
         "run_name": run_name,
@@ -209,6 +216,7 @@ def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
             "embed_dim": info.embed_dim,
             "clip_model": info.clip_model,
             "labels": len(info.labels),
+            "share_mb_per_worker": round(share_bytes / 1e6, 1),
         },
     }
 
@@ -267,7 +275,7 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
     clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
     names, conds, sample_kind = sample_conditions(cfg, info)
     repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
-    job = _common_job(cfg, info, "diffusion")
+    job = _common_job(cfg, info, "diffusion", diffusion_columns(cfg.variant))
     job.update(
         {
             "unet": unet.to_dict(),
@@ -287,7 +295,11 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
             "optim": {"betas": [0.9, 0.999]},
             "mel": asdict(MelConfig()),
             "clip": clip.to_dict(),
-            "data": {**job["dataset"], "examples_per_chunk_per_pass": repeat},
+            "data": {
+                **job["dataset"],
+                "examples_per_chunk_per_pass": repeat,
+                "cache_in_worker": job["cache_in_worker"],
+            },
             "samples": {"kind": sample_kind, "names": names},
         }
     )
@@ -300,12 +312,13 @@ def run_diffusion_training(cfg: DiffusionTrainConfig) -> TrainingSummary:
 
     cfg.check()
     job, info = prepare_diffusion(cfg)
-    return launch(
-        cfg,
-        job,
-        lambda: diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"]),
-        train_diffusion_worker,
-    )
+
+    def make_dataset() -> ray.data.Dataset:
+        if job["cache_in_worker"]:  # rows: the workers cut the examples from their cached share
+            return read_train_dataset(info, diffusion_columns(cfg.variant))
+        return diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"])
+
+    return launch(cfg, job, make_dataset, train_diffusion_worker)
 
 
 # -------------------------------------------------------------------------------------------- HiFi-GAN
@@ -330,7 +343,7 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
     for i, r in enumerate(rows[: len(reference)]):
         pcm = np.asarray(r["audio"][:ref_len], dtype=np.int16)
         reference[i, : len(pcm)] = pcm.astype(np.float32) / 32768.0
-    job = _common_job(cfg, info, "hifigan")
+    job = _common_job(cfg, info, "hifigan", VOCODER_COLUMNS)
     steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * max(cfg.num_workers, 1)))
     job.update(
         {
@@ -347,7 +360,12 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
             "mel": asdict(MelConfig()),
             "segment_samples": cfg.segment_frames * hifigan.hop_length,
             "steps_per_epoch": steps_per_epoch,
-            "data": {**job["dataset"], "segments_per_chunk_per_pass": repeat, "rows_with_audio": info.rows_with_audio},
+            "data": {
+                **job["dataset"],
+                "segments_per_chunk_per_pass": repeat,
+                "rows_with_audio": info.rows_with_audio,
+                "cache_in_worker": job["cache_in_worker"],
+            },
         }
     )
     job["tags"] = _tags(cfg, info, "hifigan", {"model_size": cfg.model_size})
@@ -360,9 +378,13 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
     cfg.check()
     job, info = prepare_hifigan(cfg)
     segment = cfg.segment_frames * MelConfig().hop_length
-    return launch(
-        cfg, job, lambda: vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"]), train_hifigan_worker
-    )
+
+    def make_dataset() -> ray.data.Dataset:
+        if job["cache_in_worker"]:
+            return read_train_dataset(info, VOCODER_COLUMNS)
+        return vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"])
+
+    return launch(cfg, job, make_dataset, train_hifigan_worker)
 
 
 def print_plan(cfg: TrainConfig, job: dict) -> None:
