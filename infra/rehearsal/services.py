@@ -159,13 +159,23 @@ def start_cluster(
         for attempt in range(3):
             nodes[name] = services.start(f"ray-{name}-{attempt}", command, services.work / "nodes" / name)
             if name == "head":
-                wait_for_port(dash, nodes[name].proc, "the Ray head's dashboard", wait_s)
-                break
+                if _listening(dash, nodes[name].proc, wait_s):
+                    break
+                nodes[name].kill()  # its dashboard missed Ray's start-up deadline: a fresh head
+                continue
             if _registered(gcs, marker_resource(name), nodes[name].proc, wait_s):
                 break
         else:
             raise RuntimeError(f"Ray node {name} did not start (see {nodes[name].log})")
     return Cluster(gcs, dash, nodes)
+
+
+def _listening(port: int, proc: subprocess.Popen, wait_s: float) -> bool:
+    try:
+        wait_for_port(port, proc, "the Ray head's dashboard", wait_s)
+        return True
+    except RuntimeError:
+        return False
 
 
 def _registered(gcs: int, marker: str, proc: subprocess.Popen, wait_s: float) -> bool:
