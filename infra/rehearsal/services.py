@@ -94,6 +94,8 @@ def base_env(work: Path, s3_port: int, mlflow_port: int) -> dict[str, str]:
             "RAY_AUTH_MODE": "disabled",  # loopback only; infra/ docs keep token authentication on clusters
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_DEDUP_LOGS": "0",
+            # Ray's dashboard gets 60 s to start by default: too short on a loaded 2-core machine at nice 19.
+            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600",
             "HF_HUB_OFFLINE": "1",
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
@@ -159,7 +161,9 @@ def start_cluster(
         for attempt in range(3):
             nodes[name] = services.start(f"ray-{name}-{attempt}", command, services.work / "nodes" / name)
             if name == "head":
-                if _listening(dash, nodes[name].proc, wait_s):
+                if _listening(dash, nodes[name].proc, wait_s) and _registered(
+                    gcs, marker_resource(name), nodes[name].proc, wait_s
+                ):
                     break
                 nodes[name].kill()  # its dashboard missed Ray's start-up deadline: a fresh head
                 continue
