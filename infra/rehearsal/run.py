@@ -109,8 +109,8 @@ class Rehearsal:
         import ray
 
         out = {}
-        for n in ray.nodes():
-            for name in self.cluster.nodes:
+        for name in self.cluster.nodes:  # head, worker-1, worker-2
+            for n in ray.nodes():
                 if n["Alive"] and n["Resources"].get(marker_resource(name)):
                     out[name] = (n["NodeID"], float(n["Resources"].get("CPU", 0)))
         return out
@@ -129,7 +129,11 @@ class Rehearsal:
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", self.cluster.dashboard,
                "--submission-id", job_id, "--working-dir", ".", "--no-wait", "--", *entrypoint]  # fmt: skip
         log(f"submit {key}: {' '.join(entrypoint)}")
-        r = subprocess.run(cmd, cwd=ROOT, env=self.services.env, capture_output=True, text=True, timeout=900)
+        for _ in range(20):  # a head's job agent can still be starting (seen on a loaded machine)
+            r = subprocess.run(cmd, cwd=ROOT, env=self.services.env, capture_output=True, text=True, timeout=900)
+            if r.returncode == 0 or "No available agent to submit job" not in r.stdout + r.stderr:
+                break
+            time.sleep(10)
         if r.returncode != 0:
             raise RehearsalError(f"ray job submit {key} failed: {r.stdout[-2000:]} {r.stderr[-2000:]}")
         record = {"job_id": job_id, "entrypoint": " ".join(entrypoint)}
