@@ -26,6 +26,7 @@ from clipsynth_core import (
     unet_config,
 )
 from clipsynth_core.training import scheduled_lr
+from clipsynth_platform.preflight import ClusterView
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
 from clipsynth_platform.train.common import TimeBudget, fault_drill, state_digest
@@ -383,13 +384,11 @@ def test_unusable_datasets_fail_clearly(dataset, tmp_path, tiny_clip):
         prepare_diffusion(DiffusionTrainConfig(data=str(unlabeled), variant="text", model_size="tiny"))
 
 
-def test_data_pipeline_refuses_to_starve(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+def test_data_pipeline_refuses_to_starve():
+    two_cpus = ClusterView(nodes=({"CPU": 2.0},))  # a fixed cluster: no node types to scale up
     with pytest.raises(RuntimeError, match="Ray Data would get none"):
-        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2))
-    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5))
+        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2), two_cpus)
+    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5), two_cpus)
 
 
 # ----------------------------------------------------------------------------------------- model pieces

@@ -192,6 +192,10 @@ class DiffusionTrainConfig(TrainConfig):
     register_as: str = opt(
         "clipsynth-vggsound", "MLflow registered model name of the final synthesizer bundle; empty: do not register"
     )
+    register_alias: str = opt(
+        "latest-train",
+        "alias the registered version gets (serve models:/NAME@ALIAS; evaluation promotes to @champion); empty: none",
+    )
 
     def run_name_or_default(self) -> str:
         return self.run_name or f"{self.experiment}-{self.variant}"

@@ -37,7 +37,7 @@ from clipsynth_core import (
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 
-from ..registry import log_bundle_model
+from ..registry import log_bundle_model, set_alias
 from .common import (
     Progress,
     TimeBudget,
@@ -347,13 +347,18 @@ def _finish(
         with mlflow.start_run(run_id=tracker.run_id):
             info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
     version = getattr(info, "registered_model_version", None)
-    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri})
+    alias_uri = None
+    if version is not None and cfg.register_alias:
+        alias_uri = set_alias(f"models:/{cfg.register_as}/{version}", cfg.register_alias)
+    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri, "model_alias": alias_uri or ""})
     tracker.update_record(
         bundle_step=final_step,
         model_uri=info.model_uri,
         registered_model=cfg.register_as or None,
         registered_version=int(version) if version is not None else None,
+        registered_alias=alias_uri,
     )
     where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
+    where += f" = {alias_uri}" if alias_uri else ""
     say(f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()
