@@ -26,6 +26,8 @@ from .clip_encoder import TINY_CLIP_CONFIG, ClipConfig, ClipQueryEncoder, build_
 from .diffusion import DiffusionConfig, GaussianDiffusion, guided_model
 from .hifigan import HiFiGANConfig, HiFiGANGenerator, hifigan_config
 from .mel import MelConfig, MelFrontend
+from .modality_gap import GapReducer
+from .query_blend import encode_queries
 from .unet import ConditionalUNet, UNetConfig, unet_config
 from .vocoder import VOCODERS, build_vocoder
 
@@ -163,6 +165,8 @@ class Synthesizer:
         self.mel = MelFrontend(config.mel).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self._respaced: dict[int, GaussianDiffusion] = {}
+        # The modality-gap statistics fitted on the training data (None: the bundle has none).
+        self.gap: GapReducer | None = None
 
     @classmethod
     def untrained(cls, config: SynthesizerConfig, *, seed: int = 0, weight_noise: float = 0.05) -> Synthesizer:
@@ -188,10 +192,13 @@ class Synthesizer:
             )
         return self._respaced[steps]
 
-    def encode(self, queries: Sequence) -> Tensor:
-        """Text queries (str) or images -> [B, D] condition vectors."""
+    def encode(self, queries: Sequence, gap: str = "none") -> Tensor:
+        """Text queries (str; "a + b", "a*0.7 + b*0.3" blend) or images -> [B, D] condition vectors.
+
+        `gap` ("none", "shift", "prior") reduces the modality gap of text queries (clipsynth_core.modality_gap).
+        """
         if len(queries) and all(isinstance(q, str) for q in queries):
-            return self.encoder.encode_text(list(queries))
+            return encode_queries(self.encoder, list(queries), self.gap, gap)
         return self.encoder.encode_image(queries)
 
     @torch.no_grad()
@@ -236,9 +243,9 @@ class Synthesizer:
         return self.vocoder(mel.to(self.device)).float()
 
     @torch.no_grad()
-    def synthesize(self, queries: Sequence, **kwargs) -> Tensor:
+    def synthesize(self, queries: Sequence, gap: str = "none", **kwargs) -> Tensor:
         """Queries (strings, or images) -> waveforms [B, N] at 16 kHz. kwargs as `sample_mels`."""
-        return self.vocode(self.sample_mels(self.encode(queries), **kwargs)).cpu()
+        return self.vocode(self.sample_mels(self.encode(queries, gap), **kwargs)).cpu()
 
     # ------------------------------------------------------------------------------------------- bundle
     def save(self, path: str | os.PathLike) -> Path:
@@ -249,6 +256,8 @@ class Synthesizer:
         save_file(_cpu(self.hifigan.state_dict()), str(d / "vocoder.safetensors"))
         if bundles_clip_weights(self.config.clip):
             save_file(_cpu(self.encoder.model.state_dict()), str(d / "clip.safetensors"))
+        if self.gap is not None:
+            self.gap.save(d)
         return d
 
     @classmethod
@@ -257,13 +266,15 @@ class Synthesizer:
         config = read_bundle_config(path)
         if clip_pretrained is not None:
             config.clip = ClipConfig(**{**asdict(config.clip), "pretrained": clip_pretrained})
-        return cls(
+        synth = cls(
             config,
             unet=load_bundle_unet(path, config),
             hifigan=load_bundle_hifigan(path, config),
             encoder=load_bundle_encoder(path, config.clip),
             device=device,
         )
+        synth.gap = GapReducer.load(path)
+        return synth
 
     @property
     def identity(self) -> dict:

@@ -81,6 +81,10 @@ class ServeConfig:
     default_steps: int = 100
     default_sampler: str = "ddpm"
     default_seconds: float = 4.16
+    # Classifier-free guidance when the request gives none (models trained with condition dropout only) and
+    # the gap reduction of text queries where the bundle has it: both chosen by benchmarks/beyond/run.py.
+    default_guidance: float = 0.0
+    default_gap_reduction: str = "prior"
     max_steps: int = 1000
     # Request size limits (HTTP 413 beyond them).
     max_json_bytes: int = 16 * 1024
@@ -126,6 +130,10 @@ class ServeConfig:
         for name in ("max_json_bytes", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.default_guidance <= 20:
+            raise ValueError("default_guidance must be in [0, 20]")
+        if self.default_gap_reduction not in ("none", "shift", "prior"):
+            raise ValueError("default_gap_reduction must be none, shift or prior")
         if self.retry_after_s < 0:
             raise ValueError("retry_after_s must be >= 0")
         for part in ("encoder", "sampler", "vocoder"):

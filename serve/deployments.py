@@ -17,6 +17,8 @@ import ray
 import torch
 from ray import serve
 
+from clipsynth_core.modality_gap import GapReducer
+from clipsynth_core.query_blend import encode_queries
 from clipsynth_platform.registry import resolve_bundle
 from clipsynth_platform.serving import (
     SampleSpec,
@@ -65,16 +67,27 @@ class ClipEncoder:
         self.encoder = load_query_encoder(
             bundle_dir, load_bundle_config(bundle_dir), device, clip_pretrained=config.clip_pretrained or None
         )
+        self.gap = GapReducer.load(bundle_dir)  # None: the bundle has no gap statistics
+        self.clip_pretrained = config.clip_pretrained
         self._encode_texts.set_max_batch_size(config.encoder_max_batch_size)
         self._encode_texts.set_batch_wait_timeout_s(config.encoder_batch_wait_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _encode_texts(self, queries: list[str]) -> list[np.ndarray]:
-        emb = await asyncio.to_thread(self.encoder.encode_text, queries)
-        return list(emb.cpu().numpy())
+    async def _encode_texts(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self._encode_items, items)
 
-    async def encode_text(self, query: str) -> np.ndarray:
-        return await self._encode_texts(query)
+    def _encode_items(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
+        """(query, gap reduction) pairs -> conditions; combined queries blend (clipsynth_core.query_blend)."""
+        out: list[np.ndarray] = [np.zeros(0)] * len(items)
+        for method in sorted({m for _, m in items}):
+            idx = [i for i, (_, m) in enumerate(items) if m == method]
+            emb = encode_queries(self.encoder, [items[i][0] for i in idx], self.gap, method).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = emb[j]
+        return out
+
+    async def encode_text(self, query: str, gap: str = "none") -> np.ndarray:
+        return await self._encode_texts((query, gap))
 
     async def encode_image(self, image: np.ndarray) -> np.ndarray:
         """One uint8 image [H, W, 3]."""
@@ -82,7 +95,16 @@ class ClipEncoder:
         return emb[0].cpu().numpy()
 
     def info(self) -> dict:
-        return {"clip": self.encoder.config.identity, "embed_dim": self.encoder.embed_dim}
+        gap = self.gap.describe() if self.gap is not None else {"methods": ["none"]}
+        return {
+            "clip": self.encoder.config.identity,
+            "clip_random": self.encoder.config.is_random,
+            "clip_substituted": bool(self.clip_pretrained),  # the service's weights, not the bundle's
+            "embed_dim": self.encoder.embed_dim,
+            "gap": gap,
+            # The classes of the training data, as the gap statistics recorded them (empty when unknown).
+            "labels": list(self.gap.info.get("labels", [])) if self.gap is not None else [],
+        }
 
 
 @serve.deployment(name="DiffusionSampler")

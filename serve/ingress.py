@@ -11,6 +11,7 @@ Bad input of any kind gets a 4xx JSON {"error": "..."}; a full queue gets 503 wi
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import ServeConfig
-from .schemas import RequestError, parse_form_options, parse_json_request, resolve_spec
+from .schemas import RequestError, parse_form_options, parse_json_request, resolve_gap, resolve_spec
 from .wav import wav_bytes
 
 logger = logging.getLogger("ray.serve")
@@ -89,6 +90,30 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def mel_header(mel) -> str:
+    """A normalised mel [n_mels, T] in [-1, 1] as base64 of uint8 (0..255), row-major."""
+    levels = np.clip((np.asarray(mel, dtype=np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return base64.b64encode(levels.tobytes()).decode("ascii")
+
+
+def model_card(sampler: dict, encoder: dict) -> dict:
+    """What the page shows about the model: the encoder, its classes, the CLIP tag, substitutions."""
+    identity = sampler.get("identity", {})
+    clip = str(encoder.get("clip", ""))
+    return {
+        "encoder": clip.partition("/")[0],
+        "clip_tag": clip.partition("/")[2],
+        "clip_random": bool(encoder.get("clip_random", False)),
+        "clip_substituted": bool(encoder.get("clip_substituted", False)),
+        "classes": list(encoder.get("labels", [])),
+        "variant": identity.get("variant", ""),
+        "vocoder": identity.get("vocoder", ""),
+        "trained_steps": sampler.get("trained_steps"),
+        "guidance_allowed": bool(sampler.get("guidance_allowed", False)),
+        "gap_methods": list(encoder.get("gap", {}).get("methods", ["none"])),
+    }
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Uploaded bytes -> uint8 RGB [H, W, 3]; 415 when they are not an image, 413 when it is too large."""
     from PIL import Image, UnidentifiedImageError
@@ -122,6 +147,7 @@ class SynthesizerIngress:
         self.vocoder = vocoder
         self.config = config
         self._info: dict | None = None
+        self._encoder_info: dict | None = None
         self._health: dict | None = None
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -143,6 +169,11 @@ class SynthesizerIngress:
             self._info = await self._call(self.sampler.info.remote())
         return self._info
 
+    async def _gap_methods(self) -> list[str]:
+        if self._encoder_info is None:
+            self._encoder_info = await self._call(self.encoder.info.remote())
+        return list(self._encoder_info.get("gap", {}).get("methods", ["none"]))
+
     async def _synthesize(self, cond: np.ndarray, spec: dict, info: dict) -> Response:
         sample = await self._call(self.sampler.sample.remote({**spec, "cond": cond}))
         wave = await self._call(self.vocoder.vocode.remote(sample["mel"]))
@@ -152,6 +183,10 @@ class SynthesizerIngress:
             "X-Sampler": spec["sampler"],
             "X-Seconds": str(spec["seconds"]),
             "X-Guidance": str(spec["guidance"]),
+            "X-Gap-Reduction": spec.get("gap", "none"),
+            # The generated mel itself, for the page's picture: uint8 rows (low frequencies first), base64.
+            "X-Mel": mel_header(sample["mel"]),
+            "X-Mel-Shape": "x".join(str(n) for n in np.shape(sample["mel"])),
             # Requests that shared this one's sampling loop, and requests in the whole dynamic batch.
             "X-Batch-Size": str(sample["group_size"]),
             "X-Batch-Requests": str(sample["batch_size"]),
@@ -187,6 +222,8 @@ class SynthesizerIngress:
             "model_uri": sampler["model_uri"],
             "identity": sampler["identity"],
             "clip": encoder["clip"],
+            "gap_reduction": encoder.get("gap", {"methods": ["none"]}),
+            "card": model_card(sampler, encoder),
             "trained_steps": sampler["trained_steps"],
             "guidance_allowed": sampler["guidance_allowed"],
             "sample_rate": sampler["sample_rate"],
@@ -194,7 +231,10 @@ class SynthesizerIngress:
                 "steps": min(c.default_steps, sampler["trained_steps"]),
                 "sampler": c.default_sampler,
                 "seconds": c.default_seconds,
-                "guidance": 0.0,
+                "guidance": c.default_guidance if sampler["guidance_allowed"] else 0.0,
+                "gap_reduction": c.default_gap_reduction
+                if c.default_gap_reduction in encoder.get("gap", {}).get("methods", ["none"])
+                else "none",
             },
             "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
             "vocoder_hop_length": vocoder["hop_length"],
@@ -209,7 +249,8 @@ class SynthesizerIngress:
         req = parse_json_request(await read_body(request, self.config.max_json_bytes))
         info = await self._model_info()
         spec = resolve_spec(req, info, self.config)
-        cond = await self._call(self.encoder.encode_text.remote(req.query))
+        spec["gap"] = resolve_gap(req, await self._gap_methods(), self.config)
+        cond = await self._call(self.encoder.encode_text.remote(req.query, spec["gap"]))
         return await self._synthesize(cond, spec, info)
 
     @api.post("/synthesize/image")

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from clipsynth_core.query_blend import parse_query
+
 from .config import ALLOWED_SECONDS, ServeConfig
 
 QUERY_MAX_CHARS = 200
@@ -38,6 +40,8 @@ class SynthesisOptions(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=GUIDANCE_MAX, allow_inf_nan=False)
     seconds: float | None = Field(None, allow_inf_nan=False)
     sampler: Literal["ddpm", "ddim"] | None = None
+    # Modality-gap reduction of a text query (clipsynth_core.modality_gap); ignored for image queries.
+    gap_reduction: Literal["none", "shift", "prior"] | None = None
 
     @field_validator("seconds")
     @classmethod
@@ -58,6 +62,7 @@ class TextSynthesisRequest(SynthesisOptions):
     def _query_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("query must contain a non-blank character")
+        parse_query(v)  # a combined query ("a + b", "a*0.7 + b*0.3") must be well formed
         return v
 
 
@@ -122,7 +127,8 @@ def resolve_spec(options: SynthesisOptions, info: dict, config: ServeConfig) -> 
         raise RequestError(422, f"steps: {steps} is more than the {trained} diffusion steps the model was trained with")
     if steps > config.max_steps:
         raise RequestError(422, f"steps: {steps} is more than this service allows ({config.max_steps})")
-    guidance = options.guidance if options.guidance is not None else 0.0
+    default_guidance = config.default_guidance if info["guidance_allowed"] else 0.0
+    guidance = options.guidance if options.guidance is not None else default_guidance
     if guidance != 0 and not info["guidance_allowed"]:
         raise RequestError(
             422,
@@ -136,3 +142,16 @@ def resolve_spec(options: SynthesisOptions, info: dict, config: ServeConfig) -> 
         "seed": int(options.seed if options.seed is not None else secrets.randbelow(SEED_MAX + 1)),
         "guidance": float(guidance),
     }
+
+
+def resolve_gap(options: SynthesisOptions, methods: list[str], config: ServeConfig) -> str:
+    """The gap reduction of a text query: the request's, else the service default where the bundle has it."""
+    if options.gap_reduction is None:
+        return config.default_gap_reduction if config.default_gap_reduction in methods else "none"
+    if options.gap_reduction not in methods:
+        raise RequestError(
+            422,
+            f"gap_reduction: this model's bundle offers {', '.join(methods)} (fit the statistics with "
+            "jobs/fit_modality_gap.py)",
+        )
+    return options.gap_reduction

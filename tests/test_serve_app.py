@@ -169,7 +169,14 @@ def test_healthz_reports_the_identity_of_the_model_from_the_mlflow_registry(clie
     assert body["model_uri"] == "models:/clipsynth-serve-test/1"
     assert body["identity"] == reference.identity
     assert body["trained_steps"] == 100 and body["guidance_allowed"] is False
-    assert body["defaults"] == {"steps": 2, "sampler": "ddpm", "seconds": 4.16, "guidance": 0.0}
+    # a bundle without gap statistics: no reduction by default
+    assert body["defaults"] == {
+        "steps": 2,
+        "sampler": "ddpm",
+        "seconds": 4.16,
+        "guidance": 0.0,
+        "gap_reduction": "none",
+    }
 
 
 @pytest.mark.parametrize("seconds", [4.16, 8.32])
@@ -341,6 +348,66 @@ def test_the_web_page_synthesizes_and_plays_in_headless_chromium(service):
             assert "seed 4" in page.text_content("#status")
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def chromium_page(url: str):
+    """A headless Chromium page opened at `url`, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_the_page_shows_the_model_card_the_mel_and_the_last_results(service):
+    with chromium_page(f"{service}/") as page:
+        page.wait_for_selector("#card dl", timeout=60_000)
+        card = page.text_content("#card")
+        assert "tiny" in card and "unknown classes" in card and "not trained for" in card
+        assert page.is_disabled("#guidance")  # the tiny model has no condition dropout
+        assert page.eval_on_selector_all("#gap option", "os => os.map(o => o.value)") == ["", "none"]
+        for seed in ("1", "2"):
+            page.fill("#query", f"a violin {seed}")
+            page.fill("#seed", seed)
+            page.click("#go")
+            page.wait_for_function(f"() => document.querySelectorAll('#history li').length == {seed}", timeout=90_000)
+        # The mel of the last result, drawn from the X-Mel header: 64 mel rows, 64 frames, not blank.
+        assert page.evaluate("[document.getElementById('mel').width, document.getElementById('mel').height]") == [
+            64,
+            64,
+        ]
+        spread = page.evaluate(
+            "(() => { const c = document.getElementById('mel'); const d = c.getContext('2d')"
+            ".getImageData(0, 0, c.width, c.height).data; let lo = 255, hi = 0;"
+            " for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }"
+            " return hi - lo; })()"
+        )
+        assert spread > 20
+        items = page.locator("#history li")
+        assert "a violin 2 (seed 2, guidance 0.0, gap none)" in items.nth(0).text_content()
+        assert "a violin 1 (seed 1" in items.nth(1).text_content()
+        # The older result replays: its audio element still holds its clip.
+        items.nth(1).locator("audio").evaluate("a => a.load()")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#history li audio')[1].readyState >= 1", timeout=30_000
+        )
+        assert items.nth(1).locator("audio").evaluate("a => a.duration") == pytest.approx(4.16, abs=0.01)
+        # A model whose card names its classes offers them as example queries, and a click synthesizes one.
+        page.evaluate(
+            "showCard({card: {encoder: 'toy', classes: ['acoustic_guitar', 'cello'], gap_methods: ['none']},"
+            " defaults: {guidance: 0, gap_reduction: 'none'}})"
+        )
+        labels = page.eval_on_selector_all("#examples button", "bs => bs.map(b => b.textContent)")
+        assert labels == ["playing acoustic guitar", "playing cello", "playing acoustic guitar + playing cello"]
+        page.click("#examples button >> nth=2")
+        page.wait_for_function("() => document.querySelectorAll('#history li').length == 3", timeout=90_000)
+        assert page.input_value("#query") == "playing acoustic guitar + playing cello"
 
 
 # ------------------------------------------------------------------------------------ bounded queue -> 503

@@ -65,6 +65,7 @@ class SamplingOptions:
     sampler: str | None = None
     guidance: float | None = None
     seconds: float | None = None
+    gap: str = "none"  # modality-gap reduction of text queries (clipsynth_core.modality_gap)
 
 
 @dataclass
@@ -87,7 +88,7 @@ def read_bundle_files(bundle_dir: str | Path) -> dict[str, bytes]:
     return files
 
 
-def conditions_for(synth, batch: Sequence[SampleSpec]):
+def conditions_for(synth, batch: Sequence[SampleSpec], gap: str = "none"):
     """Condition vectors [B, D] for a batch of one kind of condition."""
     import torch
 
@@ -96,7 +97,7 @@ def conditions_for(synth, batch: Sequence[SampleSpec]):
         raise ValueError(f"a batch mixes condition kinds {sorted(kinds)}")
     kind = kinds.pop()
     if kind == "text":
-        return synth.encode([s.text for s in batch])
+        return synth.encode([s.text for s in batch], gap)
     if kind == "embedding":
         emb = torch.from_numpy(np.stack([np.asarray(s.embedding, dtype=np.float32) for s in batch]))
         if emb.shape[1] != synth.encoder.embed_dim:
@@ -127,7 +128,7 @@ class SynthesisWorker:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def generate(self, batch: list[SampleSpec], options: SamplingOptions) -> dict:
-        cond = conditions_for(self.synth, batch)
+        cond = conditions_for(self.synth, batch, options.gap)
         mels = self.synth.sample_mels(
             cond,
             steps=options.steps,

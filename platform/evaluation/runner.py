@@ -133,6 +133,13 @@ class EvalConfig:
         default=None, metadata={"help": "ddpm|ddim; default: the bundle's", "choices": ("ddpm", "ddim")}
     )
     guidance: float | None = field(default=None, metadata={"help": "classifier-free guidance; default: the bundle's"})
+    gap: str = field(
+        default="none",
+        metadata={
+            "help": "modality-gap reduction of text queries (the bundle's statistics)",
+            "choices": ("none", "shift", "prior"),
+        },
+    )
     seconds: float = field(default=4.16, metadata={"help": "sample length (4.16 s = 64 frames, the paper's)"})
     seed: int = field(default=0, metadata={"help": "seed of the query draw and of every sample's noise"})
     batch_size: int = field(default=16, metadata={"help": "samples per actor call"})
@@ -339,6 +346,8 @@ class Evaluation:
         self._tmp = tempfile.TemporaryDirectory(prefix="clipsynth-eval-")
         self.bundle_dir = resolve_bundle(config.model, dst=self._tmp.name)
         self.synth = Synthesizer.load(self.bundle_dir, device=self.device)
+        if config.gap != "none" and (self.synth.gap is None or config.gap not in self.synth.gap.methods):
+            raise ValueError(f"--gap {config.gap}: the bundle has no such statistics (jobs/fit_modality_gap.py)")
         self.metadata = dict(self.synth.config.metadata)
         self.vocoder_id = f"sha256:{file_sha256(self.bundle_dir / 'vocoder.safetensors')[:16]}"
         self.training_run_id = resolve_training_run_id(config.model, self.metadata)
@@ -562,7 +571,7 @@ class Evaluation:
         if self._generator is None:  # started once, shared by the text and image runs
             max_batches = len(make_batches(specs, c.batch_size))
             self._generator = RayGenerator(self.bundle_dir, c.num_workers, c.cpus_per_worker, max_batches, self.log)
-        options = SamplingOptions(steps=c.steps, sampler=c.sampler, guidance=c.guidance, seconds=c.seconds)
+        options = SamplingOptions(steps=c.steps, sampler=c.sampler, guidance=c.guidance, seconds=c.seconds, gap=c.gap)
         return self._generator.generate(specs, options, c.batch_size)
 
     def retrieve(self, specs: list[SampleSpec]) -> GeneratedSet:

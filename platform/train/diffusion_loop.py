@@ -35,7 +35,7 @@ from clipsynth_core import (
     save_training_state,
 )
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
-from clipsynth_core.training import DiffusionStep, resolve_bf16
+from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 
 from ..registry import log_bundle_model, set_alias
 from .common import (
@@ -230,6 +230,9 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         if out_of_time:
             break
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+        if cfg.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, budget.fraction(step - 1, cfg.max_steps))
         t_wait = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t_wait

@@ -1,0 +1,61 @@
+"""Fit the modality-gap statistics (clipsynth_core.modality_gap) on a preprocessed dataset's train split.
+
+Pairs: every frame embedding of every labelled train row with the CLIP text embedding of each phrasing of its
+label (CAPTION_PHRASES, "{name}" ... "music played on a {name}", through the encoder's template). The
+evaluation's phrasing ("playing {name}", the zero-shot template) is held out by default, so a measured gain on
+text queries is not a lookup of texts the prior was trained on. The supervision is the label of each video:
+the shift needs the texts only for their mean, the prior needs them paired with frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from clipsynth_core.modality_gap import GapReducer, PriorConfig
+
+EVAL_PHRASE = "playing {name}"
+
+
+@dataclass(frozen=True)
+class GapFitConfig:
+    data: str
+    holdout_phrases: tuple[str, ...] = (EVAL_PHRASE,)
+    frames_per_row: int = 0  # 0: every frame embedding of a row
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    with_prior: bool = True
+
+
+def label_phrases(label: str, holdout: tuple[str, ...] = (EVAL_PHRASE,)) -> list[str]:
+    from clipsynth_platform.offline_clip import CAPTION_PHRASES, class_name
+
+    return [p.format(name=class_name(label)) for p in CAPTION_PHRASES if p not in holdout]
+
+
+def fit_gap_reducer(config: GapFitConfig, encoder) -> GapReducer:
+    """Paired (text, frame) embeddings of the train split -> the fitted GapReducer."""
+    from clipsynth_platform.evaluation.data import iter_split_rows
+
+    cols = ["label", "image_embeddings", "embed_dim"]
+    rows = [r for r in iter_split_rows(config.data, "train", cols) if r["label"] is not None]
+    if not rows:
+        raise ValueError(f"{config.data} has no labelled train rows: the gap reduction needs texts for its frames")
+    labels = sorted({r["label"] for r in rows})
+    phrases = {label: label_phrases(label, config.holdout_phrases) for label in labels}
+    flat = [p for label in labels for p in phrases[label]]
+    table = encoder.encode_text(flat).float()
+    offsets = np.cumsum([0] + [len(phrases[label]) for label in labels])
+    texts, images = [], []
+    for r in rows:
+        frames = np.asarray(r["image_embeddings"], np.float32).reshape(-1, int(r["embed_dim"]))
+        if config.frames_per_row:
+            frames = frames[: config.frames_per_row]
+        i = labels.index(r["label"])
+        for t in table[offsets[i] : offsets[i + 1]]:
+            texts.append(t.expand(len(frames), -1))
+            images.append(torch.from_numpy(frames))
+    reducer = GapReducer.fit(torch.cat(texts), torch.cat(images), config.prior, config.with_prior)
+    reducer.info.update({"labels": labels, "phrases_per_label": len(flat) // len(labels), "rows": len(rows)})
+    return reducer

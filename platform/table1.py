@@ -1,0 +1,248 @@
+"""Table 1 in one command: the three CLIPSynth variants, the retriever and the HiFi-GAN row, then the table.
+
+    from clipsynth_platform.table1 import Table1Config, run_table1
+    run_table1(Table1Config(data="demo_output/shards", mel_classifier="demo_output/mel_classifier"))
+
+Stages (each resumable, as the demo's: stages/<name>.json under `out`):
+  1. the HiFi-GAN, once, on a STEP budget (Ray Train), shared by every variant's bundle;
+  2. the diffusion model per variant (image, text, hybrid: the paper's CLIPSynth, -Text, -Hybrid), all with the
+     same step budget, batch, learning rate and condition dropout (Ray Train, tracked in MLflow);
+  3. the gap statistics (platform/modality_gap.py) written into each bundle (a local copy under bundles/);
+  4. evaluation (Ray actors, MLflow runs): every variant with text and image queries, the image-trained model's
+     text queries again under each gap reduction (rows "CLIPSynth + shift", "CLIPSynth + prior"), the
+     retriever, the HiFi-GAN reconstructions;
+  5. jobs/compare.py's table of the experiment: table.md, table.csv, modality_gap.csv, table.png under out/table.
+Step budgets, not time caps: a run on a busy machine trains the same models as one on an idle one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+VARIANTS = ("image", "text", "hybrid")
+
+
+@dataclass(frozen=True)
+class Table1Config:
+    data: str  # a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus
+    out: str = "table1_output"
+    mel_classifier: str = ""  # a mel classifier directory; empty: train one (40 epochs) under out/
+    dataset: str = "music"  # the text-query template of evaluation ("a photo of playing {label}")
+    experiment: str = "clipsynth-table1"
+    variants: tuple[str, ...] = VARIANTS
+    model_size: str = "cpu"
+    diffusion_train_steps: int = 1200  # the same budget for every variant (~5 min each on 2 idle cores)
+    diffusion_steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-3
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1  # every variant can be guided
+    examples_per_pass: int = 8192  # the demo's long data passes (few, large passes over 128 chunks)
+    shuffle_buffer: int = 4096
+    vocoder_size: str = "tiny"
+    vocoder_train_steps: int = 150
+    vocoder_batch_size: int = 4
+    vocoder_segment_frames: int = 16
+    gap_methods: tuple[str, ...] = ("shift", "prior")
+    prior_steps: int = 600
+    eval_samples: int = 64
+    eval_steps: int = 25
+    fad_backbone: str = "auto"  # VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)
+    fid_backbone: str = "inception"  # absent (tagged) without its weights
+    classifier_epochs: int = 40
+    cpus_per_worker: int = 2
+    ray_num_cpus: int = 6
+    seed: int = 0
+
+    def check(self) -> Table1Config:
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be among {VARIANTS}, got {self.variants}")
+        if set(self.gap_methods) - {"shift", "prior"}:
+            raise ValueError(f"gap_methods must be among shift, prior; got {self.gap_methods}")
+        for name in ("diffusion_train_steps", "vocoder_train_steps", "eval_samples", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        return self
+
+
+def _local_bundle(model_uri: str, root: Path, variant: str) -> Path:
+    """A writable copy of a trained variant's bundle (the gap statistics go into it)."""
+    from .registry import resolve_bundle
+
+    dst = root / "bundles" / variant
+    if dst.exists():
+        shutil.rmtree(dst)
+    src = resolve_bundle(model_uri, dst=root / "bundles" / f".download-{variant}")
+    shutil.copytree(src, dst)
+    shutil.rmtree(root / "bundles" / f".download-{variant}", ignore_errors=True)
+    return dst
+
+
+def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) every stage; returns the table's paths, rows and the modality gaps."""
+    import mlflow
+    import ray
+
+    from .demo import Stages
+    from .evaluation.compare import compare_experiment
+    from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
+    from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
+    from .modality_gap import GapFitConfig, fit_gap_reducer
+    from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
+    from .train.runner import run_diffusion_training, run_hifigan_training
+
+    c = config.check()
+    root = Path(c.out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking
+    mlflow.set_tracking_uri(tracking)
+    stages = Stages(root)
+    if not ray.is_initialized():
+        # As the demo: Ray Jobs run workers at niceness 0, Ray's local default (15) yields to any busy process.
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        ray.init(
+            address="local",
+            num_cpus=c.ray_num_cpus,
+            object_store_memory=500_000_000,
+            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking}},
+        )
+    storage = str(root / "checkpoints")
+
+    voc_cfg = HiFiGANTrainConfig(
+        data=c.data,
+        experiment=c.experiment,
+        run_name="table1-hifigan",
+        storage_path=storage,
+        num_workers=1,
+        model_size=c.vocoder_size,
+        max_steps=c.vocoder_train_steps,
+        batch_size=c.vocoder_batch_size,
+        segment_frames=c.vocoder_segment_frames,
+        cpus_per_worker=c.cpus_per_worker,
+        checkpoint_every=c.vocoder_train_steps,
+        log_every=10,
+        sample_every=c.vocoder_train_steps,
+        tracking_uri=tracking,
+        seed=c.seed,
+    )
+    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict(), log)
+
+    models: dict[str, str] = {}
+    for variant in c.variants:
+        cfg = DiffusionTrainConfig(
+            data=c.data,
+            experiment=c.experiment,
+            run_name=f"table1-diffusion-{variant}",
+            storage_path=storage,
+            num_workers=1,
+            variant=variant,
+            model_size=c.model_size,
+            max_steps=c.diffusion_train_steps,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            ema_decay=c.ema_decay,
+            ema_warmup=True,
+            cond_drop_prob=c.cond_drop_prob,
+            min_examples_per_pass=c.examples_per_pass,
+            shuffle_buffer=c.shuffle_buffer,
+            cpus_per_worker=c.cpus_per_worker,
+            diffusion_steps=c.diffusion_steps,
+            checkpoint_every=c.diffusion_train_steps,
+            log_every=50,
+            sample_every=c.diffusion_train_steps,
+            vocoder=voc.get("checkpoint_path") or "",
+            serving_vocoder="hifigan",
+            bundle_sampling_steps=c.eval_steps,
+            tracking_uri=tracking,
+            seed=c.seed,
+        )
+        done = stages.run(f"train_{variant}", asdict(cfg), lambda cfg=cfg: run_diffusion_training(cfg).to_dict(), log)
+        models[variant] = done["record"]["model_uri"]
+
+    classifier = c.mel_classifier
+    if not classifier:
+        cls_cfg = MelClassifierTrainConfig(
+            data=c.data, out=str(root / "mel_classifier"), epochs=c.classifier_epochs, experiment=c.experiment
+        )
+        stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, log=log)[1]}, log)
+        classifier = str(root / "mel_classifier")
+
+    def prepare_bundles() -> dict:
+        from clipsynth_core.modality_gap import PriorConfig
+        from clipsynth_core.synthesizer import load_bundle_encoder, read_bundle_config
+
+        out = {}
+        for variant, uri in models.items():
+            bundle = _local_bundle(uri, root, variant)
+            encoder = load_bundle_encoder(bundle, read_bundle_config(bundle).clip)
+            fit = GapFitConfig(data=c.data, prior=PriorConfig(steps=c.prior_steps, seed=c.seed))
+            fit_gap_reducer(fit, encoder).save(bundle)
+            out[variant] = str(bundle)
+        return out
+
+    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles, log)
+
+    def evaluate() -> dict:
+        base = dict(
+            data=c.data,
+            dataset=c.dataset,
+            num_samples=c.eval_samples,
+            steps=c.eval_steps,
+            batch_size=8,
+            num_workers=1,
+            fad_backbone=c.fad_backbone,
+            fid_backbone=c.fid_backbone,
+            mel_classifier=classifier,
+            experiment=c.experiment,
+            stats_cache=str(root / "stats_cache"),
+            seed=c.seed,
+        )
+        plans = [EvalConfig(model=bundles[v], queries="both", **base) for v in c.variants]
+        if "image" in bundles:
+            plans += [
+                EvalConfig(
+                    model=bundles["image"],
+                    queries="text",
+                    gap=m,
+                    model_name=f"{DEFAULT_MODEL_NAMES['image']} + {m}",
+                    **base,
+                )
+                for m in c.gap_methods
+            ]
+        first = bundles[c.variants[0]]
+        plans += [
+            EvalConfig(model=first, queries="text", retriever=True, **base),
+            EvalConfig(model=first, hifigan_recon=True, **base),
+        ]
+        out = {}
+        for plan in plans:
+            for r in run_evaluation(plan, log=log):
+                name = plan.model_name or r.variant
+                out[f"{name}/{r.test_query_type}"] = {"run_id": r.run_id, **r.metrics}
+        return out
+
+    settings = {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps, "metrics": METRICS_VERSION}
+    metrics = stages.run("evaluate", settings, evaluate, log)
+    table = compare_experiment(c.experiment, root / "table")
+    summary = {
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "config": asdict(c),
+        "mlflow_tracking_uri": tracking,
+        "models": models,
+        "bundles": bundles,
+        "metrics": metrics,
+        "table": {k: str(v) for k, v in table["paths"].items()},
+        "gaps": table["gaps"],
+    }
+    (root / "table1_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log((root / "table" / "table.md").read_text())
+    return summary
