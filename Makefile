@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo table1 bootstrap lint format
+.PHONY: test demo rehearsal table1 bootstrap lint format
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -14,6 +14,11 @@ test: bootstrap
 
 demo: bootstrap
 	$(PY) jobs/demo.py
+
+# The multi-node rehearsal (infra/rehearsal/run.py): 3 Ray nodes, S3 (moto) and an MLflow server on this machine,
+# the README's commands, a node and a Serve replica killed; the result goes to benchmarks/results/rehearsal.json.
+rehearsal: bootstrap
+	$(PY) infra/rehearsal/run.py --out benchmarks/results/rehearsal.json
 
 # Table 1 on the built-in corpus: the demo's shards and mel classifier (`make demo` builds them first; a
 # finished demo is reused), three variants x 1,200 steps (an estimate from the ~4 steps/s measured in-process:

@@ -169,6 +169,7 @@ def test_healthz_reports_the_identity_of_the_model_from_the_mlflow_registry(clie
     assert body["model_uri"] == "models:/clipsynth-serve-test/1"
     assert body["identity"] == reference.identity
     assert body["trained_steps"] == 100 and body["guidance_allowed"] is False
+    # a bundle without gap statistics: no reduction by default
     assert body["defaults"] == {
         "steps": 2,
         "sampler": "ddpm",

@@ -25,9 +25,11 @@ from clipsynth_core import (
     hifigan_config,
     unet_config,
 )
+from clipsynth_core.training import scheduled_lr
+from clipsynth_platform.preflight import ClusterView
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
-from clipsynth_platform.train.common import fault_drill, state_digest
+from clipsynth_platform.train.common import TimeBudget, fault_drill, state_digest
 from clipsynth_platform.train.config import config_from_dict, parse_config
 from clipsynth_platform.train.data import (
     CachedRows,
@@ -296,6 +298,28 @@ def test_should_cache_follows_the_mode_and_the_share():
         should_cache("always", 1, 1)
 
 
+def test_cosine_lr_schedule_closed_form():
+    assert scheduled_lr("constant", 3e-3, 0.9) == 3e-3
+    for progress, expected in ((0.0, 1.0), (0.25, (1 + 2**-0.5) / 2), (0.5, 0.5), (1.0, 0.0), (1.7, 0.0)):
+        assert scheduled_lr("cosine", 2.0, progress) == pytest.approx(2.0 * expected, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        scheduled_lr("linear", 1.0, 0.5)
+    with pytest.raises(ValueError, match="--lr-schedule must be one of"):
+        DiffusionTrainConfig(data="d", lr_schedule="linear").check()
+
+
+def test_budget_fraction_is_the_larger_of_steps_and_agreed_time():
+    steps_only = TimeBudget(0.0)
+    assert steps_only.fraction(250, 1000) == 0.25 and steps_only.fraction(2000, 1000) == 1.0
+    timed = TimeBudget(100.0, spent_before=30.0)  # a resumed run: 30 s were spent before
+    assert timed.fraction(10, 1000) == pytest.approx(0.3)  # the agreed time, before any check
+    assert not timed.exhausted(11, torch.device("cpu"))
+    assert 0.3 <= timed.fraction(11, 1000) < 0.4  # agreed again at step 11: still about 30 s
+    assert timed.fraction(900, 1000) == 0.9  # the steps, when they are further along
+    timed.agreed = 150.0
+    assert timed.fraction(10, 1000) == 1.0
+
+
 # ------------------------------------------------------------------------------------------ the dataset
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_clip):
@@ -360,13 +384,11 @@ def test_unusable_datasets_fail_clearly(dataset, tmp_path, tiny_clip):
         prepare_diffusion(DiffusionTrainConfig(data=str(unlabeled), variant="text", model_size="tiny"))
 
 
-def test_data_pipeline_refuses_to_starve(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+def test_data_pipeline_refuses_to_starve():
+    two_cpus = ClusterView(nodes=({"CPU": 2.0},))  # a fixed cluster: no node types to scale up
     with pytest.raises(RuntimeError, match="Ray Data would get none"):
-        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2))
-    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5))
+        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2), two_cpus)
+    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5), two_cpus)
 
 
 # ----------------------------------------------------------------------------------------- model pieces

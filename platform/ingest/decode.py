@@ -12,7 +12,8 @@ which its bundled FFmpeg lacks), torchcodec's VideoDecoder serves the exact fram
 recorded per row (audio_decoder, video_decoder), the sampling per video in the manifests and the summary.
 
 Everything that goes wrong with one file becomes a "failed" video row with a stage and a clear reason, so a
-bad file never fails the job. A native crash cannot be caught here; the driver accounts for it.
+bad file never fails the job. A native crash cannot be caught in-process: decode_videos runs each video in a
+child process (isolated.py) and records a crash there as that video's failure.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import pyarrow as pa
 
 from ..schema import pcm16
 from ..uri import fsspec_filesystem, is_s3, strip_scheme
+from .isolated import DecoderProcess
 from .records import (
+    CRASHED_REASON,
     RECORD_CHUNK,
     STAGE_CHUNK,
     STAGE_DECODE,
@@ -625,15 +628,20 @@ def _chunk_rows(
     return rows, silent
 
 
-def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
-    """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA)."""
-    # Import the decoders up front, so a fresh worker's import time does not count as the first video's work.
-    import decord  # noqa: F401
-    import torch
-    import torchcodec.decoders  # noqa: F401
+_DECODER: DecoderProcess | None = None
 
-    _mel_frontend()
-    decode_settings = DecodeSettings(**settings)
-    torch.set_num_threads(max(1, decode_settings.threads))
+
+def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
+    """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA).
+
+    Each video decodes in this worker's decoder child (isolated.py): a native crash there fails that video
+    (stage "decode", CRASHED_REASON) and the task goes on; the task itself is left to Ray's retries.
+    """
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = DecoderProcess()
     for source in batch.to_pylist():
-        yield from process_video(source, decode_settings)
+        rows = _DECODER.decode(source, settings)
+        if rows is None:
+            rows = record_table([video_row(source, STATUS_FAILED, 0, 0, STAGE_DECODE, CRASHED_REASON)])
+        yield rows

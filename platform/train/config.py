@@ -22,6 +22,8 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from clipsynth_core.training import LR_SCHEDULES
+
 VARIANTS = ("image", "text", "hybrid")
 MODEL_SIZES = ("tiny", "cpu", "small", "paper")
 
@@ -148,6 +150,12 @@ class DiffusionTrainConfig(TrainConfig):
     batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
     lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
     weight_decay: float = opt(0.0, "AdamW weight decay (improved-diffusion: 0)")
+    lr_schedule: str = opt(
+        "constant",
+        "learning rate over the run: constant (improved-diffusion), or cosine, decaying to 0 as the budget "
+        "(--max-steps, or --train-seconds when that ends the run sooner) is spent",
+        choices=LR_SCHEDULES,
+    )
     ema_decay: float = opt(0.9999, "EMA rate of the weights that samples and the bundle use")
     ema_warmup: bool = opt(
         False, "EMA decay min(rate, (1 + step) / (10 + step)): short runs do not average in the initialisation"
@@ -184,6 +192,10 @@ class DiffusionTrainConfig(TrainConfig):
     register_as: str = opt(
         "clipsynth-vggsound", "MLflow registered model name of the final synthesizer bundle; empty: do not register"
     )
+    register_alias: str = opt(
+        "latest-train",
+        "alias the registered version gets (serve models:/NAME@ALIAS; evaluation promotes to @champion); empty: none",
+    )
 
     def run_name_or_default(self) -> str:
         return self.run_name or f"{self.experiment}-{self.variant}"
@@ -192,6 +204,8 @@ class DiffusionTrainConfig(TrainConfig):
         super().check()
         if self.variant not in VARIANTS:
             raise ValueError(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.model_size not in MODEL_SIZES:
             raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -35,9 +35,9 @@ from clipsynth_core import (
     save_training_state,
 )
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
-from clipsynth_core.training import DiffusionStep, resolve_bf16
+from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 
-from ..registry import log_bundle_model
+from ..registry import log_bundle_model, set_alias
 from .common import (
     Progress,
     TimeBudget,
@@ -230,6 +230,9 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         if out_of_time:
             break
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+        if cfg.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, budget.fraction(step - 1, cfg.max_steps))
         t_wait = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t_wait
@@ -344,13 +347,18 @@ def _finish(
         with mlflow.start_run(run_id=tracker.run_id):
             info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
     version = getattr(info, "registered_model_version", None)
-    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri})
+    alias_uri = None
+    if version is not None and cfg.register_alias:
+        alias_uri = set_alias(f"models:/{cfg.register_as}/{version}", cfg.register_alias)
+    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri, "model_alias": alias_uri or ""})
     tracker.update_record(
         bundle_step=final_step,
         model_uri=info.model_uri,
         registered_model=cfg.register_as or None,
         registered_version=int(version) if version is not None else None,
+        registered_alias=alias_uri,
     )
     where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
+    where += f" = {alias_uri}" if alias_uri else ""
     say(f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

@@ -21,6 +21,7 @@ import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
+from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
@@ -78,23 +79,27 @@ def connect_ray(cfg: TrainConfig) -> None:
     ray.init(address="local", num_cpus=num_cpus)
 
 
-def check_cluster_resources(cfg: TrainConfig) -> None:
-    """Refuse a layout that would starve the data pipeline (the known TorchTrainer + Ray Data hang)."""
-    import ray
+def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -> Preflight:
+    """Refuse a layout that no node the cluster has or can start would hold, or that leaves the data pipeline
+    no CPU (the known TorchTrainer + Ray Data hang); warn when it fits only once the autoscaler adds nodes."""
+    view = view or ClusterView.from_ray()
+    bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+    result = check_request(view, bundle, cfg.num_workers, spare_cpus=1.0, what="training")
+    if result.refused:
+        raise RuntimeError(
+            f"{result.messages[0]}. Each Train worker reserves its CPUs, so Ray Data would get none and the run "
+            "would hang, or the workers would never be placed. Lower --cpus-per-worker (e.g. 0.5), use fewer "
+            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`) or GPUs."
+        )
+    for message in result.messages:
+        print(f"[preflight] {message}", flush=True)
+    return result
 
-    resources = ray.cluster_resources()
-    cpus = float(resources.get("CPU", 0))
-    train_cpus = cfg.num_workers * cfg.cpus_per_worker
-    if cpus - train_cpus < 1:
-        raise RuntimeError(
-            f"the cluster has {cpus:g} CPUs and the {cfg.num_workers} Train workers reserve {train_cpus:g}: "
-            "Ray Data would get none and the run would hang. Lower --cpus-per-worker (e.g. 0.5), use fewer "
-            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`)."
-        )
-    if cfg.use_gpu and float(resources.get("GPU", 0)) < max(cfg.num_workers, 1):
-        raise RuntimeError(
-            f"--use-gpu with {cfg.num_workers} workers, but the cluster has {resources.get('GPU', 0)} GPUs"
-        )
+
+def _vocoder(cfg: TrainConfig) -> str:
+    """The diffusion job's --vocoder (read by rank 0 on whichever node it lands): a path must be shared too."""
+    value = getattr(cfg, "vocoder", "")
+    return "" if value.startswith(("runs:", "models:")) else value
 
 
 def configure_data_context() -> None:
@@ -118,7 +123,11 @@ def launch(
 ) -> TrainingSummary:
     """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
     connect_ray(cfg)
-    check_cluster_resources(cfg)
+    view = ClusterView.from_ray()
+    check_cluster_resources(cfg, view)
+    require_shared_locations(
+        view, data=cfg.data, storage_path=job["storage_path"], tracking_uri=job["tracking_uri"], vocoder=_vocoder(cfg)
+    )
     configure_data_context()
     dataset = make_dataset()  # after connect_ray: a Dataset built first would start Ray with default resources
     print_plan(cfg, job)
