@@ -8,8 +8,11 @@ project's one mel function, so the vocoder is trained on exactly the mels the di
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +132,7 @@ class HiFiGANGenerator(nn.Module):
         x = self.conv_pre(mel)
         for up, blocks in zip(self.ups, self.blocks):
             x = up(F.leaky_relu(x, LRELU))
-            x = sum(b(x) for b in blocks) / len(blocks)
+            x = _mean_of([b(x) for b in cast(nn.ModuleList, blocks)])
         x = torch.tanh(self.conv_post(F.leaky_relu(x)))
         return x.squeeze(1)
 
@@ -215,14 +218,25 @@ class HiFiGANDiscriminator(nn.Module):
         return scores, feats
 
 
+def _sum_of(terms: list[Tensor]) -> Tensor:
+    """The builtin `sum`'s result (the same additions in the same order), typed as a tensor."""
+    return functools.reduce(operator.add, terms)
+
+
+def _mean_of(terms: list[Tensor]) -> Tensor:
+    return _sum_of(terms) / len(terms)
+
+
 def discriminator_loss(real_scores: list[Tensor], fake_scores: list[Tensor]) -> Tensor:
     """Least squares: sum over sub-discriminators of E[(1 - D(real))^2] + E[D(fake)^2]."""
-    return sum(torch.mean((1 - r) ** 2) + torch.mean(f**2) for r, f in zip(real_scores, fake_scores))
+    return _sum_of([torch.mean((1 - r) ** 2) + torch.mean(f**2) for r, f in zip(real_scores, fake_scores)])
 
 
 def generator_adv_loss(fake_scores: list[Tensor]) -> Tensor:
-    return sum(torch.mean((1 - f) ** 2) for f in fake_scores)
+    return _sum_of([torch.mean((1 - f) ** 2) for f in fake_scores])
 
 
 def feature_matching_loss(real_feats: list[list[Tensor]], fake_feats: list[list[Tensor]]) -> Tensor:
-    return sum(torch.mean(torch.abs(r.detach() - f)) for rd, fd in zip(real_feats, fake_feats) for r, f in zip(rd, fd))
+    return _sum_of(
+        [torch.mean(torch.abs(r.detach() - f)) for rd, fd in zip(real_feats, fake_feats) for r, f in zip(rd, fd)]
+    )

@@ -308,7 +308,7 @@ def _frames_zero_shot(clip: DemoClip, shards: Path, log: Callable[[str], None]) 
 
     encoder = ClipQueryEncoder(ClipConfig(model_name=clip.model, pretrained=clip.pretrained, allow_download=False))
     result = dataset_zero_shot(encoder, str(shards))
-    worst = min(result.per_class, key=result.per_class.get)
+    worst = min(result.per_class, key=lambda name: result.per_class[name])
     log(
         f"[demo] CLIP zero-shot on {result.frames} corpus frames: {result.accuracy:.3f} "
         f"({len(result.classes)} classes; lowest {worst} {result.per_class[worst]:.2f})"

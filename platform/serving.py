@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from clipsynth_core import (
     ClipConfig,
     ClipQueryEncoder,
+    HiFiGANGenerator,
     Synthesizer,
     SynthesizerConfig,
     frames_for_seconds,
@@ -101,8 +103,9 @@ def load_mel_sampler(
     return Synthesizer(
         config,
         unet=load_bundle_unet(bundle_dir, config),
-        encoder=_AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim),
-        hifigan=_AbsentPart("HiFi-GAN vocoder"),
+        # stand-ins that raise when used: the sampler never encodes nor vocodes
+        encoder=cast(ClipQueryEncoder, _AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim)),
+        hifigan=cast(HiFiGANGenerator, _AbsentPart("HiFi-GAN vocoder")),
         vocoder=_AbsentPart("vocoder"),
         device=device,
     )
@@ -165,9 +168,9 @@ def sample_batch(
             seconds=first.seconds,
             sampler=first.sampler,
         )
-        mels = mels.float().cpu().numpy()
+        mel_array = mels.float().cpu().numpy()
         for j, i in enumerate(idx):
-            out[i] = SampleOutput(mel=mels[j], group_size=len(idx), batch_size=len(specs))
+            out[i] = SampleOutput(mel=mel_array[j], group_size=len(idx), batch_size=len(specs))
     return out  # type: ignore[return-value]
 
 

@@ -240,7 +240,7 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
     import ray.data
 
     blocks = math.ceil(len(pending) / config.videos_per_task)
-    ds = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
+    ds: ray.data.Dataset = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
     settings = DecodeSettings(
         chunk_samples=config.chunk_samples,
         min_chunk_samples=config.min_chunk_samples,
@@ -268,7 +268,7 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
         # Ray 2.60 sets no named parameter for max_retries (its default, -1, retries a crashing file forever)
         # and flags the remote-args route as deprecated; it is still the one that works here.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        ds = ds.map_batches(decode_videos, **decode_args)
+        ds = ds.map_batches(decode_videos, **decode_args)  # type: ignore[arg-type]  # Ray's stub ignores fn_args/fn_kwargs
 
     gpus = clip_gpus(config)
     use_gpu = gpus > 0
@@ -385,8 +385,8 @@ def _summarize(
     ok = [e for e in entries if e["status"] == STATUS_OK]
     failed = [e for e in entries if e["status"] != STATUS_OK]
     store.write_failures(failed)
-    chunks_by_split = Counter()
-    videos_by_split = Counter()
+    chunks_by_split: Counter[str] = Counter()
+    videos_by_split: Counter[str] = Counter()
     for e in ok:
         chunks_by_split[e["split"]] += e["chunks"]
         videos_by_split[e["split"]] += 1

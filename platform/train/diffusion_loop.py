@@ -9,9 +9,11 @@ report; rank 0 writes the state). At the end, rank 0 registers the synthesizer b
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -96,7 +98,11 @@ def build_bundle(
     unet = ConditionalUNet(unet_config)
     unet.load_state_dict(unet_state)
     # Random and local CLIPs travel inside the bundle (their weights are loaded here, from the worker's disk).
-    encoder = ClipQueryEncoder(clip) if bundles_clip_weights(clip) else _ReferencedClip(unet_config.cond_dim)
+    encoder = (
+        ClipQueryEncoder(clip)
+        if bundles_clip_weights(clip)
+        else cast(ClipQueryEncoder, _ReferencedClip(unet_config.cond_dim))  # stands in: the bundle names the CLIP
+    )
     return Synthesizer(config, unet=unet, hifigan=vocoder, encoder=encoder).save(directory)
 
 
@@ -158,7 +164,8 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_step)
     batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
 
-    tracker, vocoder = None, None
+    tracker: RunTracker | None = None
+    vocoder: torch.nn.Module | None = None
     if rank == 0:
         tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
         tracker.log_params(job["params"])
@@ -252,7 +259,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             sums.zero_()
             data_wait, count = 0.0, 0
 
-        if tracker is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+        if tracker is not None and vocoder is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             mels = sample_mels(
                 ema.model, sample_diffusion, sample_cond, cfg.window_frames, unet_config.input_height, cfg.sample_seed
             )
@@ -274,7 +281,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
                 step,
                 {"step": step, "loss": float(terms["loss"].detach())},
                 rank,
-                lambda d, s=step: write_state(d, s),
+                functools.partial(write_state, step=step),
                 rank_info,
             )
             last_checkpoint = step
