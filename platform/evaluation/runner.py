@@ -52,6 +52,7 @@ from clipsynth_core.metrics import (
     frechet_distance_stats,
 )
 
+from ..batching import apply_by_group, stack_by_length
 from ..registry import default_tracking_uri, ensure_experiment, resolve_bundle
 from ..schema import audio_of, image_embeddings_of, mel_of
 from ..uri import is_s3, strip_scheme
@@ -315,24 +316,6 @@ def _stored_audio(row: dict) -> np.ndarray:
     return audio
 
 
-def group_by_length(waves: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stack equal-length waveforms: [n, N] arrays (clips of a split are mostly one length)."""
-    by_len: dict[int, list[np.ndarray]] = {}
-    for w in waves:
-        by_len.setdefault(len(w), []).append(w)
-    for group in by_len.values():
-        yield np.stack(group)
-
-
-def group_by_length_mels(mels: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stack equal-length mels: [n, n_mels, T] float32 arrays."""
-    by_len: dict[int, list[np.ndarray]] = {}
-    for m in mels:
-        by_len.setdefault(m.shape[-1], []).append(np.asarray(m, dtype=np.float32))
-    for group in by_len.values():
-        yield np.stack(group)
-
-
 class Evaluation:
     """State shared by the runs of one invocation: the bundle, the test split's metadata, the backbones."""
 
@@ -467,18 +450,14 @@ class Evaluation:
     @torch.no_grad()
     def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         """Waveforms of normalised mels [n_mels, T] (any mix of lengths), in input order."""
-        out: dict[int, np.ndarray] = {}
-        by_len: dict[int, list[int]] = {}
-        for i, m in enumerate(mels):
-            by_len.setdefault(m.shape[-1], []).append(i)
-        for idx in by_len.values():
-            batch = torch.from_numpy(np.stack([np.asarray(mels[i], dtype=np.float32) for i in idx]))
-            for i, wave in zip(idx, self.synth.vocode(batch).cpu().numpy()):
-                out[i] = wave
-        return [out[i] for i in range(len(mels))]
+        return apply_by_group(mels, lambda m: m.shape[-1], self._vocode_batch)
+
+    def _vocode_batch(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        batch = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in mels]))
+        return list(self.synth.vocode(batch).cpu().numpy())
 
     def embed_waves(self, waves: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([self.embedder.embed(torch.from_numpy(g)) for g in group_by_length(waves)])
+        return np.concatenate([self.embedder.embed(torch.from_numpy(g)) for g in stack_by_length(waves)])
 
     def _audio_stats(self, reference: str) -> GaussianStats:
         acc = StatsAccumulator()
@@ -504,7 +483,7 @@ class Evaluation:
     def _mel_stats(self, extractor: MelFeatureExtractor) -> GaussianStats:
         acc = StatsAccumulator()
         for rows in self._test_batches(["mel", "n_mels", "mel_frames"]):
-            for group in group_by_length_mels([mel_of(r) for r in rows]):
+            for group in stack_by_length([mel_of(r) for r in rows], dtype=np.float32):
                 acc.update(extractor.features(group))
         return acc.stats()
 

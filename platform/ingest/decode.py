@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..batching import apply_by_group
 from ..schema import pcm16
 from ..uri import fsspec_filesystem, is_s3, strip_scheme
 from .failures import DecodeFailure, short_error
@@ -214,16 +215,8 @@ def mel_of_chunks(waves: list[np.ndarray]) -> list[np.ndarray]:
     import torch
 
     mel = _mel_frontend()
-    out: list[np.ndarray | None] = [None] * len(waves)
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(waves):
-        by_len.setdefault(len(w), []).append(i)
     with torch.inference_mode():
-        for idx in by_len.values():
-            result = mel(torch.from_numpy(np.stack([waves[i] for i in idx]))).numpy()
-            for j, i in enumerate(idx):
-                out[i] = result[j]
-    return out  # type: ignore[return-value]
+        return apply_by_group(waves, len, lambda group: list(mel(torch.from_numpy(np.stack(group))).numpy()))
 
 
 @contextlib.contextmanager
