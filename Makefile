@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fast demo bootstrap lint typecheck format
+
+.PHONY: test test-fast demo rehearsal bootstrap lint typecheck format
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -26,6 +27,11 @@ typecheck: bootstrap
 
 demo: bootstrap
 	$(PY) jobs/demo.py
+
+# The multi-node rehearsal (infra/rehearsal/run.py): 3 Ray nodes, S3 (moto) and an MLflow server on this machine,
+# the README's commands, a node and a Serve replica killed; the result goes to benchmarks/results/rehearsal.json.
+rehearsal: bootstrap
+	nice -n 19 $(PY) infra/rehearsal/run.py --out benchmarks/results/rehearsal.json
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ tests and benchmarks all run the same code."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -88,6 +89,19 @@ def diffusion_losses(
     with autocast_context(device, bf16):
         terms = diffusion.training_losses(lambda x, tt: model(x, tt, cond, drop), mel.float(), t, noise)
     return {k: v.float().mean() for k, v in terms.items()}
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(schedule: str, base: float, progress: float) -> float:
+    """The learning rate at `progress` (0..1, the share of the run's budget spent): constant, as
+    improved-diffusion, or cosine decay to 0 at the end of the budget (progress past 1 stays at 0)."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {LR_SCHEDULES}")
 
 
 def clip_and_step(params, optimizer: torch.optim.Optimizer, max_norm: float | None) -> Tensor:

@@ -40,12 +40,20 @@ import sys
 
 from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
+from clipsynth_platform.registry import set_alias
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, EvalConfig, required=("model", "data"))
-    config = config_from_args(EvalConfig, parser.parse_args(argv))
+    parser.add_argument(
+        "--promote-alias",
+        default="",
+        help="once the evaluation has run, point this alias (e.g. champion) of the registered model at the "
+        "evaluated version (--model models:/NAME/VERSION or models:/NAME@ALIAS); serve it as models:/NAME@ALIAS",
+    )
+    args = parser.parse_args(argv)
+    config = config_from_args(EvalConfig, args)
     try:
         config.validate()
     except ValueError as exc:
@@ -55,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # bad input: missing split, weights, bundle; wrong CLIP
         print(f"[evaluate] error: {exc}", file=sys.stderr)
         return 2
+    if results and args.promote_alias:
+        print(f"[evaluate] {config.model} is now {set_alias(config.model, args.promote_alias)}", flush=True)
     return 0 if results else 1
 
 

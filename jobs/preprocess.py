@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument(
         "--retry-failed", action="store_true", help="re-process videos that earlier runs recorded as failed"
     )
+    io.add_argument(
+        "--max-errored-blocks",
+        type=int,
+        default=d.max_errored_blocks,
+        help="Ray Data blocks that may fail (a bug, not a bad file) before the job stops; their videos are "
+        "recorded as lost (default: stop on the first)",
+    )
 
     feat = p.add_argument_group("chunks and features")
     feat.add_argument(
@@ -117,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--videos-per-task",
         type=int,
         default=d.videos_per_task,
-        help="videos per decode task (a native crash loses all of them)",
+        help="videos per decode task",
     )
     res.add_argument(
         "--clip-actors", type=int, default=d.clip_actors, help="max CPU CLIP actors (with GPUs: one per GPU)"

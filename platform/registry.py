@@ -44,6 +44,19 @@ def ensure_experiment(name: str, artifact_root: str | os.PathLike | None = None)
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def synthesizer_signature():
+    """The pyfunc's contract (mlflow_model.py): a "query" column (optional "steps", "seed") in, one float32
+    waveform per query out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema(
+        [ColSpec("string", "query"), ColSpec("long", "steps", required=False), ColSpec("long", "seed", required=False)]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]))
+
+
 def log_bundle_model(bundle_dir: str | os.PathLike, registered_name: str | None = None, name: str = "synthesizer"):
     """Log the bundle as a pyfunc model in the active run (and register it when `registered_name`).
 
@@ -54,8 +67,31 @@ def log_bundle_model(bundle_dir: str | os.PathLike, registered_name: str | None 
         python_model=MODEL_CODE,
         artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
         registered_model_name=registered_name,
+        signature=synthesizer_signature(),
         pip_requirements=["clipsynth"],
     )
+
+
+def model_version_of(model_uri: str) -> tuple[str, str]:
+    """(name, version) of `models:/NAME/VERSION` or `models:/NAME@ALIAS` (the version the alias points at)."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri} is not a registered model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    rest = model_uri[len("models:/") :].rstrip("/")
+    client = mlflow.MlflowClient()
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise ValueError(f"{model_uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return name, version
+
+
+def set_alias(model_uri: str, alias: str) -> str:
+    """Point `alias` at the version `model_uri` names; returns the alias URI (`models:/NAME@ALIAS`)."""
+    name, version = model_version_of(model_uri)
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    return f"models:/{name}@{alias}"
 
 
 def resolve_bundle(uri: str, dst: str | os.PathLike | None = None) -> Path:

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from ray import serve
 
@@ -44,10 +45,13 @@ def _prepare(config: ServeConfig, settings: DeploymentSettings, part: str) -> tu
 
         mlflow.set_tracking_uri(config.mlflow_tracking_uri)
     bundle_dir = resolve_bundle(uri)
-    device = resolve_device(config.device, settings.num_gpus)
+    # What Ray gave this replica, not what ServeConfig says: serve_config.yaml and RayService set
+    # ray_actor_options (GPU fractions, CPUs) per deployment without touching the app's ServeConfig.
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    device = resolve_device(config.device, ray.get_gpu_ids())
     if device.type == "cpu":
         # One intra-op thread per CPU this replica reserved: replicas on one node must not oversubscribe it.
-        torch.set_num_threads(max(1, math.ceil(settings.num_cpus)))
+        torch.set_num_threads(max(1, math.ceil(assigned.get("CPU", settings.num_cpus))))
     logger.info("%s: serving %s (bundle %s) on %s", part, redact_uri(uri), bundle_dir, device)
     return redact_uri(uri), bundle_dir, device
 

@@ -58,12 +58,14 @@ def test_hifigan_training_lowers_the_mel_loss(ray_cluster, shards, tmp_path):
         checkpoint_every=8,
         num_samples=1,
         min_examples_per_pass=64,
+        cache_in_worker="on",  # the segments are cut in the worker (tests/test_train_job.py streams them)
     )
     summary = run_hifigan_training(cfg)
     assert summary.final_step == 8
     client = mlflow.tracking.MlflowClient(tracking)
     run = client.get_run(summary.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["segment_samples"] == str(4 * 1024)
+    assert run.data.params["data.cache_in_worker"] == "True"
     for key in ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel"):
         assert all(math.isfinite(m.value) for m in _history(client, summary.mlflow_run_id, key)), key
     mel_l1 = _history(client, summary.mlflow_run_id, "loss_mel")

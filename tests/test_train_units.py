@@ -25,11 +25,23 @@ from clipsynth_core import (
     hifigan_config,
     unet_config,
 )
+from clipsynth_core.training import scheduled_lr
+from clipsynth_platform.preflight import ClusterView
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
-from clipsynth_platform.train.common import fault_drill, state_digest
+from clipsynth_platform.train.common import TimeBudget, fault_drill, state_digest
 from clipsynth_platform.train.config import config_from_dict, parse_config
-from clipsynth_platform.train.data import diffusion_examples, endless_batches, repeat_factor, vocoder_examples
+from clipsynth_platform.train.data import (
+    CachedRows,
+    cached_batches,
+    column_bytes,
+    diffusion_examples,
+    endless_batches,
+    repeat_factor,
+    should_cache,
+    training_batches,
+    vocoder_examples,
+)
 from clipsynth_platform.train.diffusion_loop import build_bundle
 from clipsynth_platform.train.runner import check_cluster_resources, prepare_diffusion, prepare_hifigan
 from clipsynth_platform.train.tracking import RunTracker, read_run_record, run_record_uri, write_samples
@@ -210,6 +222,104 @@ def test_endless_batches_fill_every_batch_across_passes():
         next(endless_batches(_FakeShard([[]]), batch_size=4))
 
 
+class _RowShard:
+    """A dataset shard of raw rows (what a cached run reads), counting how often it is iterated."""
+
+    def __init__(self, batch: dict):
+        self.batch, self.passes = batch, 0
+
+    def iter_batches(self, batch_size, batch_format="numpy"):
+        self.passes += 1
+        n = len(next(iter(self.batch.values())))
+        for start in range(0, n, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.batch.items()}
+
+
+def _diffusion_maker(variant: str):
+    return lambda rows, seed: diffusion_examples(rows, variant=variant, window_frames=8, seed=seed)
+
+
+def test_cached_batches_cut_windows_from_rows_drawn_uniformly():
+    shard = _RowShard(_chunk_batch())
+    rows = CachedRows.from_shard(shard, rows_per_batch=1)  # two reads of one row each
+    assert len(rows) == 2 and shard.passes == 1
+    gen = cached_batches(rows, _diffusion_maker("image"), batch_size=5, seed=11)
+    chunks = []
+    for _ in range(80):
+        batch = next(gen)
+        assert batch["mel"].shape == (5, 4, 8) and batch["cond"].shape == (5, 5)
+        assert batch["mel"].dtype == torch.float32
+        for window, cond in zip(batch["mel"].numpy(), batch["cond"].numpy()):
+            c, start = _source(window)
+            expected = np.array([[1000 * c + 100 * b + start + f for f in range(8)] for b in range(4)])
+            np.testing.assert_array_equal(window, expected)  # a real window of the row it names
+            images = (np.arange(15, dtype=np.float32) + 100 * c).reshape(3, 5)
+            assert any(np.array_equal(cond, row) for row in images)  # one of that row's own frames
+            chunks.append(c)
+    # 400 draws of 2 rows, each with probability 1/2: the count of row 0 is Binomial(400, 1/2) (sd 10)
+    assert 150 < chunks.count(0) < 250
+    assert shard.passes == 1  # the rows were read once, however many batches were cut
+    again = cached_batches(CachedRows.from_shard(_RowShard(_chunk_batch())), _diffusion_maker("image"), 5, seed=11)
+    np.testing.assert_array_equal(
+        next(again)["mel"], next(cached_batches(rows, _diffusion_maker("image"), 5, 11))["mel"]
+    )
+
+
+def test_cached_batches_redraw_rows_a_transform_drops():
+    gen = cached_batches(CachedRows(_chunk_batch()), _diffusion_maker("text"), batch_size=6, seed=0)
+    for _ in range(10):
+        batch = next(gen)
+        assert batch["mel"].shape[0] == 6  # full, although chunk 1 (no label text) makes no example
+        assert torch.all(batch["cond"] == -1.0) and all(_source(w.numpy())[0] == 0 for w in batch["mel"])
+    unlabeled = {**_chunk_batch(), "text_embedding": np.array([None, None], dtype=object)}
+    with pytest.raises(DatasetError, match="made no example"):
+        next(cached_batches(CachedRows(unlabeled), _diffusion_maker("text"), batch_size=2, seed=0))
+    with pytest.raises(DatasetError, match="holds no rows"):
+        CachedRows.from_shard(_RowShard({"mel": np.zeros(0)}))
+
+
+def test_training_batches_stream_or_cache():
+    streamed = training_batches(
+        _FakeShard([[4]]), cached=False, make_examples=None, batch_size=4, shuffle_buffer=0, seed=0
+    )
+    assert next(streamed)["x"].tolist() == [0, 1, 2, 3]  # the streamed examples, untouched
+    shard = _RowShard(_chunk_batch())
+    cached = training_batches(
+        shard, cached=True, make_examples=_diffusion_maker("image"), batch_size=3, shuffle_buffer=0, seed=0
+    )
+    assert next(cached)["mel"].shape == (3, 4, 8) and shard.passes == 1
+
+
+def test_should_cache_follows_the_mode_and_the_share():
+    assert should_cache("on", 5e9, 1024) and not should_cache("off", 1, 1024)
+    assert should_cache("auto", 1024e6, 1024) and not should_cache("auto", 1024e6 + 1, 1024)
+    assert not should_cache("auto", 1, 0)
+    with pytest.raises(ValueError, match="auto, on or off"):
+        should_cache("always", 1, 1)
+
+
+def test_cosine_lr_schedule_closed_form():
+    assert scheduled_lr("constant", 3e-3, 0.9) == 3e-3
+    for progress, expected in ((0.0, 1.0), (0.25, (1 + 2**-0.5) / 2), (0.5, 0.5), (1.0, 0.0), (1.7, 0.0)):
+        assert scheduled_lr("cosine", 2.0, progress) == pytest.approx(2.0 * expected, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        scheduled_lr("linear", 1.0, 0.5)
+    with pytest.raises(ValueError, match="--lr-schedule must be one of"):
+        DiffusionTrainConfig(data="d", lr_schedule="linear").check()
+
+
+def test_budget_fraction_is_the_larger_of_steps_and_agreed_time():
+    steps_only = TimeBudget(0.0)
+    assert steps_only.fraction(250, 1000) == 0.25 and steps_only.fraction(2000, 1000) == 1.0
+    timed = TimeBudget(100.0, spent_before=30.0)  # a resumed run: 30 s were spent before
+    assert timed.fraction(10, 1000) == pytest.approx(0.3)  # the agreed time, before any check
+    assert not timed.exhausted(11, torch.device("cpu"))
+    assert 0.3 <= timed.fraction(11, 1000) < 0.4  # agreed again at step 11: still about 30 s
+    assert timed.fraction(900, 1000) == 0.9  # the steps, when they are further along
+    timed.agreed = 150.0
+    assert timed.fraction(10, 1000) == 1.0
+
+
 # ------------------------------------------------------------------------------------------ the dataset
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_clip):
@@ -233,6 +343,29 @@ def test_inspect_dataset_reads_the_shards(dataset, tiny_clip):
     assert job["tags"]["variant"] == "image" and job["tags"]["clip_model"] == "tiny"
 
 
+def test_column_bytes_and_the_cache_decision(dataset, tiny_clip):
+    info = inspect_dataset(dataset)
+    table = pq.read_table(info.files[0], columns=["mel", "audio"])
+    for f in info.files[1:]:
+        table = pa.concat_tables([table, pq.read_table(f, columns=["mel", "audio"])])
+    mel, audio = column_bytes(info, ["mel"]), column_bytes(info, ["audio"])
+    # Parquet's uncompressed pages hold the values, level data and maybe a dictionary page: about what the
+    # columns take in memory (Arrow adds offsets), at most twice that (the decision errs towards streaming)
+    assert 0.95 < mel / table.column("mel").nbytes < 2.0
+    assert 0.95 < audio / table.column("audio").nbytes < 2.0
+    assert column_bytes(info, ["mel", "audio"]) == mel + audio and column_bytes(info, ["nothing"]) == 0
+    base = {"data": dataset, "model_size": "tiny", "storage_path": "/tmp/x"}
+    job, _ = prepare_diffusion(DiffusionTrainConfig(**base))
+    assert job["cache_in_worker"] is True  # a tiny dataset, auto
+    assert job["dataset"]["share_mb_per_worker"] == round(
+        column_bytes(info, ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim"]) / 1e6, 1
+    )
+    assert prepare_diffusion(DiffusionTrainConfig(**base, cache_max_mb=0))[0]["cache_in_worker"] is False
+    assert prepare_diffusion(DiffusionTrainConfig(**base, cache_in_worker="off"))[0]["cache_in_worker"] is False
+    voc, _ = prepare_hifigan(HiFiGANTrainConfig(data=dataset, model_size="tiny", cache_in_worker="on"))
+    assert voc["cache_in_worker"] is True
+
+
 def test_unusable_datasets_fail_clearly(dataset, tmp_path, tiny_clip):
     with pytest.raises(DatasetError, match="no training shards"):
         inspect_dataset(str(tmp_path / "nothing"))
@@ -251,13 +384,11 @@ def test_unusable_datasets_fail_clearly(dataset, tmp_path, tiny_clip):
         prepare_diffusion(DiffusionTrainConfig(data=str(unlabeled), variant="text", model_size="tiny"))
 
 
-def test_data_pipeline_refuses_to_starve(monkeypatch):
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+def test_data_pipeline_refuses_to_starve():
+    two_cpus = ClusterView(nodes=({"CPU": 2.0},))  # a fixed cluster: no node types to scale up
     with pytest.raises(RuntimeError, match="Ray Data would get none"):
-        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2))
-    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5))
+        check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2), two_cpus)
+    check_cluster_resources(DiffusionTrainConfig(data="d", num_workers=2, cpus_per_worker=0.5), two_cpus)
 
 
 # ----------------------------------------------------------------------------------------- model pieces

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,11 @@ VARIANTS = {
     "no-ema-warmup": {"ema_warmup": False},
     "grad-clip-1": {"grad_clip": 1.0},
     "fp32": {"bf16": "off"},
+    "cosine-lr": {"lr_schedule": "cosine"},  # lr decays to 0 over the largest budget (the run's time)
+    "batch-32": {"batch_size": 32},
+    "lr-6e-3": {"lr": 6e-3},
+    "cond-drop-0.1": {"cond_drop_prob": 0.1},  # trains the null condition too: classifier-free guidance (--guidance)
+    "cosine-lr+cond-drop-0.1": {"lr_schedule": "cosine", "cond_drop_prob": 0.1},
 }
 
 
@@ -57,6 +63,8 @@ class Setup:
     diffusion_steps: int
     bf16: str
     unet: dict
+    lr_schedule: str = "constant"
+    cond_drop_prob: float = 0.0
 
     def with_changes(self, changes: dict) -> Setup:
         unet = {**self.unet, **changes.get("unet", {})}
@@ -93,7 +101,9 @@ class Queries:
         self.seeds = [int(s) for s in rng.integers(0, 2**31 - 1, count)]
 
 
-def sample(model, diffusion, cond: torch.Tensor, seeds: list[int], steps: int, sampler: str, device) -> np.ndarray:
+def sample(
+    model, diffusion, cond: torch.Tensor, seeds: list[int], steps: int, sampler: str, device, guidance: float = 0.0
+) -> np.ndarray:
     from clipsynth_core.diffusion import guided_model
     from clipsynth_core.synthesizer import make_generators
 
@@ -103,7 +113,12 @@ def sample(model, diffusion, cond: torch.Tensor, seeds: list[int], steps: int, s
     noise = type(diffusion)._noise(shape, gens, device, torch.float32)
     with torch.no_grad():
         x = process.sample(
-            guided_model(model, cond.to(device)), shape, sampler=sampler, generator=gens, device=device, noise=noise
+            guided_model(model, cond.to(device), guidance),
+            shape,
+            sampler=sampler,
+            generator=gens,
+            device=device,
+            noise=noise,
         )
     return x[:, 0].clamp(-1, 1).float().cpu().numpy()
 
@@ -136,11 +151,13 @@ class Judge:
         }
 
 
-def evaluate(model, diffusion, queries: Queries, judge: Judge, steps: int, sampler: str, device) -> dict:
+def evaluate(
+    model, diffusion, queries: Queries, judge: Judge, steps: int, sampler: str, device, guidance: float = 0.0
+) -> dict:
     out = {}
     for kind in ("image", "text"):
         cond = queries.image if kind == "image" else queries.text
-        mels = sample(model, diffusion, cond, queries.seeds, steps, sampler, device)
+        mels = sample(model, diffusion, cond, queries.seeds, steps, sampler, device, guidance)
         out.update({f"{kind}_{k}": v for k, v in judge.score(mels, queries.targets).items()})
     return out
 
@@ -175,6 +192,7 @@ def train_curve(
         optimizer,
         ema,
         grad_clip=setup.grad_clip or None,
+        cond_drop_prob=setup.cond_drop_prob,
         bf16=resolve_bf16(setup.bf16, device),
         generator=torch.Generator().manual_seed(seed),
     )
@@ -185,8 +203,12 @@ def train_curve(
     extra = {name: [dict(curve[0])] for name in shadows}
     print(json.dumps(curve[-1]), flush=True)
     spent, step, pending = 0.0, 0, sorted(budgets)
+    horizon = max(budgets)
     while pending:
         t0 = time.perf_counter()
+        if setup.lr_schedule == "cosine":
+            for group in optimizer.param_groups:
+                group["lr"] = setup.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, spent / horizon)))
         rows = rng.choice(len(train), setup.batch_size)
         batch = {k: [train[i][k] for i in rows] for k in columns}
         ex = diffusion_examples(batch, variant="image", window_frames=64, seed=int(rng.integers(2**31)))
@@ -277,6 +299,9 @@ def main() -> None:
     p.add_argument("--eval-steps", type=int, default=25, help="sampling steps on the curve")
     p.add_argument("--eval-sampler", default="ddpm", choices=("ddpm", "ddim"))
     p.add_argument("--sweep-steps", default="10,25,50,100,250,1000")
+    p.add_argument(
+        "--guidance", default="0,1,2,3", help="guidance scales for the final model of variants with condition dropout"
+    )
     p.add_argument("--sweep-samples", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
@@ -329,6 +354,8 @@ def main() -> None:
     budgets = [float(b) for b in args.budgets.split(",") if b]
     extra_decays = tuple(float(d) for d in args.extra_ema_decays.split(",") if d)
     curves, setups, final = {}, {}, None
+    guidance_scales = [float(w) for w in args.guidance.split(",") if w]
+    guided: list[dict] = []
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         setup = base.with_changes(VARIANTS[name])
         setups[name] = dataclasses.asdict(setup)
@@ -344,6 +371,12 @@ def main() -> None:
         )
         curves[name] = curve
         curves.update({f"{name}, {shadow}": c for shadow, c in extra.items()})
+        if setup.cond_drop_prob > 0:  # the final model against the guidance scale (0: unguided)
+            for w in guidance_scales:
+                point = {"variant": name, "guidance": w, "step": curve[-1]["step"]}
+                point.update(evaluate(model, diffusion, queries, judge, args.eval_steps, args.eval_sampler, device, w))
+                guided.append(point)
+                print(json.dumps(point), flush=True)
         final = final or (model, diffusion)
 
     model, diffusion = final
@@ -377,6 +410,7 @@ def main() -> None:
         "setups": setups,
         "curves": curves,
         "sampling": sweep,
+        "guidance": guided,
         "audio": audio,
         "fd_melclf_untrained_over_trained": untrained["image_fd_melclf"] / trained["image_fd_melclf"],
         "seconds": round(time.perf_counter() - t_start, 1),

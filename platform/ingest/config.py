@@ -77,6 +77,7 @@ class IngestConfig:
     # Output.
     shard_rows: int = 256  # commit a shard once complete videos hold at least this many chunk rows
     retry_failed: bool = False  # re-process videos that earlier runs recorded as failed or crashed
+    max_errored_blocks: int = 0  # Ray Data blocks that may error (bugs) before the job stops; their videos: lost
 
     # Test-only (see TEST_HOOKS_ENV); not exposed on the command line.
     test_hooks: bool = field(default=False, repr=False)
@@ -112,6 +113,7 @@ class IngestConfig:
             (1 <= self.clip_batch_size <= 4096, "--clip-batch-size must be in [1, 4096]"),
             (1 <= self.shard_rows <= 1_000_000, "--shard-rows must be in [1, 1000000]"),
             (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
+            (self.max_errored_blocks >= 0, "--max-errored-blocks must be >= 0"),
             ("{query}" in self.clip_template, "--clip-template must contain {query}"),
         ]
         for ok, message in checks:

@@ -8,7 +8,8 @@ frame_times < 0 or > duration). Which decoders served is recorded per row (audio
 sampling per video in the manifests and the summary; the seconds each stage took in the video row's info.
 
 Everything that goes wrong with one file becomes a "failed" video row with a stage and a clear reason, so a
-bad file never fails the job. A native crash cannot be caught here; the driver accounts for it.
+bad file never fails the job. A native crash cannot be caught in-process: decode_videos runs each video in a
+child process (isolated.py) and records a crash there as that video's failure.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from ..schema import pcm16
 from ..uri import fsspec_filesystem, is_s3, strip_scheme
 from .failures import DecodeFailure, short_error
 from .frames import FrameDecoder, VideoFile, frame_size, open_frame_decoder
+from .isolated import DecoderProcess
 from .records import (
+    CRASHED_REASON,
     RECORD_CHUNK,
     STAGE_CHUNK,
     STAGE_DECODE,
     STAGE_READ,
+    STATUS_FAILED,
     VideoRecord,
     record_table,
     video_row,
@@ -380,15 +384,21 @@ def _chunk_rows(
     return rows, silent
 
 
-def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
-    """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA)."""
-    # Import the decoders up front, so a fresh worker's import time does not count as the first video's work.
-    import decord  # noqa: F401
-    import torch
-    import torchcodec.decoders  # noqa: F401
+_DECODER: DecoderProcess | None = None
 
-    _mel_frontend()
-    decode_settings = DecodeSettings(**settings)
-    torch.set_num_threads(max(1, decode_settings.threads))
+
+def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
+    """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA).
+
+    Each video decodes in this worker's decoder child (isolated.py): a native crash there fails that video
+    (stage "decode", CRASHED_REASON) and the task goes on; the task itself is left to Ray's retries.
+    """
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = DecoderProcess()
     for source in batch.to_pylist():
-        yield from process_video(source, decode_settings)
+        rows = _DECODER.decode(source, settings)
+        if rows is None:
+            crashed = VideoRecord(status=STATUS_FAILED, fail_stage=STAGE_DECODE, fail_reason=CRASHED_REASON)
+            rows = record_table([video_row(source, crashed)])
+        yield rows

@@ -1,50 +1,41 @@
-"""The ingestion job on Ray Data: list -> decode (CPU tasks) -> CLIP (actor pool) -> shards (driver commits).
+"""The ingestion job on Ray Data: list -> decode (CPU tasks) -> CLIP (actor pool) -> write (tasks) -> commit.
 
-Streaming with bounded memory: one video (or `videos_per_task`) per input block, so a decode task holds one
-video at a time and yields its chunks in small blocks; Ray Data's backpressure bounds what is in flight; the
-driver holds only videos not yet committed (at most about `shard_rows` rows plus what is in flight).
+Streaming with bounded memory: one video (or `videos_per_task`) per input block; Ray Data's backpressure
+bounds what is in flight. The workers write the Parquet shards (write.py, staged under the output); the driver
+receives only bookkeeping rows and commits staged files by manifest (commit.py), so no chunk's bytes pass
+through it, whatever the corpus size.
 
-A decode worker that crashes natively (segfault, abort) loses its block: decode runs with max_retries=0 (a
-file that crashes once crashes again) and the dataset tolerates errored blocks. The driver then accounts
-for it: every listed video ends up committed as ok or failed, and a video of which nothing arrived is
-recorded as failed at stage "decode" with reason "worker crashed (native)".
+Retries: Ray Data retries a task lost with its node (its default); a decoder that crashes natively does so in
+its child process (isolated.py) and that video is recorded as failed at stage "decode" with reason
+"worker crashed (native)". A block that errors anyway is a bug: the job stops, or within --max-errored-blocks
+its videos are recorded as lost. Every listed video ends up committed as ok or failed.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from ..preflight import ClusterView, require_shared_locations
 from ..schema import SCHEMA_VERSION
+from .commit import LOST_REASON, Committer, RunStats
 from .config import IngestConfig
 from .decode import DecodeSettings, decode_videos
 from .embed import ClipEmbedder
 from .labels import LabelIndex, load_label_index
-from .records import (
-    CRASHED_REASON,
-    RECORD_CHUNK,
-    RECORD_CHUNK_FAILED,
-    RECORD_VIDEO,
-    STAGE_DECODE,
-    STAGE_EMBED,
-    STATUS_FAILED,
-    STATUS_OK,
-    to_chunk_table,
-)
+from .records import CRASHED_REASON, STATUS_OK
 from .sources import VideoSource, plan_sources
-from .store import OutputStore, VideoOutcome
+from .store import OutputStore
+from .write import rewrite_without, write_staged
 
-# Commit failed-only videos once this many are waiting, so a corpus of bad files still makes progress.
-MAX_VIDEOS_PER_COMMIT = 1000
+# Without --num-gpus, CLIP actors on an autoscaling cluster with unlimited GPU nodes stop at this many.
+MAX_AUTO_GPU_ACTORS = 64
+# CPUs of a write task: it encodes Parquet and uploads it.
+WRITE_CPUS = 0.5
 DECODE_TIMING_KEYS = ("read", "probe", "audio", "video", "mel", "jpeg")
 
 
@@ -66,162 +57,36 @@ def ensure_ray(config: IngestConfig) -> str:
     return f"local cluster ({kwargs['num_cpus']} CPUs)"
 
 
-def clip_gpus(config: IngestConfig) -> int:
-    """GPUs for the CLIP stage: as asked, or (None) every GPU of the cluster: GPU when present, else CPU."""
-    import ray
+@dataclass(frozen=True)
+class ClipPlan:
+    """How the CLIP stage runs: GPU or CPU actors, and the actor pool's bounds (Ray Data scales within them)."""
 
-    if config.num_gpus is not None:
-        return config.num_gpus
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
-@dataclass
-class _Tracked:
-    """A video in flight on the driver: its chunk rows so far and, once it arrived, its "video" row."""
-
-    tables: list[pa.Table] = field(default_factory=list)
-    rows: int = 0
-    outcome: VideoOutcome | None = None
-    embed_failure: str | None = None
-
-    def complete(self) -> bool:
-        if self.outcome is None:
-            return False
-        return self.outcome.status != STATUS_OK or self.embed_failure is not None or self.rows >= self.outcome.chunks
+    gpu: bool
+    min_actors: int
+    max_actors: int
+    note: str
 
 
-@dataclass
-class _RunStats:
-    decode_seconds: Counter = field(default_factory=Counter)
-    decoded_videos: int = 0
-    embed_seconds: float = 0.0
-    embedded_chunks: int = 0
-    embedded_frames: int = 0
-    write_seconds: float = 0.0
-    write_bytes: int = 0
-    commits: int = 0
-    rows_written: int = 0
-    videos_committed: int = 0
-
-
-class _Committer:
-    """Collects finished videos on the driver and commits them in shards of about `shard_rows` rows."""
-
-    def __init__(self, store: OutputStore, config: IngestConfig, stats: _RunStats, total: int, log: Callable) -> None:
-        self.store = store
-        self.config = config
-        self.stats = stats
-        self.total = total
-        self.log = log
-        self.tracked: dict[str, _Tracked] = {}
-        self.finished: set[str] = set()
-        self.ready: list[tuple[VideoOutcome, list[pa.Table]]] = []
-        self.ready_rows = 0
-        self.t_start = time.perf_counter()
-
-    def add_batch(self, batch: pa.Table) -> None:
-        records = batch["record"].to_pylist()
-        video_ids = batch["video_id"].to_pylist()
-        chunk_rows: dict[str, list[int]] = {}
-        for i, (kind, vid) in enumerate(zip(records, video_ids)):
-            if vid in self.finished:
-                continue
-            tracked = self.tracked.setdefault(vid, _Tracked())
-            if kind == RECORD_CHUNK:
-                chunk_rows.setdefault(vid, []).append(i)
-            elif kind == RECORD_CHUNK_FAILED:
-                tracked.embed_failure = tracked.embed_failure or batch["fail_reason"][i].as_py()
-            elif kind == RECORD_VIDEO:
-                tracked.outcome = _outcome_of(batch.slice(i, 1).to_pylist()[0])
-        if chunk_rows:
-            embedded = batch.filter(pc.equal(batch["record"], RECORD_CHUNK))
-            self.stats.embed_seconds += sum(
-                json.loads(s)["embed_seconds"] for s in embedded["info_json"].to_pylist() if s
-            )
-            self.stats.embedded_chunks += embedded.num_rows
-            self.stats.embedded_frames += int(pc.sum(pc.list_value_length(embedded["frames_jpeg"])).as_py() or 0)
-        for vid, idx in chunk_rows.items():
-            tracked = self.tracked[vid]
-            tracked.tables.append(batch.take(pa.array(idx)))
-            tracked.rows += len(idx)
-        for vid in [v for v, t in self.tracked.items() if t.complete()]:
-            self._finish(vid, self.tracked.pop(vid))
-        self.maybe_commit()
-
-    def _finish(self, vid: str, tracked: _Tracked) -> None:
-        outcome = tracked.outcome
-        assert outcome is not None
-        self.finished.add(vid)
-        self.stats.decoded_videos += 1
-        self.stats.decode_seconds.update({k: float(v) for k, v in outcome.info.get("timings", {}).items()})
-        if outcome.status == STATUS_OK and tracked.embed_failure is not None:
-            outcome.status, outcome.stage, outcome.reason = STATUS_FAILED, STAGE_EMBED, tracked.embed_failure
-        if outcome.status != STATUS_OK:
-            outcome.chunks = 0
-            self.ready.append((outcome, []))
-            return
-        self.ready.append((outcome, tracked.tables))
-        self.ready_rows += tracked.rows
-
-    def lost(self, sources: list[VideoSource]) -> None:
-        """Account for videos that never completed: their worker died (decode) or their CLIP batch was lost."""
-        for source in sources:
-            if source.video_id in self.finished:
-                continue
-            tracked = self.tracked.pop(source.video_id, None)
-            stage, reason = STAGE_DECODE, CRASHED_REASON
-            if tracked is not None and tracked.outcome is not None:
-                stage, reason = STAGE_EMBED, "chunks lost in the CLIP stage (worker crashed)"
-            outcome = VideoOutcome(
-                source.uri, source.video_id, source.split, source.label, STATUS_FAILED, stage, reason
-            )
-            self.finished.add(source.video_id)
-            self.ready.append((outcome, []))
-
-    def maybe_commit(self, final: bool = False) -> None:
-        if not self.ready:
-            return
-        if final or self.ready_rows >= self.config.shard_rows or len(self.ready) >= MAX_VIDEOS_PER_COMMIT:
-            self.commit()
-
-    def commit(self) -> None:
-        outcomes = [o for o, _ in self.ready]
-        tables = [t for _, ts in self.ready for t in ts]
-        chunk_table = to_chunk_table(pa.concat_tables(tables)) if tables else None
-        result = self.store.commit(outcomes, chunk_table)
-        self.stats.commits += 1
-        self.stats.write_seconds += result.seconds
-        self.stats.write_bytes += result.bytes
-        self.stats.rows_written += sum(result.rows.values())
-        self.stats.videos_committed += len(outcomes)
-        self.ready, self.ready_rows = [], 0
-        ok = sum(o.status == STATUS_OK for o in outcomes)
-        elapsed = time.perf_counter() - self.t_start
-        self.log(
-            f"[ingest] commit {result.name}: {len(outcomes)} videos ({ok} ok, {len(outcomes) - ok} failed), "
-            f"{sum(result.rows.values())} rows {result.rows}; {self.stats.videos_committed}/{self.total} videos, "
-            f"{self.stats.rows_written} rows, {self.stats.rows_written / max(elapsed, 1e-9):.2f} chunks/s"
+def plan_clip_stage(config: IngestConfig, view: ClusterView) -> ClipPlan:
+    """--num-gpus N: N GPU actors; 0: CPU actors; unset: one actor per GPU the cluster has or its node types can
+    add (an autoscaling cluster from zero starts a GPU node for the first one), else CPU actors, said aloud."""
+    if config.num_gpus:
+        return ClipPlan(True, config.num_gpus, config.num_gpus, f"{config.num_gpus} GPU actor(s) (--num-gpus)")
+    if config.num_gpus == 0:
+        return ClipPlan(False, 1, config.clip_actors, f"up to {config.clip_actors} CPU actor(s) (--num-gpus 0)")
+    now, most = int(view.total_now("GPU")), view.total_at_most("GPU")
+    if most == 0:
+        return ClipPlan(
+            False,
+            1,
+            config.clip_actors,
+            f"no GPU on the cluster nor on its node types: up to {config.clip_actors} CPU actor(s) "
+            "(--clip-actors; --num-gpus 0 says this on purpose)",
         )
-        if self.config.test_hooks and self.config.test_exit_after_commits == self.stats.commits:
-            self.log("[ingest] test hook: interrupting the job after a commit")
-            raise KeyboardInterrupt
-
-
-def _outcome_of(row: dict) -> VideoOutcome:
-    return VideoOutcome(
-        uri=row["source_uri"],
-        video_id=row["video_id"],
-        split=row["split"],
-        label=row["label"],
-        status=row["status"],
-        stage=row["fail_stage"],
-        reason=row["fail_reason"],
-        chunks=int(row["video_chunks"] or 0),
-        silent_chunks=int(row["silent_chunks"] or 0),
-        audio_decoder=row["audio_decoder"],
-        video_decoder=row["video_decoder"],
-        info=json.loads(row["info_json"] or "{}"),
-    )
+    most = int(min(most, MAX_AUTO_GPU_ACTORS))
+    if now:
+        return ClipPlan(True, min(now, most), most, f"{now} GPU actor(s), up to {most} as GPU nodes join")
+    return ClipPlan(True, 1, most, f"no GPU yet: the autoscaler starts GPU nodes for up to {most} actor(s)")
 
 
 def _text_embeddings(config: IngestConfig, labels: list[str]) -> tuple[dict[str, list[float]], int, str]:
@@ -236,7 +101,9 @@ def _text_embeddings(config: IngestConfig, labels: list[str]) -> tuple[dict[str,
     return table, encoder.embed_dim, encoder.config.identity
 
 
-def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict, worker_env: dict | None):
+def _build_dataset(
+    config: IngestConfig, pending: list[VideoSource], text: dict, worker_env: dict | None, plan: ClipPlan
+):
     import ray.data
 
     blocks = math.ceil(len(pending) / config.videos_per_task)
@@ -252,33 +119,23 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
         threads=max(1, int(config.decode_cpus)),
         test_hooks=config.test_hooks,
     )
-    decode_args: dict = {
-        "batch_size": None,  # the whole block: `videos_per_task` videos
-        "batch_format": "pyarrow",
-        "fn_kwargs": {"settings": settings.to_dict()},
-        "num_cpus": config.decode_cpus,
-        # A file that crashes the decoder natively crashes it again: never retry, account for it instead.
-        "max_retries": 0,
-    }
-    if config.decode_concurrency:
-        decode_args["compute"] = ray.data.TaskPoolStrategy(size=config.decode_concurrency)
-    if worker_env:
-        decode_args["runtime_env"] = {"env_vars": dict(worker_env)}
-    with warnings.catch_warnings():
-        # Ray 2.60 sets no named parameter for max_retries (its default, -1, retries a crashing file forever)
-        # and flags the remote-args route as deprecated; it is still the one that works here.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        ds = ds.map_batches(decode_videos, **decode_args)  # type: ignore[arg-type]  # Ray's stub ignores fn_args/fn_kwargs
-
-    gpus = clip_gpus(config)
-    use_gpu = gpus > 0
-    pool = (
-        ray.data.ActorPoolStrategy(size=gpus)
-        if use_gpu
-        else ray.data.ActorPoolStrategy(min_size=1, max_size=config.clip_actors)
+    runtime_env = {"env_vars": dict(worker_env)} if worker_env else None
+    # Ray Data's own retries stay on (a task lost with its node runs again elsewhere); a decoder that crashes
+    # natively does so in its child process (isolated.py), which fails that video, not the task.
+    ds = ds.map_batches(
+        decode_videos,  # type: ignore[arg-type]  # its settings come in fn_kwargs, which Ray's stub ignores
+        batch_size=None,  # the whole block: `videos_per_task` videos
+        batch_format="pyarrow",
+        fn_kwargs={"settings": settings.to_dict()},
+        num_cpus=config.decode_cpus,
+        compute=ray.data.TaskPoolStrategy(size=config.decode_concurrency) if config.decode_concurrency else None,
+        runtime_env=runtime_env,
     )
+
+    use_gpu = plan.gpu
+    pool = ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors)
     clip = config.clip_config.to_dict()
-    return ds.map_batches(
+    ds = ds.map_batches(
         ClipEmbedder,
         batch_size=config.clip_batch_size,
         batch_format="pyarrow",
@@ -292,6 +149,25 @@ def _build_dataset(config: IngestConfig, pending: list[VideoSource], text: dict,
             "threads": max(1, int(config.clip_cpus)),
         },
     )
+    # The workers write the shards; the driver gets bookkeeping rows only (write.py) and commits.
+    return ds.map_batches(
+        write_staged,  # type: ignore[arg-type]  # its arguments come in fn_kwargs, which Ray's stub ignores
+        batch_size=config.shard_rows,
+        batch_format="pyarrow",
+        fn_kwargs={"output": config.output},
+        num_cpus=WRITE_CPUS,
+        runtime_env=runtime_env,
+    )
+
+
+def _rewriter(config: IngestConfig, worker_env: dict | None) -> Callable[[str, list[str]], dict]:
+    """Staged files that hold rows of failed videos are rewritten by a Ray task, not on the driver."""
+    import ray
+
+    task = ray.remote(rewrite_without).options(
+        num_cpus=WRITE_CPUS, runtime_env={"env_vars": dict(worker_env)} if worker_env else None
+    )
+    return lambda relative, drop: ray.get(task.remote(config.output, relative, drop))
 
 
 def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, log: Callable = print) -> dict:
@@ -300,9 +176,14 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     `worker_env`: environment variables for the decode workers, for clusters whose workers lack the driver's
     environment (e.g. S3 endpoint settings in tests). Values are passed to Ray, never printed.
     """
+    from ..origin import require_consistent_origin
+
     t_start = time.perf_counter()
     config.validate()
-    log(f"[ingest] config:\n{config.describe()}")
+    if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
+        ensure_ray(config)
+        require_shared_locations(ClusterView.from_ray(), input=config.input, output=config.output)
+    log(f"[ingest] code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
         labels = load_label_index(config.labels, config.labels_format, config.input)
@@ -323,21 +204,26 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         f"{len(pending)} to process; CLIP {identity} (dim {embed_dim}); {recovery}"
     )
 
-    stats = _RunStats()
+    stats = RunStats()
     ray_where = None
     if pending:
         import ray.data
 
         ray_where = ensure_ray(config)
-        log(f"[ingest] Ray: {ray_where}; CLIP stage on {clip_gpus(config) or 'no'} GPU(s)")
+        view = ClusterView.from_ray()
+        # The label index is read here, on the driver; videos are read and shards written on the workers.
+        require_shared_locations(view, input=config.input, output=config.output)
+        plan = plan_clip_stage(config, view)
+        log(f"[ingest] Ray: {ray_where}; CLIP stage: {plan.note}")
         context = ray.data.DataContext.get_current()
         saved = context.max_errored_blocks
-        # Tolerate lost blocks (native crashes); every lost video is accounted for below.
-        context.max_errored_blocks = -1
-        committer = _Committer(store, config, stats, len(pending), log)
+        # A finite budget: a block that errors is a bug in this job's code (decoder crashes are isolated), so by
+        # default the job stops on the first; within --max-errored-blocks its videos are recorded as lost.
+        context.max_errored_blocks = config.max_errored_blocks
+        committer = Committer(store, config, stats, len(pending), log, _rewriter(config, worker_env))
         batches = None
         try:
-            ds = _build_dataset(config, pending, text, worker_env)
+            ds = _build_dataset(config, pending, text, worker_env, plan)
             batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
             for batch in batches:
                 committer.add_batch(batch)
@@ -370,7 +256,7 @@ def _summarize(
     store: OutputStore,
     sources: list[VideoSource],
     labels: LabelIndex | None,
-    stats: _RunStats,
+    stats: RunStats,
     skipped: int,
     seconds: float,
     ray_where: str | None,
@@ -409,6 +295,7 @@ def _summarize(
         "videos_ok": len(ok),
         "videos_failed": len(failed),
         "videos_crashed": sum(e["reason"] == CRASHED_REASON for e in failed),
+        "videos_lost": sum(e["reason"] == LOST_REASON for e in failed),
         "chunks_written": sum(e["chunks"] for e in ok),
         "chunks_by_split": {s: chunks_by_split.get(s, 0) for s in ("train", "test")},
         "videos_by_split": {s: videos_by_split.get(s, 0) for s in ("train", "test")},

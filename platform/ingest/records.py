@@ -17,6 +17,7 @@ from ..schema import CHUNK_SCHEMA
 RECORD_CHUNK = "chunk"
 RECORD_VIDEO = "video"
 RECORD_CHUNK_FAILED = "chunk_failed"  # a chunk the CLIP stage could not embed; its video fails
+RECORD_WRITTEN = "written"  # the write stage staged some of a video's chunk rows in a file (info_json says which)
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"

@@ -6,9 +6,10 @@ Layout under the output root (see schema.py):
     _settings.json                                the settings that shape rows; a resumed run must match them
     _summary.json, _failures.parquet              written at the end of a run, from all manifests
     _staging/                                     temporary files, renamed into place when complete
+    _staging/parts/                               shards the workers wrote, moved into place by a commit
 
-A commit writes its shard files (temporary name, then rename; on S3, write then move), then its manifest the
-same way. The manifest is the commit point: a shard without one (an interrupted commit) is deleted when the
+The workers write shard files under _staging/parts/; a commit (on the driver) moves them into their split
+folders (on S3 a server-side copy), then writes its manifest (temporary name, then move). The manifest is the commit point: a shard without one (an interrupted commit) is deleted when the
 next run starts, and the videos of a committed manifest are never processed again (failed ones only with
 --retry-failed). `h` is a hash of the commit's video ids, so shard names never collide across runs.
 """
@@ -31,6 +32,7 @@ from ..uri import fsspec_filesystem, strip_scheme
 
 MANIFEST_DIR = "_manifests"
 STAGING_DIR = "_staging"
+STAGED_DIR = f"{STAGING_DIR}/parts"  # shards the workers wrote, not yet committed
 SETTINGS_FILE = "_settings.json"
 # Rows per Parquet row group: readers can stream a shard instead of loading it whole.
 ROW_GROUP_ROWS = 64
@@ -138,7 +140,8 @@ class OutputStore:
         removed = 0
         for split in SPLITS:
             for path in self.fs.glob(f"{strip_scheme(split_dir(self.root, split))}/part-*.parquet"):
-                name = posixpath.basename(str(path))[len("part-") : -len(".parquet")]
+                # part-{commit}.parquet, or part-{commit}-{i}.parquet for a commit's further files
+                name = posixpath.basename(str(path))[len("part-") : -len(".parquet")].split("-")[0]
                 if name not in committed:
                     self.fs.rm(path)
                     removed += 1
@@ -157,21 +160,54 @@ class OutputStore:
 
     # ------------------------------------------------------------------------------------------- commits
 
+    def stage(self, table: pa.Table, name: str) -> tuple[str, int]:
+        """Write a shard under _staging/parts/ (by a worker); returns its relative path and size. Nothing
+        reads a staged file until a manifest has committed it."""
+        relative = f"{STAGED_DIR}/{name}"
+        path = self._path(relative)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS)
+        with self.fs.open(path, "wb") as f:
+            f.write(buf.getvalue())
+        return relative, buf.tell()
+
+    def read_staged(self, relative: str) -> pa.Table:
+        with self.fs.open(self._path(relative), "rb") as f:
+            return pq.read_table(f)
+
+    def remove_staged(self, relative: str) -> None:
+        self.fs.rm(self._path(relative))
+
     def commit(self, outcomes: list[VideoOutcome], chunk_table: pa.Table | None) -> CommitResult:
-        """Write the shards of these videos (one file per split) and then their manifest."""
-        t0 = time.perf_counter()
-        name = hashlib.sha1("\n".join(sorted(o.video_id for o in outcomes)).encode()).hexdigest()[:16]
-        rows: dict[str, int] = {}
+        """Stage the shards of these videos (one file per split) and commit them with their manifest."""
+        staged: list[tuple[str, str, int]] = []
         nbytes = 0
-        files = {}
         if chunk_table is not None and chunk_table.num_rows:
             for split in SPLITS:
                 part = chunk_table.filter(pa.compute.equal(chunk_table["split"], split))
                 if part.num_rows:
-                    relative = f"{split}/part-{name}.parquet"
-                    nbytes += self._write_atomic(relative, table=part)
-                    rows[split] = part.num_rows
-                    files[split] = relative
+                    relative, size = self.stage(part, f"{uuid.uuid4().hex}-{split}.parquet")
+                    staged.append((split, relative, part.num_rows))
+                    nbytes += size
+        result = self.commit_staged(outcomes, staged)
+        result.bytes += nbytes
+        return result
+
+    def commit_staged(self, outcomes: list[VideoOutcome], staged: list[tuple[str, str, int]]) -> CommitResult:
+        """Move staged shards (split, relative path, rows) into their split folders, then write the manifest
+        of these videos: the commit point. Moves are server-side on S3: no shard bytes pass through here."""
+        t0 = time.perf_counter()
+        name = hashlib.sha1("\n".join(sorted(o.video_id for o in outcomes)).encode()).hexdigest()[:16]
+        rows: dict[str, int] = {}
+        files: dict[str, list[str]] = {}
+        for split, relative, n in sorted(staged):
+            i = len(files.get(split, []))
+            final = f"{split}/part-{name}{f'-{i}' if i else ''}.parquet"
+            self.fs.makedirs(posixpath.dirname(self._path(final)), exist_ok=True)
+            self.fs.mv(self._path(relative), self._path(final))
+            files.setdefault(split, []).append(final)
+            rows[split] = rows.get(split, 0) + n
         manifest = {
             "name": name,
             "committed_at_ns": time.time_ns(),
@@ -179,7 +215,7 @@ class OutputStore:
             "rows": rows,
             "videos": [o.to_dict() for o in outcomes],
         }
-        nbytes += self._write_atomic(f"{MANIFEST_DIR}/{name}.json", json.dumps(manifest, sort_keys=True).encode())
+        nbytes = self._write_atomic(f"{MANIFEST_DIR}/{name}.json", json.dumps(manifest, sort_keys=True).encode())
         return CommitResult(name, rows, nbytes, time.perf_counter() - t0, len(outcomes))
 
     # ------------------------------------------------------------------------------------------ the end

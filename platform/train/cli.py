@@ -29,6 +29,9 @@ def main_hifigan(argv: list[str] | None, description: str, defaults: dict[str, A
 
 
 def _run(fn: Callable[[], TrainingSummary]) -> int:
+    from ..origin import require_consistent_origin
+
+    print(f"[train] code from {require_consistent_origin().platform_root}", flush=True)
     try:
         summary = fn()
     except DatasetError as exc:

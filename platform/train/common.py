@@ -170,6 +170,7 @@ class TimeBudget:
         self.spent_before = float(spent_before)
         self.check_every = max(1, int(check_every))
         self.t0 = time.perf_counter()
+        self.agreed = self.spent_before  # the time spent as all ranks last agreed on it (see exhausted)
 
     def spent(self) -> float:
         return self.spent_before + time.perf_counter() - self.t0
@@ -184,7 +185,16 @@ class TimeBudget:
         spent = torch.tensor([self.spent()], dtype=torch.float64, device=device)
         if distributed:
             dist.all_reduce(spent, op=dist.ReduceOp.MAX)
-        return float(spent) >= self.seconds
+        self.agreed = float(spent)
+        return self.agreed >= self.seconds
+
+    def fraction(self, step: int, max_steps: int) -> float:
+        """The share of the run's budget used after `step`: of max_steps, or of the seconds when that is more.
+
+        Built from the agreed time only, so every rank computes the same value at the same step (a learning
+        rate schedule on it keeps the DDP replicas identical)."""
+        by_time = self.agreed / self.seconds if self.seconds else 0.0
+        return min(1.0, max(step / max(1, max_steps), by_time))
 
 
 class cpu_threads:

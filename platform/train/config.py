@@ -22,6 +22,8 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
+from clipsynth_core.training import LR_SCHEDULES
+
 VARIANTS = ("image", "text", "hybrid")
 MODEL_SIZES = ("tiny", "cpu", "small", "paper")
 
@@ -69,6 +71,15 @@ class TrainConfig:
         2048, "draw more windows per chunk from small datasets so one pass holds at least this many examples"
     )
     shuffle_buffer: int = opt(256, "rows in each worker's local shuffle buffer")
+    cache_in_worker: str = opt(
+        "auto",
+        "hold each worker's share of the train split in its memory and cut examples there, instead of streaming "
+        "them from Ray Data pass after pass: on, off, or auto (when the share is under --cache-max-mb)",
+        choices=("auto", "on", "off"),
+    )
+    cache_max_mb: float = opt(
+        1024.0, "largest share of the train split (uncompressed MB per worker) that --cache-in-worker auto caches"
+    )
     seed: int = opt(0, "seed of the model initialisation and of the training noise")
     tracking_uri: str = opt("", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     ray_address: str = opt(
@@ -101,6 +112,8 @@ class TrainConfig:
         for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.cache_max_mb < 0:
+            raise ValueError(f"--cache-max-mb must be >= 0, got {self.cache_max_mb}")
         if self.windows_per_chunk < 1:
             raise ValueError("--windows-per-chunk must be >= 1")
         if not self.lr > 0:
@@ -137,6 +150,12 @@ class DiffusionTrainConfig(TrainConfig):
     batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
     lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
     weight_decay: float = opt(0.0, "AdamW weight decay (improved-diffusion: 0)")
+    lr_schedule: str = opt(
+        "constant",
+        "learning rate over the run: constant (improved-diffusion), or cosine, decaying to 0 as the budget "
+        "(--max-steps, or --train-seconds when that ends the run sooner) is spent",
+        choices=LR_SCHEDULES,
+    )
     ema_decay: float = opt(0.9999, "EMA rate of the weights that samples and the bundle use")
     ema_warmup: bool = opt(
         False, "EMA decay min(rate, (1 + step) / (10 + step)): short runs do not average in the initialisation"
@@ -173,6 +192,10 @@ class DiffusionTrainConfig(TrainConfig):
     register_as: str = opt(
         "clipsynth-vggsound", "MLflow registered model name of the final synthesizer bundle; empty: do not register"
     )
+    register_alias: str = opt(
+        "latest-train",
+        "alias the registered version gets (serve models:/NAME@ALIAS; evaluation promotes to @champion); empty: none",
+    )
 
     def run_name_or_default(self) -> str:
         return self.run_name or f"{self.experiment}-{self.variant}"
@@ -181,6 +204,8 @@ class DiffusionTrainConfig(TrainConfig):
         super().check()
         if self.variant not in VARIANTS:
             raise ValueError(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.model_size not in MODEL_SIZES:
             raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
         if not 0.0 <= self.ema_decay <= 1.0:

@@ -9,12 +9,17 @@ Examples are made in Ray Data map tasks, so the Train workers only step the mode
   computes the matching mel on its device.
 Each chunk yields `repeat` examples per pass, so that a tiny dataset still makes passes long enough that
 the per-pass start-up of the streaming split does not dominate.
+
+A dataset whose share per worker fits in memory (`--cache-in-worker auto`) skips the passes altogether:
+each worker reads its share of the rows once from Ray Data (`CachedRows`) and cuts examples from rows drawn
+uniformly at random, step after step (`cached_batches`), with the same transforms. On 2 cores a streamed
+pass stalls the step for seconds at every boundary and its map tasks take CPU from the step in between.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 
 DIFFUSION_COLUMNS = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "text_embedding"]
 VOCODER_COLUMNS = ["chunk_id", "audio"]
+MAX_EMPTY_DRAWS = 100  # draws of a cached batch that may yield no example before the shard counts as unusable
 SAMPLE_LABELS = 4  # default number of labels whose text embeddings condition the periodic samples
 
 
@@ -189,6 +195,34 @@ def first_rows(info: DatasetInfo, columns: list[str], count: int) -> list[dict]:
     return rows
 
 
+def diffusion_columns(variant: str) -> list[str]:
+    """The columns a diffusion run reads (image-trained runs never need the text embeddings)."""
+    return [c for c in DIFFUSION_COLUMNS if c != "text_embedding" or variant != "image"]
+
+
+def column_bytes(info: DatasetInfo, columns: list[str]) -> int:
+    """Uncompressed bytes of `columns` over the train shards, from the Parquet footers (no data is read)."""
+    fs, _ = pyarrow_filesystem(info.uri)
+    wanted = set(columns)
+    total = 0
+    for f in info.files:
+        meta = pq.ParquetFile(strip_scheme(f), filesystem=fs).metadata
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for j in range(group.num_columns):
+                col = group.column(j)
+                if col.path_in_schema.split(".")[0] in wanted:
+                    total += col.total_uncompressed_size
+    return total
+
+
+def should_cache(mode: str, share_bytes: float, max_mb: float) -> bool:
+    """--cache-in-worker: "on", "off", or "auto" (a worker's share of the columns under max_mb megabytes)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"cache mode must be auto, on or off, got {mode!r}")
+    return mode == "on" or (mode == "auto" and share_bytes <= max_mb * 1e6)
+
+
 def repeat_factor(num_rows: int, windows_per_chunk: int, min_examples_per_pass: int) -> int:
     """Examples drawn per chunk per pass: at least `windows_per_chunk`, more for small datasets."""
     return max(int(windows_per_chunk), math.ceil(max(0, min_examples_per_pass) / max(1, num_rows)))
@@ -278,8 +312,7 @@ def read_train_dataset(info: DatasetInfo, columns: list[str]) -> ray.data.Datase
 
 
 def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, repeat: int) -> ray.data.Dataset:
-    columns = [c for c in DIFFUSION_COLUMNS if c != "text_embedding" or variant != "image"]
-    ds = read_train_dataset(info, columns)
+    ds = read_train_dataset(info, diffusion_columns(variant))
     # Small map batches keep blocks small, so the streaming split hands out examples evenly.
     return ds.map_batches(
         diffusion_examples,  # type: ignore[arg-type]  # keyword arguments come in fn_kwargs, which Ray's stub ignores
@@ -330,3 +363,78 @@ def endless_batches(shard: Any, batch_size: int, shuffle_buffer: int = 0, device
                 pending = {k: [v[batch_size:]] for k, v in merged.items()} if held else {}
         if seen == 0:
             raise DatasetError("a pass over this worker's data shard yielded no examples")
+
+
+# ------------------------------------------------------------------------------------- cached in a worker
+ExampleMaker = Callable[[dict[str, list], int], dict[str, np.ndarray]]  # (rows, seed) -> examples
+
+
+class CachedRows:
+    """A worker's share of the train split, read once from its dataset shard and held in memory as columns."""
+
+    def __init__(self, columns: dict[str, list]) -> None:
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1 or not lengths.pop():
+            raise DatasetError("this worker's data shard holds no rows (or columns of unequal length)")
+        self.columns = columns
+
+    @classmethod
+    def from_shard(cls, shard: Any, rows_per_batch: int = 64) -> CachedRows:
+        """Iterate the shard once (every rank must, as the streaming split requires) and keep its rows."""
+        columns: dict[str, list] = {}
+        for batch in shard.iter_batches(batch_size=rows_per_batch, batch_format="numpy"):
+            for name, values in batch.items():
+                columns.setdefault(name, []).extend(values)
+        return cls(columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def take(self, rows: np.ndarray) -> dict[str, list]:
+        return {name: [values[i] for i in rows] for name, values in self.columns.items()}
+
+
+def cached_batches(
+    rows: CachedRows, make_examples: ExampleMaker, batch_size: int, seed: int, device: Any = None
+) -> Iterator[dict]:
+    """Full batches of `batch_size` examples (dicts of tensors), each cut from rows drawn uniformly at random.
+
+    A transform may drop rows (text-trained runs skip rows without a label embedding): rows are drawn again
+    until the batch is full; a shard that yields nothing in MAX_EMPTY_DRAWS draws raises DatasetError.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    while True:
+        parts: list[dict[str, np.ndarray]] = []
+        held, empty = 0, 0
+        while held < batch_size:
+            drawn = rng.integers(0, len(rows), batch_size - held)
+            examples = make_examples(rows.take(drawn), int(rng.integers(0, 2**63 - 1)))
+            count = len(next(iter(examples.values())))
+            if count == 0:
+                empty += 1
+                if empty >= MAX_EMPTY_DRAWS:
+                    raise DatasetError(f"{MAX_EMPTY_DRAWS} draws from this worker's cached rows made no example")
+                continue
+            parts.append(examples)
+            held += count
+        merged = {k: np.concatenate([p[k] for p in parts])[:batch_size] for k in parts[0]}
+        yield {k: torch.from_numpy(v).to(device if device is not None else "cpu") for k, v in merged.items()}
+
+
+def training_batches(
+    shard: Any,
+    *,
+    cached: bool,
+    make_examples: ExampleMaker,
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    device: Any = None,
+) -> Iterator[dict]:
+    """The batches a Train worker steps on: cut in the worker from its cached rows, or streamed from Ray Data
+    (whose map tasks already made the examples)."""
+    if cached:
+        return cached_batches(CachedRows.from_shard(shard), make_examples, batch_size, seed, device)
+    return endless_batches(shard, batch_size, shuffle_buffer, device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -36,9 +37,9 @@ from clipsynth_core import (
     save_training_state,
 )
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
-from clipsynth_core.training import DiffusionStep, resolve_bf16
+from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 
-from ..registry import log_bundle_model
+from ..registry import log_bundle_model, set_alias
 from .common import (
     Progress,
     TimeBudget,
@@ -53,7 +54,7 @@ from .common import (
     state_digest,
 )
 from .config import DiffusionTrainConfig
-from .data import endless_batches
+from .data import diffusion_examples, training_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import load_vocoder
 
@@ -123,6 +124,10 @@ def sample_mels(
     return x[:, 0].clamp(-1, 1)
 
 
+def _examples(rows: dict, seed: int, *, variant: str, window_frames: int) -> dict[str, np.ndarray]:
+    return diffusion_examples(rows, variant=variant, window_frames=window_frames, seed=seed)
+
+
 def train_diffusion_worker(loop_config: dict) -> None:
     """Ray Train's train_loop_per_worker; `loop_config` comes from the runner (config + resolved job)."""
     run_worker(DiffusionTrainConfig, loop_config, _train_diffusion_worker)
@@ -162,7 +167,15 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_step)
-    batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames),
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed * 1_000_003 + 7919 * rank + start_step + 1,
+        device=device,
+    )
 
     tracker: RunTracker | None = None
     vocoder: torch.nn.Module | None = None
@@ -224,6 +237,9 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         if out_of_time:
             break
         fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+        if cfg.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, budget.fraction(step - 1, cfg.max_steps))
         t_wait = time.perf_counter()
         batch = next(batches)
         data_wait += time.perf_counter() - t_wait
@@ -338,13 +354,18 @@ def _finish(
         with mlflow.start_run(run_id=tracker.run_id):
             info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
     version = getattr(info, "registered_model_version", None)
-    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri})
+    alias_uri = None
+    if version is not None and cfg.register_alias:
+        alias_uri = set_alias(f"models:/{cfg.register_as}/{version}", cfg.register_alias)
+    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri, "model_alias": alias_uri or ""})
     tracker.update_record(
         bundle_step=final_step,
         model_uri=info.model_uri,
         registered_model=cfg.register_as or None,
         registered_version=int(version) if version is not None else None,
+        registered_alias=alias_uri,
     )
     where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
+    where += f" = {alias_uri}" if alias_uri else ""
     say(f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

@@ -14,6 +14,7 @@ import functools
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,15 @@ from .common import (
     state_digest,
 )
 from .config import HiFiGANTrainConfig
-from .data import endless_batches
+from .data import training_batches, vocoder_examples
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
 
 LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
+
+
+def _segments(rows: dict, seed: int, *, segment_samples: int) -> dict[str, np.ndarray]:
+    return vocoder_examples(rows, segment_samples=segment_samples, seed=seed)
 
 
 def train_hifigan_worker(loop_config: dict) -> None:
@@ -100,7 +105,15 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     d_ddp = ray.train.torch.prepare_model(discriminator)
     mel_frontend = MelFrontend(MelConfig()).to(device)
     step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
-    batches = endless_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, cfg.shuffle_buffer, device)
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length),
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed * 1_000_003 + 7919 * rank + start_step + 1,
+        device=device,
+    )
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
 
     tracker = None

@@ -21,16 +21,22 @@ import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
+from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
+    VOCODER_COLUMNS,
     DatasetError,
     DatasetInfo,
+    column_bytes,
+    diffusion_columns,
     diffusion_dataset,
     first_rows,
     inspect_dataset,
     label_text_embeddings,
+    read_train_dataset,
     repeat_factor,
+    should_cache,
     vocoder_dataset,
 )
 from .tracking import flatten_params, git_commit, read_run_record, resolve_tracking_uri, run_record_uri
@@ -73,23 +79,27 @@ def connect_ray(cfg: TrainConfig) -> None:
     ray.init(address="local", num_cpus=num_cpus)
 
 
-def check_cluster_resources(cfg: TrainConfig) -> None:
-    """Refuse a layout that would starve the data pipeline (the known TorchTrainer + Ray Data hang)."""
-    import ray
+def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -> Preflight:
+    """Refuse a layout that no node the cluster has or can start would hold, or that leaves the data pipeline
+    no CPU (the known TorchTrainer + Ray Data hang); warn when it fits only once the autoscaler adds nodes."""
+    view = view or ClusterView.from_ray()
+    bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+    result = check_request(view, bundle, cfg.num_workers, spare_cpus=1.0, what="training")
+    if result.refused:
+        raise RuntimeError(
+            f"{result.messages[0]}. Each Train worker reserves its CPUs, so Ray Data would get none and the run "
+            "would hang, or the workers would never be placed. Lower --cpus-per-worker (e.g. 0.5), use fewer "
+            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`) or GPUs."
+        )
+    for message in result.messages:
+        print(f"[preflight] {message}", flush=True)
+    return result
 
-    resources = ray.cluster_resources()
-    cpus = float(resources.get("CPU", 0))
-    train_cpus = cfg.num_workers * cfg.cpus_per_worker
-    if cpus - train_cpus < 1:
-        raise RuntimeError(
-            f"the cluster has {cpus:g} CPUs and the {cfg.num_workers} Train workers reserve {train_cpus:g}: "
-            "Ray Data would get none and the run would hang. Lower --cpus-per-worker (e.g. 0.5), use fewer "
-            "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`)."
-        )
-    if cfg.use_gpu and float(resources.get("GPU", 0)) < max(cfg.num_workers, 1):
-        raise RuntimeError(
-            f"--use-gpu with {cfg.num_workers} workers, but the cluster has {resources.get('GPU', 0)} GPUs"
-        )
+
+def _vocoder(cfg: TrainConfig) -> str:
+    """The diffusion job's --vocoder (read by rank 0 on whichever node it lands): a path must be shared too."""
+    value = getattr(cfg, "vocoder", "")
+    return "" if value.startswith(("runs:", "models:")) else value
 
 
 def configure_data_context() -> None:
@@ -113,7 +123,11 @@ def launch(
 ) -> TrainingSummary:
     """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
     connect_ray(cfg)
-    check_cluster_resources(cfg)
+    view = ClusterView.from_ray()
+    check_cluster_resources(cfg, view)
+    require_shared_locations(
+        view, data=cfg.data, storage_path=job["storage_path"], tracking_uri=job["tracking_uri"], vocoder=_vocoder(cfg)
+    )
     configure_data_context()
     dataset = make_dataset()  # after connect_ray: a Dataset built first would start Ray with default resources
     print_plan(cfg, job)
@@ -183,11 +197,13 @@ def _warn_about_job_local_tracking(cfg: TrainConfig) -> None:
         )
 
 
-def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
+def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str, columns: list[str]) -> dict:
     _warn_about_job_local_tracking(cfg)
     storage = resolve_storage(cfg.storage_path)
     run_name = cfg.run_name_or_default()
+    share_bytes = column_bytes(info, columns) / max(cfg.num_workers, 1)
     return {
+        "cache_in_worker": should_cache(cfg.cache_in_worker, share_bytes, cfg.cache_max_mb),
         "kind": kind,
         "storage_path": storage,
         "run_name": run_name,
@@ -200,6 +216,7 @@ def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str) -> dict:
             "embed_dim": info.embed_dim,
             "clip_model": info.clip_model,
             "labels": len(info.labels),
+            "share_mb_per_worker": round(share_bytes / 1e6, 1),
         },
     }
 
@@ -258,7 +275,7 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
     clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
     names, conds, sample_kind = sample_conditions(cfg, info)
     repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
-    job = _common_job(cfg, info, "diffusion")
+    job = _common_job(cfg, info, "diffusion", diffusion_columns(cfg.variant))
     job.update(
         {
             "unet": unet.to_dict(),
@@ -278,7 +295,11 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
             "optim": {"betas": [0.9, 0.999]},
             "mel": asdict(MelConfig()),
             "clip": clip.to_dict(),
-            "data": {**job["dataset"], "examples_per_chunk_per_pass": repeat},
+            "data": {
+                **job["dataset"],
+                "examples_per_chunk_per_pass": repeat,
+                "cache_in_worker": job["cache_in_worker"],
+            },
             "samples": {"kind": sample_kind, "names": names},
         }
     )
@@ -291,12 +312,13 @@ def run_diffusion_training(cfg: DiffusionTrainConfig) -> TrainingSummary:
 
     cfg.check()
     job, info = prepare_diffusion(cfg)
-    return launch(
-        cfg,
-        job,
-        lambda: diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"]),
-        train_diffusion_worker,
-    )
+
+    def make_dataset() -> ray.data.Dataset:
+        if job["cache_in_worker"]:  # rows: the workers cut the examples from their cached share
+            return read_train_dataset(info, diffusion_columns(cfg.variant))
+        return diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"])
+
+    return launch(cfg, job, make_dataset, train_diffusion_worker)
 
 
 # -------------------------------------------------------------------------------------------- HiFi-GAN
@@ -321,7 +343,7 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
     for i, r in enumerate(rows[: len(reference)]):
         pcm = np.asarray(r["audio"][:ref_len], dtype=np.int16)
         reference[i, : len(pcm)] = pcm.astype(np.float32) / 32768.0
-    job = _common_job(cfg, info, "hifigan")
+    job = _common_job(cfg, info, "hifigan", VOCODER_COLUMNS)
     steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * max(cfg.num_workers, 1)))
     job.update(
         {
@@ -338,7 +360,12 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
             "mel": asdict(MelConfig()),
             "segment_samples": cfg.segment_frames * hifigan.hop_length,
             "steps_per_epoch": steps_per_epoch,
-            "data": {**job["dataset"], "segments_per_chunk_per_pass": repeat, "rows_with_audio": info.rows_with_audio},
+            "data": {
+                **job["dataset"],
+                "segments_per_chunk_per_pass": repeat,
+                "rows_with_audio": info.rows_with_audio,
+                "cache_in_worker": job["cache_in_worker"],
+            },
         }
     )
     job["tags"] = _tags(cfg, info, "hifigan", {"model_size": cfg.model_size})
@@ -351,9 +378,13 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
     cfg.check()
     job, info = prepare_hifigan(cfg)
     segment = cfg.segment_frames * MelConfig().hop_length
-    return launch(
-        cfg, job, lambda: vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"]), train_hifigan_worker
-    )
+
+    def make_dataset() -> ray.data.Dataset:
+        if job["cache_in_worker"]:
+            return read_train_dataset(info, VOCODER_COLUMNS)
+        return vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"])
+
+    return launch(cfg, job, make_dataset, train_hifigan_worker)
 
 
 def print_plan(cfg: TrainConfig, job: dict) -> None:

@@ -118,9 +118,15 @@ class RunTracker:
             write_run_record(record_uri, record)
         self.run_id = run_id
         self.record = record
+        # Per metric, the last step already in MLflow: a restart from the last checkpoint replays the steps
+        # after it, whose values the first attempt logged; they are not logged twice (one value per step).
+        self.logged_through: dict[str, int] = {}
         if self.resumed:
             self.client.update_run(run_id, status="RUNNING")
             self.set_tags(tags)
+            for key in self.client.get_run(run_id).data.metrics:
+                history = self.client.get_metric_history(run_id, key)
+                self.logged_through[key] = max((m.step for m in history), default=-1)
 
     def update_record(self, **values) -> None:
         self.record.update(values)
@@ -143,7 +149,11 @@ class RunTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+        items = [
+            Metric(k, float(v), ts, int(step))
+            for k, v in metrics.items()
+            if math.isfinite(float(v)) and int(step) > self.logged_through.get(k, -1)
+        ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
