@@ -155,14 +155,7 @@ class PeriodDiscriminator(nn.Module):
         b, n = x.shape
         if n % self.period:
             x = F.pad(x, (0, self.period - n % self.period), mode="reflect")
-        x = x.view(b, 1, -1, self.period)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _scores_and_features(self.convs, self.post, x.view(b, 1, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -181,14 +174,19 @@ class ScaleDiscriminator(nn.Module):
         self.post = norm(nn.Conv1d(min(1024, w), 1, 3, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        x = x.unsqueeze(1)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
+        return _scores_and_features(self.convs, self.post, x.unsqueeze(1))
+
+
+def _scores_and_features(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A sub-discriminator's pass: leaky-ReLU convs, then the output conv; every layer's output is a feature map
+    (for the feature-matching loss), the last one flattened is the score."""
+    feats = []
+    for c in convs:
+        x = F.leaky_relu(c(x), LRELU)
         feats.append(x)
-        return x.flatten(1), feats
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
 
 
 class HiFiGANDiscriminator(nn.Module):

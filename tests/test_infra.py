@@ -15,6 +15,7 @@ import shlex
 import subprocess
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -52,6 +53,12 @@ from infra_checks.serve_config import serve_code_deployments, serve_config_probl
 from infra_checks.yaml_lint import lint_problems
 
 
+def assert_reports(problems: list[str], *fragments: str) -> None:
+    """Each fragment is in one of the problems a checker reported (on a deliberately broken copy)."""
+    missing = [f for f in fragments if not any(f in p for p in problems)]
+    assert not missing, f"not reported: {missing}; reported: {problems}"
+
+
 @pytest.mark.parametrize("path", [*infra_yaml_files(), YAMLLINT_CONFIG], ids=where)
 def test_yaml_is_lint_clean(path):
     assert lint_problems(path) == []
@@ -64,8 +71,7 @@ def test_yamllint_rejects_a_broken_copy(tmp_path):
     # a duplicated key (the first value would be dropped silently) and a trailing space
     broken.write_text(text.replace("  rayVersion: ", "  rayVersion: '2.0.0'\n  rayVersion: ", 1) + "x: 1 \n")
     problems = lint_problems(broken)
-    assert any("key-duplicates" in p for p in problems), problems
-    assert any("trailing-spaces" in p for p in problems), problems
+    assert_reports(problems, "key-duplicates", "trailing-spaces")
 
 
 def test_yamllint_also_checks_embedded_serve_config(tmp_path):
@@ -141,10 +147,7 @@ def test_kuberay_check_rejects_broken_copies(tmp_path):
     spec["headGroupSpec"]["template"]["spec"]["volumes"] = []
     del spec["authOptions"]
     problems = kuberay_problems(write_yaml(tmp_path / "raycluster.yaml", docs))
-    assert any("no GPU worker group" in p for p in problems), problems
-    assert any("[head]: image" in p for p in problems), problems
-    assert any("/dev/shm" in p for p in problems), problems
-    assert any("token authentication" in p for p in problems), problems
+    assert_reports(problems, "no GPU worker group", "[head]: image", "/dev/shm", "token authentication")
 
     docs = load_docs(KUBERAY / "rayjob-train.yaml")
     docs[0]["spec"]["entrypoint"] = docs[0]["spec"]["entrypoint"].replace("--num-workers 8", "--num-workers 16")
@@ -154,17 +157,13 @@ def test_kuberay_check_rejects_broken_copies(tmp_path):
     problems = kuberay_problems(write_yaml(tmp_path / "rayjob-train.yaml", docs))
     assert any("--num-workers 16" in p for p in problems), problems
     assert any("--storage-path" in p and "not on S3" in p for p in problems), problems
-    assert any("working_dir" in p for p in problems), problems
-    assert any("installs packages" in p for p in problems), problems
-    assert any("submitter pod" in p for p in problems), problems
+    assert_reports(problems, "working_dir", "installs packages", "submitter pod")
 
     docs = load_docs(KUBERAY / "rayjob-preprocess.yaml")
     docs[0]["spec"]["entrypoint"] = docs[0]["spec"]["entrypoint"].replace("--num-gpus 8", "--num-gpus 16")
     docs[0]["spec"]["entrypoint"] = docs[0]["spec"]["entrypoint"].replace("s3://clipsynth-data/raw", "/data/raw")
     problems = kuberay_problems(write_yaml(tmp_path / "rayjob-preprocess.yaml", docs))
-    assert any("--num-gpus 16" in p for p in problems), problems
-    assert any("--input '/data/raw" in p for p in problems), problems
-    assert any("--labels '/data/raw" in p for p in problems), problems
+    assert_reports(problems, "--num-gpus 16", "--input '/data/raw", "--labels '/data/raw")
 
     docs = load_docs(KUBERAY / "rayservice.yaml")
     docs[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["minReplicas"] = 0
@@ -284,8 +283,7 @@ def test_reference_check_rejects_broken_copies():
             d["spec"]["ports"][0]["targetPort"] = "web"
     docs = [d for d in docs if not (d["kind"] == "ServiceAccount" and d["metadata"]["name"] == RAY_SERVICE_ACCOUNT)]
     problems = reference_problems(docs)
-    assert any("403" in p for p in problems), problems
-    assert any("targetPort web" in p for p in problems), problems
+    assert_reports(problems, "403", "targetPort web")
     assert any(f"ServiceAccount {RAY_SERVICE_ACCOUNT} is not defined" in p for p in problems), problems
 
 
@@ -382,11 +380,8 @@ def test_dockerfile_builds_the_platform_image():
     assert facts["workdir"] == APP_HOME == facts["env"]["PYTHONPATH"] == "/home/ray/clipsynth"
     assert facts["user"] == "ray"
     # the torch pins installed first satisfy the project's own requirements (pip then keeps them)
-    requirements = {
-        Requirement(r).name: Requirement(r)
-        for r in re.findall(r'^\s*"([^"]+)",', (ROOT / "pyproject.toml").read_text(), re.M)
-        if re.match(r"torch", r)
-    }
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    requirements = {Requirement(r).name: Requirement(r) for r in dependencies if re.match(r"torch", r)}
     pins = [Requirement(p) for p in facts["env"]["TORCH_PINS"].split()]
     assert {p.name for p in pins} == {"torch", "torchvision", "torchaudio"}
     for pin in pins:
