@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo rehearsal table1 bootstrap lint format
+.PHONY: test test-fast demo rehearsal table1 bootstrap lint typecheck format
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -10,7 +10,19 @@ bootstrap:
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q
+
+# The unit tests: everything but the runs marked `slow` and the tests that start a Ray cluster (`ray`);
+# `make test` runs them all.
+test-fast: bootstrap
+	$(PY) -m pytest -q -m "not slow and not ray"
+
+# mypy on clipsynth_core and clipsynth_platform (pyproject's [tool.mypy]); platform/ is read through a link
+# named by its import name.
+typecheck: bootstrap
+	@mkdir -p build/mypy && ln -sfn ../../platform build/mypy/clipsynth_platform
+	$(VENV)/bin/mypy
 
 demo: bootstrap
 	$(PY) jobs/demo.py
@@ -30,6 +42,7 @@ table1: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 
 format: bootstrap
 	$(VENV)/bin/ruff check --fix .

@@ -19,6 +19,7 @@ import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,6 +194,12 @@ class ClipQueryEncoder(nn.Module):
     PIL images / HxWx3 arrays. Preprocessing (shortest-side bicubic resize, centre crop, CLIP mean/std) runs
     batched in torch, so it is the same on CPU and GPU.
     """
+
+    # open_clip's CLIP and tokenizer are untyped (their attributes read as Tensor | Module to the checker)
+    model: Any
+    tokenizer: Any
+    mean: Tensor  # buffers
+    std: Tensor
 
     def __init__(self, config: ClipConfig | None = None, model: nn.Module | None = None) -> None:
         super().__init__()

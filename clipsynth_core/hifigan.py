@@ -8,8 +8,11 @@ project's one mel function, so the vocoder is trained on exactly the mels the di
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +132,7 @@ class HiFiGANGenerator(nn.Module):
         x = self.conv_pre(mel)
         for up, blocks in zip(self.ups, self.blocks):
             x = up(F.leaky_relu(x, LRELU))
-            x = sum(b(x) for b in blocks) / len(blocks)
+            x = _mean_of([b(x) for b in cast(nn.ModuleList, blocks)])
         x = torch.tanh(self.conv_post(F.leaky_relu(x)))
         return x.squeeze(1)
 
@@ -152,14 +155,7 @@ class PeriodDiscriminator(nn.Module):
         b, n = x.shape
         if n % self.period:
             x = F.pad(x, (0, self.period - n % self.period), mode="reflect")
-        x = x.view(b, 1, -1, self.period)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _scores_and_features(self.convs, self.post, x.view(b, 1, -1, self.period))
 
 
 class ScaleDiscriminator(nn.Module):
@@ -178,14 +174,19 @@ class ScaleDiscriminator(nn.Module):
         self.post = norm(nn.Conv1d(min(1024, w), 1, 3, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        x = x.unsqueeze(1)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), LRELU)
-            feats.append(x)
-        x = self.post(x)
+        return _scores_and_features(self.convs, self.post, x.unsqueeze(1))
+
+
+def _scores_and_features(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """A sub-discriminator's pass: leaky-ReLU convs, then the output conv; every layer's output is a feature map
+    (for the feature-matching loss), the last one flattened is the score."""
+    feats = []
+    for c in convs:
+        x = F.leaky_relu(c(x), LRELU)
         feats.append(x)
-        return x.flatten(1), feats
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
 
 
 class HiFiGANDiscriminator(nn.Module):
@@ -215,14 +216,25 @@ class HiFiGANDiscriminator(nn.Module):
         return scores, feats
 
 
+def _sum_of(terms: list[Tensor]) -> Tensor:
+    """The builtin `sum`'s result (the same additions in the same order), typed as a tensor."""
+    return functools.reduce(operator.add, terms)
+
+
+def _mean_of(terms: list[Tensor]) -> Tensor:
+    return _sum_of(terms) / len(terms)
+
+
 def discriminator_loss(real_scores: list[Tensor], fake_scores: list[Tensor]) -> Tensor:
     """Least squares: sum over sub-discriminators of E[(1 - D(real))^2] + E[D(fake)^2]."""
-    return sum(torch.mean((1 - r) ** 2) + torch.mean(f**2) for r, f in zip(real_scores, fake_scores))
+    return _sum_of([torch.mean((1 - r) ** 2) + torch.mean(f**2) for r, f in zip(real_scores, fake_scores)])
 
 
 def generator_adv_loss(fake_scores: list[Tensor]) -> Tensor:
-    return sum(torch.mean((1 - f) ** 2) for f in fake_scores)
+    return _sum_of([torch.mean((1 - f) ** 2) for f in fake_scores])
 
 
 def feature_matching_loss(real_feats: list[list[Tensor]], fake_feats: list[list[Tensor]]) -> Tensor:
-    return sum(torch.mean(torch.abs(r.detach() - f)) for rd, fd in zip(real_feats, fake_feats) for r, f in zip(rd, fd))
+    return _sum_of(
+        [torch.mean(torch.abs(r.detach() - f)) for rd, fd in zip(real_feats, fake_feats) for r, f in zip(rd, fd)]
+    )

@@ -61,6 +61,9 @@ class MelFrontend(nn.Module):
     Differentiable (the HiFi-GAN mel loss uses it) and batched; resamples from any input rate.
     """
 
+    window: torch.Tensor  # buffers, typed for the checker (nn.Module's __getattr__ says Tensor | Module)
+    mel_basis: torch.Tensor
+
     def __init__(self, config: MelConfig | None = None) -> None:
         super().__init__()
         self.config = config or MelConfig()

@@ -84,7 +84,7 @@ class StatsAccumulator:
         return self
 
     def stats(self) -> GaussianStats:
-        if self.count < 2:
+        if self.count < 2 or self.mean is None or self.scatter is None:
             raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}")
         return GaussianStats(self.mean.copy(), self.scatter / (self.count - 1), self.count)
 

@@ -90,6 +90,10 @@ def train_prior(text: Tensor, image: Tensor, config: PriorConfig | None = None) 
 class GapReducer(nn.Module):
     """The fitted statistics of both methods; `forward(text, method)` reduces text embeddings [B, D]."""
 
+    mean_image: Tensor  # buffers
+    mean_text: Tensor
+    prior: EmbeddingPrior | None
+
     def __init__(self, mean_image: Tensor, mean_text: Tensor, prior: EmbeddingPrior | None = None, info=None):
         super().__init__()
         if mean_image.shape != mean_text.shape or mean_image.dim() != 1:

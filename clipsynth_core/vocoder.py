@@ -54,6 +54,8 @@ class GriffinLimVocoder(nn.Module):
     """Griffin-Lim from the normalised log-mel: mel [B, n_mels, T] -> waveform [B, (T - 1) * hop + n_fft]."""
 
     name = "griffin-lim"
+    inverse_basis: Tensor  # buffers
+    window: Tensor
 
     def __init__(self, mel: MelConfig | None = None, n_iter: int = 32) -> None:
         super().__init__()

@@ -146,26 +146,32 @@ class DemoClip:
         return {"clip": self.identity, "clip_encoder": self.kind, "clip_random": str(self.kind == "random").lower()}
 
 
-def resolve_clip(config: DemoConfig, log: Callable[[str], None] = print) -> DemoClip:
-    """Pretrained weights from the cache, a path or a download; else the offline encoder, trained once and cached."""
+def pretrained_clip_missing(config: DemoConfig, allow_download: bool) -> str | None:
+    """Why the configured pretrained CLIP cannot be loaded (no file, not in the cache, no download), or None
+    when it loads. The demo's choice between pretrained and offline CLIP is this answer; its test asks it too."""
     from clipsynth_core import ClipConfig, ClipQueryEncoder, ClipWeightsError
 
+    try:
+        ClipQueryEncoder(
+            ClipConfig(model_name=config.clip_model, pretrained=config.clip_pretrained, allow_download=allow_download)
+        )
+    except ClipWeightsError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def resolve_clip(config: DemoConfig, log: Callable[[str], None] = print) -> DemoClip:
+    """Pretrained weights from the cache, a path or a download; else the offline encoder, trained once and cached."""
     choice = config.clip_pretrained.lower()
     if choice == "none":
         return DemoClip(config.clip_model, "none", "random")
     reason = "--clip-pretrained offline"
     if choice != "offline":
-        allow_download = _hub_reachable()
-        try:
-            ClipQueryEncoder(
-                ClipConfig(
-                    model_name=config.clip_model, pretrained=config.clip_pretrained, allow_download=allow_download
-                )
-            )
+        missing = pretrained_clip_missing(config, allow_download=_hub_reachable())
+        if missing is None:
             log(f"[demo] CLIP {config.clip_model}/{config.clip_pretrained}: pretrained weights found")
             return DemoClip(config.clip_model, config.clip_pretrained, "pretrained")
-        except ClipWeightsError as exc:
-            reason = str(exc).splitlines()[0]
+        reason = missing
     from .offline_clip import OfflineClipConfig, offline_clip
 
     trained = offline_clip(
@@ -305,7 +311,7 @@ def _frames_zero_shot(clip: DemoClip, shards: Path, log: Callable[[str], None]) 
 
     encoder = ClipQueryEncoder(ClipConfig(model_name=clip.model, pretrained=clip.pretrained, allow_download=False))
     result = dataset_zero_shot(encoder, str(shards))
-    worst = min(result.per_class, key=result.per_class.get)
+    worst = min(result.per_class, key=lambda name: result.per_class[name])
     log(
         f"[demo] CLIP zero-shot on {result.frames} corpus frames: {result.accuracy:.3f} "
         f"({len(result.classes)} classes; lowest {worst} {result.per_class[worst]:.2f})"
@@ -650,4 +656,4 @@ def main(config: DemoConfig) -> int:
     return 0
 
 
-__all__ = ["DemoClip", "DemoConfig", "main", "resolve_clip", "run_demo"]
+__all__ = ["DemoClip", "DemoConfig", "main", "pretrained_clip_missing", "resolve_clip", "run_demo"]

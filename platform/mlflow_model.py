@@ -7,11 +7,11 @@ predict() takes a DataFrame with a "query" column (and optional "steps", "seed")
 from __future__ import annotations
 
 import mlflow
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 
-class SynthesizerModel(mlflow.pyfunc.PythonModel):
+class SynthesizerModel(PythonModel):
     def load_context(self, context) -> None:
         from clipsynth_core import Synthesizer
 

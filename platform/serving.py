@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,11 +25,14 @@ from torch import Tensor, nn
 from clipsynth_core import (
     ClipConfig,
     ClipQueryEncoder,
+    HiFiGANGenerator,
     Synthesizer,
     SynthesizerConfig,
     frames_for_seconds,
 )
 from clipsynth_core.synthesizer import load_bundle_encoder, load_bundle_unet, load_bundle_vocoder, read_bundle_config
+
+from .batching import apply_by_group, group_indices
 
 SAMPLERS = ("ddpm", "ddim")
 
@@ -107,8 +111,9 @@ def load_mel_sampler(
     return Synthesizer(
         config,
         unet=load_bundle_unet(bundle_dir, config),
-        encoder=_AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim),
-        hifigan=_AbsentPart("HiFi-GAN vocoder"),
+        # stand-ins that raise when used: the sampler never encodes nor vocodes
+        encoder=cast(ClipQueryEncoder, _AbsentPart("CLIP query encoder", embed_dim=config.unet.cond_dim)),
+        hifigan=cast(HiFiGANGenerator, _AbsentPart("HiFi-GAN vocoder")),
         vocoder=_AbsentPart("vocoder"),
         device=device,
     )
@@ -142,14 +147,6 @@ class SampleOutput:
     batch_size: int  # requests in the whole batch handed to `sample_batch`
 
 
-def group_indices(keys: Sequence) -> list[list[int]]:
-    """Indices grouped by equal key, groups in order of first appearance, indices ascending."""
-    groups: dict = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    return list(groups.values())
-
-
 def sample_batch(
     synthesizer: Synthesizer, conds: Tensor | np.ndarray, specs: Sequence[SampleSpec]
 ) -> list[SampleOutput]:
@@ -171,9 +168,9 @@ def sample_batch(
             seconds=first.seconds,
             sampler=first.sampler,
         )
-        mels = mels.float().cpu().numpy()
+        mel_array = mels.float().cpu().numpy()
         for j, i in enumerate(idx):
-            out[i] = SampleOutput(mel=mels[j], group_size=len(idx), batch_size=len(specs))
+            out[i] = SampleOutput(mel=mel_array[j], group_size=len(idx), batch_size=len(specs))
     return out  # type: ignore[return-value]
 
 
@@ -182,15 +179,14 @@ def vocode_batch(vocoder: nn.Module, mels: Sequence[np.ndarray]) -> list[np.ndar
     """Waveforms (float32 [(frames - 1) * hop + n_fft]) for mels of possibly different lengths, equal lengths
     batched."""
     device = next(iter([*vocoder.parameters(), *vocoder.buffers()])).device
-    out: list[np.ndarray | None] = [None] * len(mels)
-    for idx in group_indices([np.shape(m) for m in mels]):
-        x = torch.as_tensor(np.stack([np.asarray(mels[i], dtype=np.float32) for i in idx]), device=device)
+
+    def vocode(group: list[np.ndarray]) -> list[np.ndarray]:
+        x = torch.as_tensor(np.stack([np.asarray(m, dtype=np.float32) for m in group]), device=device)
         if x.dim() != 3:
             raise ValueError(f"mels must be [n_mels, frames], got {tuple(x.shape[1:])}")
-        waves = vocoder(x).float().clamp(-1.0, 1.0).cpu().numpy()
-        for j, i in enumerate(idx):
-            out[i] = waves[j]
-    return out  # type: ignore[return-value]
+        return list(vocoder(x).float().clamp(-1.0, 1.0).cpu().numpy())
+
+    return apply_by_group(mels, np.shape, vocode)
 
 
 def model_info(synthesizer: Synthesizer, model_uri: str, bundle_dir: str | os.PathLike) -> dict:

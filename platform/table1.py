@@ -23,7 +23,9 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 VARIANTS = ("image", "text", "hybrid")
 
@@ -85,6 +87,12 @@ def _local_bundle(model_uri: str, root: Path, variant: str) -> Path:
     return dst
 
 
+def _train(cfg: Any) -> dict:
+    from .train.runner import run_diffusion_training
+
+    return run_diffusion_training(cfg).to_dict()
+
+
 def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every stage; returns the table's paths, rows and the modality gaps."""
     import mlflow
@@ -96,7 +104,7 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
     from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
     from .modality_gap import GapFitConfig, fit_gap_reducer
     from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
-    from .train.runner import run_diffusion_training, run_hifigan_training
+    from .train.runner import run_hifigan_training
 
     c = config.check()
     root = Path(c.out).resolve()
@@ -165,7 +173,7 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
             tracking_uri=tracking,
             seed=c.seed,
         )
-        done = stages.run(f"train_{variant}", asdict(cfg), lambda cfg=cfg: run_diffusion_training(cfg).to_dict(), log)
+        done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg), log)
         models[variant] = done["record"]["model_uri"]
 
     classifier = c.mel_classifier
@@ -192,7 +200,7 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
     bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles, log)
 
     def evaluate() -> dict:
-        base = dict(
+        base: dict[str, Any] = dict(
             data=c.data,
             dataset=c.dataset,
             num_samples=c.eval_samples,

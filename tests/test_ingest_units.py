@@ -19,15 +19,9 @@ from PIL import Image
 
 from clipsynth_core import MelFrontend
 from clipsynth_platform.ingest import IngestConfig, hashed_split, plan_sources, video_id_of
-from clipsynth_platform.ingest.decode import (
-    DecodeSettings,
-    chunk_bounds,
-    frame_size,
-    frame_targets,
-    process_video,
-    select_frames,
-    short_error,
-)
+from clipsynth_platform.ingest.decode import DecodeSettings, chunk_bounds, frame_targets, process_video
+from clipsynth_platform.ingest.failures import short_error
+from clipsynth_platform.ingest.frames import frame_size, select_frames
 from clipsynth_platform.ingest.labels import (
     detect_format,
     load_label_index,
@@ -327,7 +321,7 @@ def test_decode_keyframe_mode_returns_keyframes_only(coded_video):
 
 
 def test_decode_keyframe_mode_falls_back_to_decord_pixels(coded_video, monkeypatch):
-    from clipsynth_platform.ingest import decode
+    from clipsynth_platform.ingest import frames
 
     reference, _ = _decode(coded_video, frame_sampling="keyframe")  # torchcodec's pixels
 
@@ -336,7 +330,7 @@ def test_decode_keyframe_mode_falls_back_to_decord_pixels(coded_video, monkeypat
             raise RuntimeError("simulated torchcodec failure")
 
     monkeypatch.setattr(
-        decode.FrameSource, "_open_keyframe_decoder", lambda self: setattr(self, "_keys_tc", BrokenDecoder())
+        frames.DecordIndexedKeyframes, "_open_keyframe_decoder", lambda self: setattr(self, "_keys", BrokenDecoder())
     )
     rows, video = _decode(coded_video, frame_sampling="keyframe")
     info = json.loads(video["info_json"])

@@ -21,6 +21,7 @@ from clipsynth_platform.ingest.records import (
     RECORD_CHUNK,
     RECORD_CHUNK_FAILED,
     RECORD_WRITTEN,
+    VideoRecord,
     record_table,
     video_row,
 )
@@ -80,7 +81,8 @@ def _chunks(vid: str, n: int, split: str = "train", start: int = 0) -> list[dict
 
 
 def _video(vid: str, chunks: int, split: str = "train") -> dict:
-    return video_row(_source(f"/v/{vid}.mp4", vid, split), "ok", chunks, 0, info={"timings": {"read": 0.1}})
+    record = VideoRecord(status="ok", chunks=chunks, info={"timings": {"read": 0.1}})
+    return video_row(_source(f"/v/{vid}.mp4", vid, split), record)
 
 
 def test_the_write_stage_stages_shards_and_returns_only_bookkeeping(tmp_path):

@@ -25,6 +25,7 @@ def _batch(seed: int = 0):
     return mel, cond
 
 
+@pytest.mark.slow  # hundreds of optimiser steps: the full suite runs it, `make test-fast` does not
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
     model = ConditionalUNet(unet_config("tiny", cond_dim=16))
@@ -71,6 +72,7 @@ def test_ema_arithmetic():
         EMA(model, decay=1.5)
 
 
+@pytest.mark.slow  # trains, saves, restores and trains again: the full suite runs it, `make test-fast` does not
 def test_training_state_restores_exactly(tmp_path):
     torch.manual_seed(0)
     diffusion = GaussianDiffusion.from_config(DiffusionConfig(num_steps=100))

@@ -86,8 +86,9 @@ class Rehearsal:
         self.services.env = base_env(self.work, s3_port, mlflow_port)
         import s3fs
 
-        self.s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{s3_port}"},
-                                    key="rehearsal", secret="rehearsal")  # fmt: skip
+        env = self.services.env  # moto's throwaway credentials, the same the nodes get
+        credentials = {"key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
+        self.s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": f"http://127.0.0.1:{s3_port}"}, **credentials)
         self.s3.mkdir(BUCKET)
         start_mlflow(self.services, mlflow_port, f"s3://{BUCKET}/mlartifacts")
         self.cluster = start_cluster(self.services, workers=2, cpus_per_worker=4, object_store_mb=300)

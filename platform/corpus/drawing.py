@@ -96,9 +96,9 @@ def draw_instrument(icon: str, colour: tuple[int, int, int], size: int) -> Image
         for x in (0.40, 0.47, 0.54):
             d.rectangle(box(x, 0.55, x + 0.05, 0.75), fill=dark)
     elif icon == "sax":  # a J: neck, body down, curve, bell up
-        wide = max(6, s // 9)
-        d.line(pts(0.30, 0.06, 0.42, 0.12, 0.42, 0.70), fill=colour, width=wide)
-        d.arc(box(0.42 - 0.14, 0.56, 0.70, 0.92), 0, 180, fill=colour, width=wide)
+        stroke = max(6, s // 9)
+        d.line(pts(0.30, 0.06, 0.42, 0.12, 0.42, 0.70), fill=colour, width=stroke)
+        d.arc(box(0.42 - 0.14, 0.56, 0.70, 0.92), 0, 180, fill=colour, width=stroke)
         d.polygon(pts(0.62, 0.74, 0.78, 0.74, 0.86, 0.44, 0.58, 0.44), fill=colour)
         d.ellipse(box(0.56, 0.40, 0.88, 0.50), fill=dark)
         for k in range(5):
@@ -168,7 +168,7 @@ def make_scene(rng: np.random.Generator, label: str, config: CorpusConfig) -> Sc
     background = np.broadcast_to(rows[:, None, :], (h, w, 3)).round().astype(np.uint8).copy()
     icon_size = int(min(w, h) * rng.uniform(0.48, 0.62))
     icon = draw_instrument(instrument.icon, instrument.colour, icon_size)
-    icon = icon.rotate(float(rng.uniform(-15, 15)), resample=Image.BICUBIC, expand=True)
+    icon = icon.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, expand=True)
     title_size = max(10, int(h * rng.uniform(0.08, 0.11)))
     title = label.replace("_", " ")
     title_w = _font(title_size).getbbox(title)[2]

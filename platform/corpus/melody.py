@@ -67,7 +67,8 @@ def compose_melody(rng: np.random.Generator, instrument: Instrument, seconds: fl
     window_low = int(rng.integers(instrument.low, instrument.high - span + 1))
     pitches = [p for p in range(window_low, window_low + span + 1) if (p - tonic) % 12 in intervals]
     if instrument.style == "plucked":
-        durations, weights = (0.25, 0.5, 1.0, 1.5), (0.25, 0.45, 0.2, 0.1)
+        durations: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
+        weights: tuple[float, ...] = (0.25, 0.45, 0.2, 0.1)
         articulation = 1.0  # plucked and struck notes decay on their own; let them ring to the next one
     else:
         durations, weights = (0.5, 1.0, 1.5, 2.0, 3.0), (0.3, 0.35, 0.15, 0.15, 0.05)

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -208,7 +209,7 @@ def _make_table(runs: list) -> Table:
     references: dict[tuple[str, str], str] = {}
     metrics: set[str] = set()
     datasets: set[str] = set()
-    recon_sources: dict[str, object] = {}  # dataset -> newest run carrying <fad metric>_hifigan_recon
+    recon_sources: dict[str, Any] = {}  # dataset -> newest run carrying <fad metric>_hifigan_recon
     notes: list[str] = []
     for run in runs:
         t, m = run.data.tags, run.data.metrics
@@ -313,7 +314,7 @@ def modality_gaps(table: Table) -> list[dict]:
             continue
         for d in table.datasets:
             for k in table.metrics:
-                text, image = row.cells.get(d, {}).get(k), other.cells.get(d, {}).get(k)
+                text, image = cell_value(row.cells.get(d, {}), k), cell_value(other.cells.get(d, {}), k)
                 if text is None or image is None:
                     continue
                 out.append(
@@ -329,6 +330,12 @@ def modality_gaps(table: Table) -> list[dict]:
                     }
                 )
     return out
+
+
+def cell_value(cell: dict[str, float | str], metric: str) -> float | None:
+    """A metric's value in a table cell (the cell also holds its run's id, a string)."""
+    value = cell.get(metric)
+    return value if isinstance(value, float) else None
 
 
 def format_value(value: float | None) -> str:
@@ -396,7 +403,7 @@ def _markdown_table(table: Table) -> list[str]:
         ]
         for d in table.datasets:
             cell = r.cells.get(d, {})
-            cells += [format_value(cell.get(k)) for k in table.metrics]
+            cells += [format_value(cell_value(cell, k)) for k in table.metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -8,7 +8,7 @@ read in batches of rows, so a test split never has to fit in memory.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -57,7 +57,7 @@ def iter_split_rows(root: str, split: str, columns: Sequence[str], batch_rows: i
         yield from rows
 
 
-def gather_rows(root: str, split: str, columns: Sequence[str], indices: Sequence[int]) -> dict[int, dict]:
+def gather_rows(root: str, split: str, columns: Sequence[str], indices: Iterable[int]) -> dict[int, dict]:
     """The rows with the given global indices (one streamed pass, keeping only those)."""
     wanted = set(int(i) for i in indices)
     found: dict[int, dict] = {}
@@ -105,8 +105,9 @@ def column_null_count(root: str, split: str, column: str) -> tuple[int, int]:
                 raise ValueError(f"{path} lacks column {column!r}")
             meta = pf.metadata
             counts = [_row_group_nulls(meta.row_group(g), column) for g in range(meta.num_row_groups)]
-            if all(c is not None for c in counts):
-                nulls += sum(counts)
+            known = [c for c in counts if c is not None]
+            if len(known) == len(counts):
+                nulls += sum(known)
             else:
                 nulls += pf.read(columns=[column]).column(column).null_count
             rows += meta.num_rows

@@ -45,7 +45,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -135,6 +135,9 @@ def vggish_mel_matrix(c: VGGishFrontendConfig) -> np.ndarray:
 class VGGishFrontend(nn.Module):
     """waves [B, N] at 16 kHz -> log-mel examples [B * P, 1, 96, 64] and P (examples per clip)."""
 
+    window: Tensor  # buffers
+    mel_matrix: Tensor
+
     def __init__(self, config: VGGishFrontendConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or VGGishFrontendConfig()
@@ -214,6 +217,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise BackboneWeightsError(f"no weights file at {p}")
+    state: Any  # a torch file may hold anything; checked below
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,6 +35,13 @@ class SampleSpec:
     jpeg: bytes | None = None
     row: int | None = None  # global index of the test row the query came from
     frame: int | None = None
+
+    @property
+    def source(self) -> tuple[int, int]:
+        """(test row, frame) the query came from; the query plan sets both for image queries."""
+        if self.row is None or self.frame is None:
+            raise ValueError(f"sample {self.index} names no test row and frame")
+        return self.row, self.frame
 
     @property
     def kind(self) -> str:
@@ -109,7 +117,8 @@ def conditions_for(synth, batch: Sequence[SampleSpec], gap: str = "none"):
 
     from PIL import Image
 
-    return synth.encode([Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in batch])
+    # kind "jpeg" means every spec of the batch carries its frame's bytes
+    return synth.encode([Image.open(io.BytesIO(cast(bytes, s.jpeg))).convert("RGB") for s in batch])
 
 
 class SynthesisWorker:
@@ -192,7 +201,7 @@ class RayGenerator:
         threads = max(1, math.floor(self.resources.get("num_cpus", 1)))
         files_ref = ray.put(read_bundle_files(bundle_dir))
         worker_cls = ray.remote(SynthesisWorker)
-        self.actors = [
+        self.actors: list[Any] = [
             worker_cls.options(**self.resources).remote(files_ref, self.device, threads) for _ in range(n_workers)
         ]
 

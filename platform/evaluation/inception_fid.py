@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ class InceptionPool3(nn.Module):
     def __init__(self, inception: nn.Module) -> None:
         super().__init__()
         self.inception = inception
-        n = inception
+        n: Any = inception  # pytorch-fid's Inception: its blocks read as Tensor | Module to the checker
         self.layers = (
             n.Conv2d_1a_3x3,
             n.Conv2d_2a_3x3,

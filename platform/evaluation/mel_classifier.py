@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ class MelClassifierConfig:
         return cls(**{**d, "channels": tuple(d["channels"]), "labels": tuple(d["labels"])})
 
 
-TINY_CLASSIFIER = dict(channels=(4, 8), feature_dim=16, dropout=0.0)
+TINY_CLASSIFIER: dict[str, Any] = dict(channels=(4, 8), feature_dim=16, dropout=0.0)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:

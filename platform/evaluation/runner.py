@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import mlflow
 import numpy as np
@@ -51,6 +52,7 @@ from clipsynth_core.metrics import (
     frechet_distance_stats,
 )
 
+from ..batching import apply_by_group, stack_by_length
 from ..registry import default_tracking_uri, ensure_experiment, resolve_bundle
 from ..schema import audio_of, image_embeddings_of, mel_of
 from ..uri import is_s3, strip_scheme
@@ -314,22 +316,11 @@ def canonical_uri(uri: str) -> str:
     return str(uri).rstrip("/") if is_s3(uri) else strip_scheme(uri)
 
 
-def group_by_length(waves: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stack equal-length waveforms: [n, N] arrays (clips of a split are mostly one length)."""
-    by_len: dict[int, list[np.ndarray]] = {}
-    for w in waves:
-        by_len.setdefault(len(w), []).append(w)
-    for group in by_len.values():
-        yield np.stack(group)
-
-
-def group_by_length_mels(mels: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Stack equal-length mels: [n, n_mels, T] float32 arrays."""
-    by_len: dict[int, list[np.ndarray]] = {}
-    for m in mels:
-        by_len.setdefault(m.shape[-1], []).append(np.asarray(m, dtype=np.float32))
-    for group in by_len.values():
-        yield np.stack(group)
+def _stored_audio(row: dict) -> np.ndarray:
+    audio = audio_of(row)
+    if audio is None:
+        raise ValueError(f"test row {row.get('chunk_id', '?')} stores no audio for the audio reference")
+    return audio
 
 
 class Evaluation:
@@ -468,26 +459,23 @@ class Evaluation:
     @torch.no_grad()
     def vocode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
         """Waveforms of normalised mels [n_mels, T] (any mix of lengths), in input order."""
-        out: list[np.ndarray | None] = [None] * len(mels)
-        by_len: dict[int, list[int]] = {}
-        for i, m in enumerate(mels):
-            by_len.setdefault(m.shape[-1], []).append(i)
-        for idx in by_len.values():
-            batch = torch.from_numpy(np.stack([np.asarray(mels[i], dtype=np.float32) for i in idx]))
-            for i, wave in zip(idx, self.synth.vocode(batch).cpu().numpy()):
-                out[i] = wave
-        return out
+        return apply_by_group(mels, lambda m: m.shape[-1], self._vocode_batch)
+
+    def _vocode_batch(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        batch = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in mels]))
+        return list(self.synth.vocode(batch).cpu().numpy())
 
     def embed_waves(self, waves: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate([self.embedder.embed(torch.from_numpy(g)) for g in group_by_length(waves)])
+        return np.concatenate([self.embedder.embed(torch.from_numpy(g)) for g in stack_by_length(waves)])
 
     def _audio_stats(self, reference: str) -> GaussianStats:
         acc = StatsAccumulator()
         clips = 0
         columns = ["audio"] if reference == "audio" else ["mel", "n_mels", "mel_frames"]
         for rows in self._test_batches(columns):
+            waves: list[np.ndarray]
             if reference == "audio":
-                waves = [audio_of(r) for r in rows]
+                waves = [_stored_audio(r) for r in rows]
             else:
                 waves = self.vocode([mel_of(r) for r in rows])
             acc.update(self.embed_waves(waves))
@@ -504,16 +492,18 @@ class Evaluation:
     def _mel_stats(self, extractor: MelFeatureExtractor) -> GaussianStats:
         acc = StatsAccumulator()
         for rows in self._test_batches(["mel", "n_mels", "mel_frames"]):
-            for group in group_by_length_mels([mel_of(r) for r in rows]):
+            for group in stack_by_length([mel_of(r) for r in rows], dtype=np.float32):
                 acc.update(extractor.features(group))
         return acc.stats()
 
     def mel_reference(self, extractor: MelFeatureExtractor | None = None) -> tuple[GaussianStats, bool]:
         """The test mels' windows through `extractor` (default: the mel classifier)."""
-        extractor = extractor or self.extractor
-        metric = getattr(extractor, "metric_name", "fd_melclf")
-        parts = self._ref_parts(metric, "mels", extractor)
-        return self.cache.get_or_compute(parts, lambda: self._mel_stats(extractor))
+        chosen = extractor or self.extractor
+        if chosen is None:
+            raise ValueError("no mel feature extractor for the mel reference (--mel-classifier none)")
+        metric = getattr(chosen, "metric_name", "fd_melclf")
+        parts = self._ref_parts(metric, "mels", chosen)
+        return self.cache.get_or_compute(parts, lambda: self._mel_stats(chosen))
 
     # ----------------------------------------------------------------------------------------- queries
     def plan(self, query_type: str) -> list[SampleSpec]:
@@ -540,7 +530,8 @@ class Evaluation:
 
     def _attach_images(self, specs: list[SampleSpec]) -> None:
         mode = self.config.image_queries
-        rows = sorted({s.row for s in specs})
+        sources = [s.source for s in specs]
+        rows = sorted({r for r, _ in sources})
         identity = self.synth.config.clip.identity
         stored_ok = all(self.test_rows[r]["clip_model"] == identity for r in rows)
         if mode == "stored" and not stored_ok:
@@ -548,16 +539,16 @@ class Evaluation:
             raise ValueError(f"the test split was embedded with CLIP {found}, the model uses {identity!r}; use frames")
         if mode == "stored" or (mode == "auto" and stored_ok):
             got = gather_rows(self.config.data, "test", ["image_embeddings", "embed_dim"], rows)
-            for s in specs:
-                s.embedding = image_embeddings_of(got[s.row])[s.frame]
+            for s, (row, frame) in zip(specs, sources):
+                s.embedding = image_embeddings_of(got[row])[frame]
             return
         got = gather_rows(self.config.data, "test", ["frames_jpeg"], rows)
-        for s in specs:
-            jpeg = got[s.row]["frames_jpeg"][s.frame]
+        for s, (row, frame) in zip(specs, sources):
+            jpeg = got[row]["frames_jpeg"][frame]
             if not jpeg:
                 raise ValueError(
-                    f"test row {s.row} has no JPEG for frame {s.frame} and its stored embeddings come from "
-                    f"another CLIP ({self.test_rows[s.row]['clip_model']!r}, model: {identity!r})"
+                    f"test row {row} has no JPEG for frame {frame} and its stored embeddings come from "
+                    f"another CLIP ({self.test_rows[row]['clip_model']!r}, model: {identity!r})"
                 )
             s.jpeg = jpeg
 
@@ -578,7 +569,8 @@ class Evaluation:
         """CLIPRetriever over every frame of the train split; returns the retrieved clips' windows."""
         t0 = time.perf_counter()
         identity = self.synth.config.clip.identity
-        embeddings, entries = [], []
+        embeddings: list[np.ndarray] = []
+        entries: list[tuple[int, float]] = []
         for start, rows in iter_split_batches(
             self.config.data, "train", ["image_embeddings", "embed_dim", "frame_times", "clip_model"], 256
         ):
@@ -598,22 +590,27 @@ class Evaluation:
         if kind == "text":
             hits = retriever.synthesize([s.text for s in specs])[:, 0]
         elif kind == "embedding":
-            hits = retriever.nearest(torch.from_numpy(np.stack([s.embedding for s in specs])), 1)[1][:, 0]
+            # the kind says every spec carries one
+            stored = [cast(np.ndarray, s.embedding) for s in specs]
+            hits = retriever.nearest(torch.from_numpy(np.stack(stored)), 1)[1][:, 0]
         else:
             import io
 
             from PIL import Image
 
-            hits = retriever.synthesize([Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in specs])[:, 0]
+            pictures = [Image.open(io.BytesIO(cast(bytes, s.jpeg))).convert("RGB") for s in specs]
+            hits = retriever.synthesize(pictures)[:, 0]
         picked = [entries[int(h)] for h in hits]
-        rows = gather_rows(self.config.data, "train", ["audio", "mel", "n_mels", "mel_frames"], {r for r, _ in picked})
+        picked_rows = gather_rows(
+            self.config.data, "train", ["audio", "mel", "n_mels", "mel_frames"], sorted({r for r, _ in picked})
+        )
         frames = frames_for_seconds(self.config.seconds, self.synth.config.mel)
         hop = self.synth.config.mel.hop_length
         sr = self.synth.config.mel.sample_rate
         mels, waves = [], []
         vocoded = 0  # retrieved clips without stored audio, heard through the bundle's vocoder
         for row_id, t in picked:
-            row = rows[row_id]
+            row = picked_rows[row_id]
             mel = mel_of(row)
             if mel.shape[1] < frames:
                 raise ValueError(f"train row {row_id} has {mel.shape[1]} mel frames, fewer than {frames}")
@@ -674,7 +671,7 @@ class Evaluation:
 
     def relevance(self, generated: GeneratedSet) -> dict:
         labels = getattr(self.extractor, "labels", None)
-        if not labels or not hasattr(self.extractor, "predict_proba"):
+        if self.extractor is None or not labels or not hasattr(self.extractor, "predict_proba"):
             return {}
         index = {name: i for i, name in enumerate(labels)}
         scored = [k for k, s in enumerate(generated.specs) if s.label in index]

@@ -191,9 +191,9 @@ class Committer:
         for name in names:
             f = self.files.pop(name)
             if f.drop:  # rows of failed videos: a worker rewrites the file without them
-                result = self.rewrite(name, sorted(f.drop))
-                if result["file"] is not None:
-                    staged.append((f.split, result["file"], result["rows"]))
+                rewritten = self.rewrite(name, sorted(f.drop))
+                if rewritten["file"] is not None:
+                    staged.append((f.split, rewritten["file"], rewritten["rows"]))
             else:
                 staged.append((f.split, name, f.rows))
         outcomes = [self.done.pop(v) for v in vids]

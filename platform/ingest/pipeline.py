@@ -107,7 +107,7 @@ def _build_dataset(
     import ray.data
 
     blocks = math.ceil(len(pending) / config.videos_per_task)
-    ds = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
+    ds: ray.data.Dataset = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
     settings = DecodeSettings(
         chunk_samples=config.chunk_samples,
         min_chunk_samples=config.min_chunk_samples,
@@ -123,7 +123,7 @@ def _build_dataset(
     # Ray Data's own retries stay on (a task lost with its node runs again elsewhere); a decoder that crashes
     # natively does so in its child process (isolated.py), which fails that video, not the task.
     ds = ds.map_batches(
-        decode_videos,
+        decode_videos,  # type: ignore[arg-type]  # its settings come in fn_kwargs, which Ray's stub ignores
         batch_size=None,  # the whole block: `videos_per_task` videos
         batch_format="pyarrow",
         fn_kwargs={"settings": settings.to_dict()},
@@ -151,7 +151,7 @@ def _build_dataset(
     )
     # The workers write the shards; the driver gets bookkeeping rows only (write.py) and commits.
     return ds.map_batches(
-        write_staged,
+        write_staged,  # type: ignore[arg-type]  # its arguments come in fn_kwargs, which Ray's stub ignores
         batch_size=config.shard_rows,
         batch_format="pyarrow",
         fn_kwargs={"output": config.output},
@@ -271,8 +271,8 @@ def _summarize(
     ok = [e for e in entries if e["status"] == STATUS_OK]
     failed = [e for e in entries if e["status"] != STATUS_OK]
     store.write_failures(failed)
-    chunks_by_split = Counter()
-    videos_by_split = Counter()
+    chunks_by_split: Counter[str] = Counter()
+    videos_by_split: Counter[str] = Counter()
     for e in ok:
         chunks_by_split[e["split"]] += e["chunks"]
         videos_by_split[e["split"]] += 1

@@ -8,6 +8,7 @@ went (ok, or failed with stage and reason) and how many chunks it has. The drive
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -46,31 +47,40 @@ def record_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
 
 
-def video_row(
-    source: dict,
-    status: str,
-    chunks: int = 0,
-    silent_chunks: int = 0,
-    stage: str | None = None,
-    reason: str | None = None,
-    audio_decoder: str | None = None,
-    video_decoder: str | None = None,
-    info: dict | None = None,
-) -> dict:
+@dataclass
+class VideoRecord:
+    """What became of one video: its "video" row, less the columns that come from its source."""
+
+    status: str = STATUS_OK
+    chunks: int = 0
+    silent_chunks: int = 0
+    fail_stage: str | None = None
+    fail_reason: str | None = None
+    audio_decoder: str | None = None  # the decoders that served (as far as the video got)
+    video_decoder: str | None = None
+    info: dict = field(default_factory=dict)  # timings, notes, streams...: the row's info_json
+
+    def fail(self, stage: str, reason: str) -> None:
+        """A failed video keeps no chunks."""
+        self.status, self.fail_stage, self.fail_reason = STATUS_FAILED, stage, reason
+        self.chunks = self.silent_chunks = 0
+
+
+def video_row(source: dict, record: VideoRecord) -> dict:
     return {
         "record": RECORD_VIDEO,
         "video_id": source["video_id"],
         "source_uri": source["uri"],
         "split": source["split"],
         "label": source.get("label"),
-        "status": status,
-        "fail_stage": stage,
-        "fail_reason": reason,
-        "video_chunks": chunks,
-        "silent_chunks": silent_chunks,
-        "audio_decoder": audio_decoder,
-        "video_decoder": video_decoder,
-        "info_json": json.dumps(info or {}, sort_keys=True),
+        "status": record.status,
+        "fail_stage": record.fail_stage,
+        "fail_reason": record.fail_reason,
+        "video_chunks": record.chunks,
+        "silent_chunks": record.silent_chunks,
+        "audio_decoder": record.audio_decoder,
+        "video_decoder": record.video_decoder,
+        "info_json": json.dumps(record.info, sort_keys=True),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,7 +57,7 @@ def write_staged(batch: pa.Table, output: str) -> pa.Table:
         infos = [json.loads(s) if s else {} for s in part["info_json"].to_pylist()]
         frames = pc.list_value_length(part["frames_jpeg"]).to_pylist()
         per_video: Counter = Counter(part["video_id"].to_pylist())
-        embed: Counter = Counter()
+        embed: defaultdict[str, float] = defaultdict(float)  # seconds
         frame_count: Counter = Counter()
         for vid, info, n in zip(part["video_id"].to_pylist(), infos, frames):
             embed[vid] += float(info.get("embed_seconds", 0.0))

@@ -44,7 +44,8 @@ def captions(label: str) -> list[str]:
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(0, 256, 3))
+    r, g, b = (int(v) for v in rng.integers(0, 256, 3))
+    return r, g, b
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -69,7 +70,8 @@ def draw_picture(
     img = Image.fromarray(_background(rng, width, height))
     if rng.random() < class_colour_prob:
         jitter = np.array(instrument.colour) * rng.uniform(0.7, 1.3) + rng.normal(0, 20, 3)
-        colour = tuple(int(c) for c in np.clip(jitter, 0, 255))
+        r, g, b = (int(c) for c in np.clip(jitter, 0, 255))
+        colour = (r, g, b)
     else:
         colour = _colour(rng)
     icon = draw_instrument(instrument.icon, colour, int(min(width, height) * rng.uniform(0.35, 0.85)))

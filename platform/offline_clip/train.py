@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def train_offline_clip(
     config.check()
     t0 = time.perf_counter()
     classes = list(config.classes)
-    model = build_local_clip(config.model_name, config.seed)
+    model: Any = build_local_clip(config.model_name, config.seed)  # open_clip's CLIP, untyped attributes
     clip = ClipConfig(model_name=config.model_name, pretrained="none", init_seed=config.seed)
     encoder = ClipQueryEncoder(clip, model=model)  # its preprocessing and tokenizer; it freezes the model
     model.requires_grad_(True).train()

@@ -32,7 +32,7 @@ def zero_shot_predictions(
 def zero_shot_accuracy(
     encoder: ClipQueryEncoder,
     image_embeddings: Tensor,
-    targets: Sequence[int],
+    targets: Sequence[int] | np.ndarray,
     classes: Sequence[str],
     template: str = ZERO_SHOT_TEMPLATE,
 ) -> float:

@@ -305,7 +305,7 @@ def config_from_dict(cls: type[C], values: dict) -> C:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
     hints = _field_types(cls)
-    fixed = {k: tuple(v) if _is_tuple_of_str(hints[k]) else v for k, v in values.items()}
+    fixed: dict[str, Any] = {k: tuple(v) if _is_tuple_of_str(hints[k]) else v for k, v in values.items()}
     return cls(**fixed)
 
 

@@ -265,7 +265,7 @@ def diffusion_examples(
             start = int(rng.integers(0, frames - window_frames + 1))
             mels.append(mel[:, start : start + window_frames])
             use_text = variant == "text" or (variant == "hybrid" and text is not None and rng.random() < 0.5)
-            conds.append(text if use_text else images[int(rng.integers(0, len(images)))])
+            conds.append(text if use_text and text is not None else images[int(rng.integers(0, len(images)))])
     if not mels:
         dim = int(batch["embed_dim"][0]) if n else 0
         n_mels = int(batch["n_mels"][0]) if n else 0
@@ -315,7 +315,7 @@ def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, re
     ds = read_train_dataset(info, diffusion_columns(variant))
     # Small map batches keep blocks small, so the streaming split hands out examples evenly.
     return ds.map_batches(
-        diffusion_examples,
+        diffusion_examples,  # type: ignore[arg-type]  # keyword arguments come in fn_kwargs, which Ray's stub ignores
         fn_kwargs={"variant": variant, "window_frames": window_frames, "repeat": repeat},
         batch_format="numpy",
         batch_size=8,
@@ -326,7 +326,7 @@ def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, re
 def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int) -> ray.data.Dataset:
     ds = read_train_dataset(info, VOCODER_COLUMNS)
     return ds.map_batches(
-        vocoder_examples,
+        vocoder_examples,  # type: ignore[arg-type]  # keyword arguments come in fn_kwargs, which Ray's stub ignores
         fn_kwargs={"segment_samples": segment_samples, "repeat": repeat},
         batch_format="numpy",
         batch_size=8,

@@ -9,10 +9,12 @@ report; rank 0 writes the state). At the end, rank 0 registers the synthesizer b
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -97,7 +99,11 @@ def build_bundle(
     unet = ConditionalUNet(unet_config)
     unet.load_state_dict(unet_state)
     # Random and local CLIPs travel inside the bundle (their weights are loaded here, from the worker's disk).
-    encoder = ClipQueryEncoder(clip) if bundles_clip_weights(clip) else _ReferencedClip(unet_config.cond_dim)
+    encoder = (
+        ClipQueryEncoder(clip)
+        if bundles_clip_weights(clip)
+        else cast(ClipQueryEncoder, _ReferencedClip(unet_config.cond_dim))  # stands in: the bundle names the CLIP
+    )
     return Synthesizer(config, unet=unet, hifigan=vocoder, encoder=encoder).save(directory)
 
 
@@ -171,7 +177,8 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         device=device,
     )
 
-    tracker, vocoder = None, None
+    tracker: RunTracker | None = None
+    vocoder: torch.nn.Module | None = None
     if rank == 0:
         tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
         tracker.log_params(job["params"])
@@ -268,7 +275,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             sums.zero_()
             data_wait, count = 0.0, 0
 
-        if tracker is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
+        if tracker is not None and vocoder is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
             mels = sample_mels(
                 ema.model, sample_diffusion, sample_cond, cfg.window_frames, unet_config.input_height, cfg.sample_seed
             )
@@ -290,7 +297,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
                 step,
                 {"step": step, "loss": float(terms["loss"].detach())},
                 rank,
-                lambda d, s=step: write_state(d, s),
+                functools.partial(write_state, step=step),
                 rank_info,
             )
             last_checkpoint = step

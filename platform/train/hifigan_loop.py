@@ -10,11 +10,13 @@ artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion jobs accep
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +74,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     torch.manual_seed(cfg.seed)
     generator = HiFiGANGenerator(hcfg).to(device)
     discriminator = HiFiGANDiscriminator(hcfg).to(device)
-    adam = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
+    adam: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
     opt_g = torch.optim.AdamW(generator.parameters(), **adam)
     opt_d = torch.optim.AdamW(discriminator.parameters(), **adam)
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
@@ -209,7 +211,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                 step,
                 {"step": step, "loss_mel": losses["loss_mel"]},
                 rank,
-                lambda d, s=step: write_state(d, s),
+                functools.partial(write_state, step=step),
                 rank_info,
             )
 

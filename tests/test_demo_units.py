@@ -1,0 +1,41 @@
+"""The demo's pieces that run without the demo: which CLIP it picks (what tests/test_demo.py expects from it)."""
+
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import save_file
+
+from clipsynth_core.clip_encoder import build_local_clip
+from clipsynth_platform import demo as demo_module
+from clipsynth_platform.demo import DemoClip, DemoConfig, pretrained_clip_missing, resolve_clip
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in build_local_clip("tiny", seed=3).state_dict().items()}, str(path))
+    return path
+
+
+def test_pretrained_clip_missing_is_none_when_the_weights_load(tiny_weights):
+    assert pretrained_clip_missing(DemoConfig(clip_model="tiny", clip_pretrained=str(tiny_weights)), False) is None
+
+
+def test_pretrained_clip_missing_says_why(tmp_path):
+    absent = tmp_path / "absent.safetensors"
+    reason = pretrained_clip_missing(DemoConfig(clip_model="tiny", clip_pretrained=str(absent)), False)
+    assert reason is not None and "no file" in reason and "tiny" in reason
+
+
+def test_resolve_clip_takes_the_pretrained_weights_it_finds(tiny_weights, monkeypatch):
+    monkeypatch.setattr(demo_module, "_hub_reachable", lambda *a, **k: False)
+    logged: list[str] = []
+    clip = resolve_clip(DemoConfig(clip_model="tiny", clip_pretrained=str(tiny_weights)), log=logged.append)
+    assert clip == DemoClip("tiny", str(tiny_weights), "pretrained")
+    assert clip.tags()["clip_encoder"] == "pretrained" and clip.tags()["clip_random"] == "false"
+    assert any("pretrained weights found" in line for line in logged)
+
+
+def test_resolve_clip_none_is_random_and_says_so():
+    clip = resolve_clip(DemoConfig(clip_pretrained="none"))
+    assert clip.kind == "random" and clip.tags()["clip_random"] == "true"
