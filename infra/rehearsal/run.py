@@ -242,7 +242,8 @@ class Rehearsal:
         self.submit(
             "train",
             ["python", "jobs/train_vggsound.py", "--data", f"s3://{BUCKET}/shards", "--variant", "image",
-             "--num-workers", "2", "--cpus-per-worker", "1", "--storage-path", f"s3://{BUCKET}/checkpoints",
+             "--num-workers", "2", "--cpus-per-worker", "1", "--placement-strategy", "SPREAD",
+             "--storage-path", f"s3://{BUCKET}/checkpoints",
              "--experiment", "rehearsal", "--run-name", RUN_NAME, "--model-size", "tiny", "--batch-size", "4",
              "--max-steps", str(TRAIN_STEPS), "--checkpoint-every", str(CHECKPOINT_EVERY), "--log-every", "1",
              "--sample-every", "0", "--diffusion-steps", "100", "--bundle-sampling-steps", "4",

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,19 @@ def start_cluster(
         ]
     nodes: dict[str, Process] = {}
     for name, command in commands.items():
-        command = [*command, f"--resources={json.dumps({marker_resource(name): 1})}"]
+        # Nodes on one machine must not share the per-node ports that default to fixed numbers: the second
+        # dashboard agent on 52365 fails to bind, and a head without its agent cannot take job submissions.
+        ports = [
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
+        # Each node its own Ray temp dir: nodes sharing one would share runtime_resources/, and a worker node's
+        # runtime-env agent, unpacking the job's working dir there again, deletes the one the job's driver runs
+        # in. (A short path: Ray's socket paths must stay under the OS limit.)
+        ports.append(f"--temp-dir={tempfile.gettempdir()}/ray-{gcs}-{name}")
+        command = [*command, *ports, f"--resources={json.dumps({marker_resource(name): 1})}"]
         for attempt in range(3):
             nodes[name] = services.start(f"ray-{name}-{attempt}", command, services.work / "nodes" / name)
             if name == "head":

@@ -55,6 +55,12 @@ class TrainConfig:
     )
     use_gpu: bool = opt(False, "train on GPUs (bf16 autocast, channels_last)")
     cpus_per_worker: float = opt(1.0, "logical CPUs reserved per Train worker (the rest feed the data pipeline)")
+    placement_strategy: str = opt(
+        "PACK",
+        "how Ray places the Train workers: PACK (as few nodes as possible, Ray's default) or SPREAD (one per node "
+        "where it can: a lost node costs fewer workers, and they still pack onto the survivors to resume)",
+        choices=("PACK", "SPREAD"),
+    )
     max_failures: int = opt(3, "worker failures to recover from (resuming from the last checkpoint); -1: no limit")
     max_steps: int = opt(500_000, "optimizer steps to train for (in total, across resumptions)")
     train_seconds: float = opt(
@@ -112,6 +118,8 @@ class TrainConfig:
         for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.placement_strategy not in ("PACK", "SPREAD"):
+            raise ValueError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
         if self.cache_max_mb < 0:
             raise ValueError(f"--cache-max-mb must be >= 0, got {self.cache_max_mb}")
         if self.windows_per_chunk < 1:

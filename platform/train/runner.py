@@ -153,6 +153,7 @@ def run_trainer(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
             name=job["run_name"],
