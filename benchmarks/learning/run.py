@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -177,7 +176,7 @@ def train_curve(
     EMA rate is compared on one training trajectory (their update time is not counted as training time).
     """
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
-    from clipsynth_core.training import DiffusionStep, resolve_bf16
+    from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
     from clipsynth_platform.train.data import diffusion_examples
 
     torch.manual_seed(seed)
@@ -206,9 +205,9 @@ def train_curve(
     horizon = max(budgets)
     while pending:
         t0 = time.perf_counter()
-        if setup.lr_schedule == "cosine":
+        if setup.lr_schedule != "constant":  # the platform's schedule, over the largest budget
             for group in optimizer.param_groups:
-                group["lr"] = setup.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, spent / horizon)))
+                group["lr"] = scheduled_lr(setup.lr_schedule, setup.lr, spent / horizon)
         rows = rng.choice(len(train), setup.batch_size)
         batch = {k: [train[i][k] for i in rows] for k in columns}
         ex = diffusion_examples(batch, variant="image", window_frames=64, seed=int(rng.integers(2**31)))

@@ -158,6 +158,11 @@ class Progress:
         return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def stream_seed(seed: int, rank: int, start_step: int) -> int:
+    """A random stream's seed per rank and per attempt (a resumed run starts a new one), from the run's seed."""
+    return seed * 1_000_003 + 7919 * rank + start_step
+
+
 class TimeBudget:
     """A budget of training seconds (0: none), summed over attempts, that all ranks leave at the same step.
 

@@ -52,6 +52,7 @@ from .common import (
     run_worker,
     say,
     state_digest,
+    stream_seed,
 )
 from .config import DiffusionTrainConfig
 from .data import diffusion_examples, training_batches
@@ -166,14 +167,14 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     ddp_model = ray.train.torch.prepare_model(model)
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
-    noise_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_step)
+    noise_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, rank, start_step))
     batches = training_batches(
         ray.train.get_dataset_shard("train"),
         cached=job["cache_in_worker"],
         make_examples=partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames),
         batch_size=cfg.batch_size,
         shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed * 1_000_003 + 7919 * rank + start_step + 1,
+        seed=stream_seed(cfg.seed, rank, start_step) + 1,  # the data's stream, beside the noise's
         device=device,
     )
 

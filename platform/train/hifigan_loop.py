@@ -45,6 +45,7 @@ from .common import (
     run_worker,
     say,
     state_digest,
+    stream_seed,
 )
 from .config import HiFiGANTrainConfig
 from .data import training_batches, vocoder_examples
@@ -111,7 +112,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         make_examples=partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length),
         batch_size=cfg.batch_size,
         shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed * 1_000_003 + 7919 * rank + start_step + 1,
+        seed=stream_seed(cfg.seed, rank, start_step) + 1,
         device=device,
     )
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
