@@ -1,8 +1,7 @@
 """Typed configurations of the training jobs, with the paper's defaults, and their command-line form.
 
-Every field is one command-line option (`max_steps` -> `--max-steps`); its help text is the field's
-`metadata["help"]`. Booleans get `--flag/--no-flag`. The resolved config is printed at start and logged to
-MLflow as run parameters.
+Every field is one command-line option (`max_steps` -> `--max-steps`, clipsynth_platform.options). The
+resolved config is printed at start and logged to MLflow as run parameters.
 
 Defaults, from Dong et al. (2023) and the implementations they cite:
 - diffusion: improved-diffusion (Nichol & Dhariwal, 2021): AdamW, lr 1e-4, no weight decay, EMA 0.9999,
@@ -14,25 +13,18 @@ Defaults, from Dong et al. (2023) and the implementations they cite:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import types
-import typing
-from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from clipsynth_core.training import LR_SCHEDULES
 
+from ..options import build_parser, config_from_dict, opt, parse_config
+
+__all__ = ["build_parser", "config_from_dict", "opt", "parse_config"]
+
 VARIANTS = ("image", "text", "hybrid")
 MODEL_SIZES = ("tiny", "cpu", "small", "paper")
-
-
-def opt(default: Any, help: str, **extra: Any) -> Any:  # noqa: A002 - mirrors argparse's keyword
-    """A dataclass field with a command-line help text (and argparse extras such as choices)."""
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("use immutable defaults (tuples) for config fields")
-    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
@@ -259,70 +251,3 @@ class HiFiGANTrainConfig(TrainConfig):
 
 
 C = TypeVar("C", bound=TrainConfig)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the job's docstring layout and shows every default."""
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_tuple_of_str(tp: Any) -> bool:
-    return typing.get_origin(tp) is tuple
-
-
-def build_parser(cls: type[C], description: str, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one option per field of `cls`; `defaults` overrides the dataclass defaults."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
-    hints = _field_types(cls)
-    defaults = defaults or {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        default = defaults.get(f.name, f.default)
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": default, "dest": f.name}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif _is_tuple_of_str(tp):
-            parser.add_argument(flag, nargs="*", type=str, **kwargs)
-        elif isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-            raise TypeError(f"config field {f.name} must have a plain type for the command line")
-        else:
-            parser.add_argument(flag, type=tp, **kwargs)
-    return parser
-
-
-def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):
-        if _is_tuple_of_str(_field_types(cls)[f.name]):
-            values[f.name] = tuple(values[f.name] or ())
-    config = cls(**values)
-    config.check()
-    return config
-
-
-def config_from_dict(cls: type[C], values: dict) -> C:
-    """Rebuild a config from `to_dict()` output (JSON turns tuples into lists)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
-    hints = _field_types(cls)
-    fixed: dict[str, Any] = {k: tuple(v) if _is_tuple_of_str(hints[k]) else v for k, v in values.items()}
-    return cls(**fixed)
-
-
-def parse_config(cls: type[C], argv: list[str] | None, description: str, defaults: dict[str, Any] | None = None) -> C:
-    """Parse the command line into a checked config; bad values exit with argparse's usage error."""
-    parser = build_parser(cls, description, defaults)
-    args = parser.parse_args(argv)
-    try:
-        return config_from_args(cls, args)
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
