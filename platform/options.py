@@ -115,7 +115,7 @@ def config_from_namespace(cls: type[T], args: argparse.Namespace) -> T:
     """The config the parsed flags describe (not yet checked)."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init:
             continue
         value = getattr(args, f.name)
