@@ -381,9 +381,10 @@ def _class_mel_figure(config: DemoConfig, synth, pairs: list[tuple[str, str]]) -
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
+    from .ray_cluster import LocalRay, connect_ray
+
     """Run (or resume) every stage; returns a summary of where everything is."""
     import mlflow
-    import ray
 
     root = config.root
     root.mkdir(parents=True, exist_ok=True)
@@ -421,18 +422,13 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     if project_root not in sys.path:
         sys.path.insert(0, project_root)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
-    if not ray.is_initialized():
-        # Ray starts its workers at niceness 15, so that its own daemons stay responsive; the demo's Train worker
-        # then yields to any other busy process on the machine. Ray Jobs run theirs at 0, and so does the demo.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(
-            address="local",
-            num_cpus=config.ray_num_cpus,
-            object_store_memory=1_500_000_000,
-            # The dashboard serves Ray's state API: without it Ray Train's placement-group watcher warns on every
-            # check that it cannot see the controller (hundreds of lines per training run).
-            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking}},
-        )
+    local = LocalRay(
+        num_cpus=config.ray_num_cpus,
+        object_store_bytes=1_500_000_000,
+        env_vars={"MLFLOW_TRACKING_URI": tracking},
+        worker_niceness=0,  # as Ray Jobs: the Train worker does not yield to every other busy process
+    )
+    log(f"[demo] on {connect_ray('local', local)}")
 
     # 3. ingestion
     from .ingest import IngestConfig, run_ingest

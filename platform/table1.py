@@ -96,13 +96,13 @@ def _train(cfg: Any) -> dict:
 def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every stage; returns the table's paths, rows and the modality gaps."""
     import mlflow
-    import ray
 
     from .demo import Stages
     from .evaluation.compare import compare_experiment
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
     from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
     from .modality_gap import GapFitConfig, fit_gap_reducer
+    from .ray_cluster import LocalRay, connect_ray
     from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from .train.runner import run_hifigan_training
 
@@ -114,15 +114,13 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
     os.environ["MLFLOW_TRACKING_URI"] = tracking
     mlflow.set_tracking_uri(tracking)
     stages = Stages(root)
-    if not ray.is_initialized():
-        # As the demo: Ray Jobs run workers at niceness 0, Ray's local default (15) yields to any busy process.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(
-            address="local",
-            num_cpus=c.ray_num_cpus,
-            object_store_memory=500_000_000,
-            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking}},
-        )
+    local = LocalRay(
+        num_cpus=c.ray_num_cpus,
+        object_store_bytes=500_000_000,
+        env_vars={"MLFLOW_TRACKING_URI": tracking},
+        worker_niceness=0,  # as the demo and Ray Jobs
+    )
+    log(f"[table1] on {connect_ray('local', local)}")
     storage = str(root / "checkpoints")
 
     voc_cfg = HiFiGANTrainConfig(

@@ -554,11 +554,10 @@ class Evaluation:
 
     # ----------------------------------------------------------------------------------------- samples
     def generate(self, specs: list[SampleSpec]) -> GeneratedSet:
-        import ray
+        from ..ray_cluster import LocalRay, connect_ray
 
         c = self.config
-        if not ray.is_initialized():
-            ray.init(address=c.ray_address, include_dashboard=False)
+        connect_ray(c.ray_address, LocalRay(dashboard=False))
         if self._generator is None:  # started once, shared by the text and image runs
             max_batches = len(make_batches(specs, c.batch_size))
             self._generator = RayGenerator(self.bundle_dir, c.num_workers, c.cpus_per_worker, max_batches, self.log)

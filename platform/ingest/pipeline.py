@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..preflight import ClusterView, require_shared_locations
+from ..ray_cluster import LocalRay, connect_ray
 from ..schema import SCHEMA_VERSION
 from .commit import LOST_REASON, Committer, RunStats
 from .config import IngestConfig
@@ -41,20 +42,13 @@ DECODE_TIMING_KEYS = ("read", "probe", "audio", "video", "mel", "jpeg")
 
 def ensure_ray(config: IngestConfig) -> str:
     """Connect to the cluster at --address / RAY_ADDRESS, or start a local one with explicit resources."""
-    import ray
-
-    if ray.is_initialized():
-        return "existing"
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return f"cluster at {address}"
-    # num_gpus None lets Ray detect the machine's GPUs.
-    kwargs: dict = {"num_cpus": config.num_cpus or os.cpu_count() or 1, "num_gpus": config.num_gpus}
-    if config.object_store_gb:
-        kwargs["object_store_memory"] = int(config.object_store_gb * 1e9)
-    ray.init(include_dashboard=False, **kwargs)
-    return f"local cluster ({kwargs['num_cpus']} CPUs)"
+    local = LocalRay(
+        num_cpus=config.num_cpus or 0,
+        num_gpus=config.num_gpus,  # None: Ray detects the machine's GPUs
+        object_store_bytes=int((config.object_store_gb or 0) * 1e9),
+        dashboard=False,
+    )
+    return connect_ray(config.address, local)
 
 
 @dataclass(frozen=True)

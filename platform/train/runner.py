@@ -22,6 +22,7 @@ import numpy as np
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
 from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
+from ..ray_cluster import LocalRay, connect_ray
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
@@ -60,23 +61,11 @@ class TrainingSummary:
 
 
 # ------------------------------------------------------------------------------------------------- Ray
-def connect_ray(cfg: TrainConfig) -> None:
+def connect_training_ray(cfg: TrainConfig) -> str:
     """Join the cluster named by --ray-address or $RAY_ADDRESS (set by `ray job submit`); otherwise start a
     local Ray with more logical CPUs than Train workers need, so that the data stages get CPUs too."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
-    if address and address != "local":
-        # No runtime_env here: a submitted job's own (working dir, env vars) applies to its workers.
-        ray.init(address=address)
-        return
     need = int(max(cfg.num_workers, 1) * cfg.cpus_per_worker) + 2
-    num_cpus = cfg.local_num_cpus or max(os.cpu_count() or 1, need)
-    # With the dashboard: it serves the state API that Ray Train's placement-group watcher polls (without it,
-    # that watcher logs a warning on every check), and users get the dashboard's view of the run.
-    ray.init(address="local", num_cpus=num_cpus)
+    return connect_ray(cfg.ray_address, LocalRay(num_cpus=cfg.local_num_cpus or max(os.cpu_count() or 1, need)))
 
 
 def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -> Preflight:
@@ -122,14 +111,14 @@ def launch(
     cfg: TrainConfig, job: dict, make_dataset: Callable[[], ray.data.Dataset], worker: Callable[[dict], None]
 ) -> TrainingSummary:
     """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
-    connect_ray(cfg)
+    connect_training_ray(cfg)
     view = ClusterView.from_ray()
     check_cluster_resources(cfg, view)
     require_shared_locations(
         view, data=cfg.data, storage_path=job["storage_path"], tracking_uri=job["tracking_uri"], vocoder=_vocoder(cfg)
     )
     configure_data_context()
-    dataset = make_dataset()  # after connect_ray: a Dataset built first would start Ray with default resources
+    dataset = make_dataset()  # after connect_training_ray: a Dataset built first would start Ray with default resources
     print_plan(cfg, job)
     return run_trainer(cfg, worker, job, dataset)
 
