@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 
+# pyproject's requires-python (>=3.11: the code reads TOML with the standard library's tomllib).
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "[bootstrap] $PYTHON is not Python 3.11 or newer ($("$PYTHON" --version 2>&1)); set PYTHON=python3.11 or newer" >&2
+  exit 1
+fi
+
 need_apt=()
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)

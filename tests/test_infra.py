@@ -13,9 +13,9 @@ import copy
 import re
 import shlex
 import subprocess
+import tomllib
 
 import pytest
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 
