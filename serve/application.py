@@ -7,21 +7,23 @@ serve run serve:app_builder model_uri=/path/to/bundle default_steps=50 sampler.n
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from ray.serve import Application
 
+from clipsynth_platform.logs import configure_logging, get_logger
+
 from .config import ServeConfig
 from .deployments import ClipEncoder, DiffusionSampler, Vocoder
 from .ingress import SynthesizerIngress
 
-logger = logging.getLogger("ray.serve")
+logger = get_logger("serve")
 
 
 def build_app(config: ServeConfig) -> Application:
     """Bind the four deployments with the replica, resource and queue settings of `config`."""
+    configure_logging()  # the driver's lines; each replica configures its own process the same way
     config.validate()
     if not config.model_uri:
         # Bind the URI now (the driver's environment): replicas on other nodes may not share that environment.

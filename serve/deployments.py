@@ -8,7 +8,6 @@ one holds only that part's weights. Model work runs in a worker thread, so a rep
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ray import serve
 
 from clipsynth_core.modality_gap import GapReducer
 from clipsynth_core.query_blend import encode_queries
+from clipsynth_platform.logs import configure_logging, get_logger
 from clipsynth_platform.registry import resolve_bundle
 from clipsynth_platform.serving import (
     SampleSpec,
@@ -34,11 +34,12 @@ from clipsynth_platform.serving import (
 
 from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig, redact_uri
 
-logger = logging.getLogger("ray.serve")
+logger = get_logger("serve")
 
 
 def _prepare(config: ServeConfig, settings: DeploymentSettings, part: str) -> tuple[str, Path, torch.device]:
     """Model URI -> local bundle directory, and this replica's device and thread count."""
+    configure_logging()  # this replica's `[serve] ...` lines on its stdout, which Serve keeps in its log files
     uri = config.resolved_model_uri()
     if not uri:
         raise RuntimeError(f"no model to serve: set {MODEL_URI_ENV} or pass the builder argument model_uri=...")

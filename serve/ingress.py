@@ -14,7 +14,6 @@ import asyncio
 import base64
 import io
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -28,11 +27,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clipsynth_platform.logs import configure_logging, get_logger
+
 from .config import ServeConfig
 from .schemas import RequestError, parse_form_options, parse_json_request, resolve_gap, resolve_spec
 from .wav import wav_bytes
 
-logger = logging.getLogger("ray.serve")
+logger = get_logger("serve")
 
 PAGE = (Path(__file__).with_name("page.html")).read_text()
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and the small option fields next to the image
@@ -142,6 +143,7 @@ class SynthesizerIngress:
         vocoder: DeploymentHandle,
         config: ServeConfig,
     ) -> None:
+        configure_logging()  # this replica's `[serve] ...` lines on its stdout, which Serve keeps in its log files
         self.encoder = encoder
         self.sampler = sampler
         self.vocoder = vocoder

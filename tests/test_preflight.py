@@ -11,6 +11,7 @@ import yaml
 
 from clipsynth_platform.ingest import IngestConfig
 from clipsynth_platform.ingest.pipeline import plan_clip_stage
+from clipsynth_platform.logs import configure_logging
 from clipsynth_platform.preflight import ClusterView, NodeType, check_request
 from clipsynth_platform.train.config import DiffusionTrainConfig
 from clipsynth_platform.train.runner import check_cluster_resources
@@ -27,10 +28,12 @@ def from_zero() -> ClusterView:
 
 def test_the_documented_gpu_training_is_accepted_before_any_worker_exists(from_zero, capsys):
     # The README's command: 8 workers, one GPU each. Nothing is present; 8 p4d nodes of 8 GPUs can come.
+    configure_logging()  # as the training jobs' main does: the preflight lines go to stdout
     cfg = DiffusionTrainConfig(data="s3://d", num_workers=8, use_gpu=True)
     result = check_cluster_resources(cfg, from_zero)
     assert not result.fits_now and result.fits_after_scale_up
-    assert "the autoscaler has to start nodes first" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[preflight] " in out and "the autoscaler has to start nodes first" in out
 
 
 def test_requests_beyond_every_node_type_are_refused(from_zero):

@@ -26,6 +26,7 @@ from clipsynth_core import (
     unet_config,
 )
 from clipsynth_core.training import scheduled_lr
+from clipsynth_platform.logs import configure_logging
 from clipsynth_platform.preflight import ClusterView
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
@@ -486,7 +487,7 @@ def test_run_tracker_continues_one_run(tmp_path):
     assert len(mlflow.tracking.MlflowClient(uri).search_runs([first.experiment_id])) == 1
 
 
-def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch):
+def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch, capsys):
     class Exited(Exception):
         pass
 
@@ -494,6 +495,7 @@ def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch):
         raise Exited(code)
 
     monkeypatch.setattr("os._exit", fake_exit)
+    configure_logging()  # (a Train worker's run_worker sends the same lines to the process's own stdout)
     waits = []
     monkeypatch.setattr("clipsynth_platform.train.common._wait_for_committed_checkpoints", lambda: waits.append(1))
     fault_drill(3, 3, rank=0, world_size=2, storage_path=str(tmp_path), run_name="r")  # rank 0: no
@@ -501,6 +503,7 @@ def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch):
     with pytest.raises(Exited):
         fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")
     assert (tmp_path / "r" / "fault_drill_step_3.done").exists() and waits == [1]  # after the commit
+    assert capsys.readouterr().out == "[fault drill] rank 1 exits at step 3\n"  # once, where the jobs read it
     fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # marker: not again
     with pytest.raises(Exited):
         fault_drill(4, 4, rank=0, world_size=1, storage_path=str(tmp_path), run_name="r")  # alone: rank 0

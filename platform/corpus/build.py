@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from .. import logs
+from ..logs import LogFn
 from .audio import _tool_version, find_tools, render_audio, write_wav
 from .config import (
     INSTRUMENTS,
@@ -191,7 +193,7 @@ def _write_manifest(root: Path, manifest: CorpusManifest) -> None:
 def build_corpus(
     config: CorpusConfig,
     rebuild: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: LogFn | None = None,
 ) -> CorpusManifest:
     """Build (or reuse) the corpus under `config.out` and return its manifest.
 
@@ -202,7 +204,7 @@ def build_corpus(
     """
     started = time.perf_counter()
     config.validate()
-    say = progress or (lambda _msg: None)
+    say = progress or logs.progress("corpus")
     tools = find_tools(config)
     digest, identity = config_hash(config, tools)
     root = Path(config.out).expanduser().resolve()

@@ -207,13 +207,13 @@ class Committer:
         ok = sum(o.status == STATUS_OK for o in outcomes)
         elapsed = time.perf_counter() - self.t_start
         self.log(
-            f"[ingest] commit {result.name}: {len(outcomes)} videos ({ok} ok, {len(outcomes) - ok} failed), "
+            f"commit {result.name}: {len(outcomes)} videos ({ok} ok, {len(outcomes) - ok} failed), "
             f"{sum(result.rows.values())} rows {result.rows} in {len(staged)} file(s) the workers wrote; "
             f"{self.stats.videos_committed}/{self.total} videos, {self.stats.rows_written} rows, "
             f"{self.stats.rows_written / max(elapsed, 1e-9):.2f} chunks/s"
         )
         if self.config.test_hooks and self.config.test_exit_after_commits == self.stats.commits:
-            self.log("[ingest] test hook: interrupting the job after a commit")
+            self.log("test hook: interrupting the job after a commit")
             raise KeyboardInterrupt
 
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..logs import LogFn, progress
 from ..preflight import ClusterView, require_shared_locations
 from ..ray_cluster import LocalRay, connect_ray
 from ..schema import SCHEMA_VERSION
@@ -164,7 +165,7 @@ def _rewriter(config: IngestConfig, worker_env: dict | None) -> Callable[[str, l
     return lambda relative, drop: ray.get(task.remote(config.output, relative, drop))
 
 
-def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, log: Callable = print) -> dict:
+def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, log: LogFn | None = None) -> dict:
     """Run (or resume) ingestion as `config` says; returns the summary written to _summary.json.
 
     `worker_env`: environment variables for the decode workers, for clusters whose workers lack the driver's
@@ -172,18 +173,17 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     """
     from ..origin import require_consistent_origin
 
+    log = log or progress("ingest")
     t_start = time.perf_counter()
     config.validate()
     if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
         ensure_ray(config)
         require_shared_locations(ClusterView.from_ray(), input=config.input, output=config.output)
-    log(f"[ingest] code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
+    log(f"code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
         labels = load_label_index(config.labels, config.labels_format, config.input)
-        log(
-            f"[ingest] label index {config.labels}: {labels.format}, {len(labels.entries)} entries, {len(labels.labels)} labels"
-        )
+        log(f"label index {config.labels}: {labels.format}, {len(labels.entries)} entries, {len(labels.labels)} labels")
     sources = plan_sources(config.input, config.extensions, config.test_fraction, labels, config.output, config.limit)
     # CLIP first: missing weights stop the job before it writes anything.
     text, embed_dim, identity = _text_embeddings(config, sorted({s.label for s in sources if s.label}))
@@ -194,7 +194,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         s for s in sources if s.uri not in latest or (config.retry_failed and latest[s.uri]["status"] != STATUS_OK)
     ]
     log(
-        f"[ingest] {len(sources)} videos listed under {config.input}; {len(sources) - len(pending)} already done, "
+        f"{len(sources)} videos listed under {config.input}; {len(sources) - len(pending)} already done, "
         f"{len(pending)} to process; CLIP {identity} (dim {embed_dim}); {recovery}"
     )
 
@@ -208,7 +208,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         # The label index is read here, on the driver; videos are read and shards written on the workers.
         require_shared_locations(view, input=config.input, output=config.output)
         plan = plan_clip_stage(config, view)
-        log(f"[ingest] Ray: {ray_where}; CLIP stage: {plan.note}")
+        log(f"Ray: {ray_where}; CLIP stage: {plan.note}")
         context = ray.data.DataContext.get_current()
         saved = context.max_errored_blocks
         # A finite budget: a block that errors is a bug in this job's code (decoder crashes are isolated), so by
@@ -234,7 +234,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         config, store, sources, labels, stats, len(sources) - len(pending), time.perf_counter() - t_start, ray_where
     )
     log(
-        f"[ingest] done in {summary['seconds']:.1f} s: {summary['videos_in']} videos in, {summary['videos_ok']} ok, "
+        f"done in {summary['seconds']:.1f} s: {summary['videos_in']} videos in, {summary['videos_ok']} ok, "
         f"{summary['videos_failed']} failed ({summary['videos_crashed']} crashed), {summary['chunks_written']} chunks "
         f"{summary['chunks_by_split']}, {summary['warnings']['silent_chunks']} silent chunks -> {config.output}"
     )

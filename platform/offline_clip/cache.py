@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 from clipsynth_core import ClipConfig
 
+from ..logs import LogFn, progress
 from .train import OfflineClipConfig, OfflineClipReport, train_offline_clip
 
 CACHE_ENV = "CLIPSYNTH_CACHE"
@@ -55,18 +55,19 @@ def cache_key(config: OfflineClipConfig) -> str:
 
 
 def offline_clip(
-    config: OfflineClipConfig | None = None, root: str | os.PathLike | None = None, log: Callable[[str], None] = print
+    config: OfflineClipConfig | None = None, root: str | os.PathLike | None = None, log: LogFn | None = None
 ) -> OfflineClip:
     """The cached encoder for `config`, trained now if the cache does not hold it."""
     config = config or OfflineClipConfig()
+    log = log or progress("offline-clip")
     directory = Path(root).expanduser() if root else cache_root()
     key = cache_key(config)
     weights, report_file = directory / f"toy-{key}.safetensors", directory / f"toy-{key}.json"
     if weights.is_file() and report_file.is_file():
         report = OfflineClipReport(**json.loads(report_file.read_text())["report"])
-        log(f"[offline-clip] reusing {weights} (zero-shot on fresh pictures {report.heldout_zero_shot:.3f})")
+        log(f"reusing {weights} (zero-shot on fresh pictures {report.heldout_zero_shot:.3f})")
         return OfflineClip(weights, report, reused=True)
-    log(f"[offline-clip] training the offline encoder once; it is kept at {weights}")
+    log(f"training the offline encoder once; it is kept at {weights}")
     encoder, report = train_offline_clip(config, log)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from clipsynth_core import ClipConfig, ClipQueryEncoder
 from clipsynth_core.clip_encoder import build_local_clip
 
 from ..corpus.config import INSTRUMENTS
+from ..logs import LogFn, progress
 from .pictures import captions, draw_pictures
 from .zero_shot import zero_shot_accuracy
 
@@ -69,12 +69,13 @@ class OfflineClipReport:
 
 
 def train_offline_clip(
-    config: OfflineClipConfig, log: Callable[[str], None] = print
+    config: OfflineClipConfig, log: LogFn | None = None
 ) -> tuple[ClipQueryEncoder, OfflineClipReport]:
     """Train from scratch (seeded); returns the frozen encoder and its report."""
     from open_clip.loss import ClipLoss
 
     config.check()
+    log = log or progress("offline-clip")
     t0 = time.perf_counter()
     classes = list(config.classes)
     model: Any = build_local_clip(config.model_name, config.seed)  # open_clip's CLIP, untyped attributes
@@ -87,9 +88,7 @@ def train_offline_clip(
     pool = pool.view(len(classes), config.pictures_per_class, *pool.shape[1:])
     del images
     tokens = torch.stack([encoder.tokenizer(captions(c)) for c in classes])  # [C, phrasings, context]
-    log(
-        f"[offline-clip] {len(classes)} classes x {config.pictures_per_class} pictures drawn in {time.perf_counter() - t0:.1f} s"
-    )
+    log(f"{len(classes)} classes x {config.pictures_per_class} pictures drawn in {time.perf_counter() - t0:.1f} s")
 
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -114,7 +113,7 @@ def train_offline_clip(
         with torch.no_grad():  # CLIP's clamp: the temperature stays above 1/100
             model.logit_scale.clamp_(0, math.log(100))
         if step % 250 == 0 or step == config.steps:
-            log(f"[offline-clip] step {step}/{config.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"step {step}/{config.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
     model.eval().requires_grad_(False)
 
     heldout, heldout_targets = draw_pictures(classes, config.heldout_per_class, config.seed + 1)
@@ -127,5 +126,5 @@ def train_offline_clip(
         heldout_zero_shot=accuracy,
         classes=classes,
     )
-    log(f"[offline-clip] trained in {report.seconds:.0f} s; zero-shot on fresh pictures {accuracy:.3f}")
+    log(f"trained in {report.seconds:.0f} s; zero-shot on fresh pictures {accuracy:.3f}")
     return encoder, report

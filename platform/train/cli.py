@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..logs import configure_logging, get_logger
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, parse_config
 from .data import DatasetError
 
@@ -31,11 +32,12 @@ def main_hifigan(argv: list[str] | None, description: str, defaults: dict[str, A
 def _run(fn: Callable[[], TrainingSummary]) -> int:
     from ..origin import require_consistent_origin
 
-    print(f"[train] code from {require_consistent_origin().platform_root}", flush=True)
+    configure_logging()
+    get_logger("train").info(f"code from {require_consistent_origin().platform_root}")
     try:
         summary = fn()
     except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # the command's error, not a progress line
         return 2
-    print("[summary] " + json.dumps(summary.to_dict(), default=str), flush=True)
+    get_logger("summary").info(json.dumps(summary.to_dict(), default=str))
     return 0

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..logs import configure_logging, get_logger
 from ..uri import fsspec_filesystem, join, strip_scheme
 from .config import C, config_from_dict
 
@@ -60,16 +61,14 @@ def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, t.tolist()))
 
 
-def say(message: str) -> None:
-    """One progress line from a Train worker, printed once.
+def configure_worker_logging() -> None:
+    """The platform's `[component] message` lines in a Train worker, each printed once.
 
-    Ray Train replaces `print` in its workers: the text goes to Train's logger and, when sys.stdout is wrapped
-    (it is in a Ray worker), to the stream as well, so every line reached the driver twice. Writing to the
-    process's own stdout bypasses that, and Ray still forwards it to the driver with the worker's prefix.
+    Ray Train replaces `print` and wraps sys.stdout in its workers: text written there goes to Train's logger and
+    to the stream as well, so every line reached the driver twice. The handler writes to the process's own
+    stdout instead, which Ray still forwards to the driver with the worker's prefix.
     """
-    stream = sys.__stdout__ or sys.stdout
-    stream.write(message + "\n")
-    stream.flush()
+    configure_logging(stream=sys.__stdout__ or sys.stdout)
 
 
 def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storage_path: str, run_name: str) -> None:
@@ -89,7 +88,7 @@ def fault_drill(fail_at_step: int, step: int, rank: int, world_size: int, storag
     with fs.open(strip_scheme(marker), "w") as f:
         f.write(json.dumps({"step": step, "rank": rank, "time": time.time()}))
     _wait_for_committed_checkpoints()
-    say(f"[fault drill] rank {rank} exits at step {step}")
+    get_logger("fault drill").info(f"rank {rank} exits at step {step}")
     os._exit(17)
 
 
@@ -242,6 +241,7 @@ def run_worker(config_cls: type[C], loop_config: dict, loop: Callable[[C, dict, 
     cfg = config_from_dict(config_cls, loop_config["config"])
     ctx = ray.train.get_context()
     place = WorkerPlace(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    configure_worker_logging()
     with cpu_threads(cfg.cpus_per_worker, place.device):
         loop(cfg, loop_config["job"], place)
 

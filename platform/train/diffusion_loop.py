@@ -39,6 +39,7 @@ from clipsynth_core import (
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 
+from ..logs import get_logger
 from ..registry import log_bundle_model, set_alias
 from .common import (
     Progress,
@@ -50,7 +51,6 @@ from .common import (
     report_checkpoint,
     restore,
     run_worker,
-    say,
     state_digest,
     stream_seed,
 )
@@ -58,6 +58,8 @@ from .config import DiffusionTrainConfig
 from .data import diffusion_examples, training_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import load_vocoder
+
+log = get_logger("train")
 
 
 class _ReferencedClip(torch.nn.Module):
@@ -163,7 +165,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         start_step = int(state["step"])
         spent = float(state.get("train_seconds", 0.0))
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
-        say(f"[train rank {rank}] resumed from the checkpoint at step {start_step}")
+        log.info(f"rank {rank} resumed from the checkpoint at step {start_step}")
     ddp_model = ray.train.torch.prepare_model(model)
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
@@ -190,8 +192,8 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
         tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step) if resumed else "0"})
         if start_step < cfg.max_steps:
-            say(
-                f"[train] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
+            log.info(
+                f"{'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
                 f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
             )
     sample_diffusion = diffusion.respaced(cfg.sample_steps)
@@ -268,8 +270,8 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
                     **gpu_memory_metrics(device),
                 }
                 tracker.log_metrics(metrics, step)
-                say(
-                    f"[train] step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
+                log.info(
+                    f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
                     f"vb {means['vb']:.4f} grad {means['grad_norm']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
                     f"ETA {Progress.format_eta(pace['eta_s'])}"
                 )
@@ -321,7 +323,7 @@ def _finish(
 
     done = tracker.record.get("bundle_step")
     if done is not None and int(done) >= final_step:
-        say(f"[train] already finished: the bundle of step {done} is logged (run {tracker.run_id})")
+        log.info(f"already finished: the bundle of step {done} is logged (run {tracker.run_id})")
         tracker.finish()
         return
     if cfg.vocoder:
@@ -368,5 +370,5 @@ def _finish(
     )
     where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
     where += f" = {alias_uri}" if alias_uri else ""
-    say(f"[train] finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
+    log.info(f"finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

@@ -32,6 +32,7 @@ from clipsynth_core import (
     save_training_state,
 )
 
+from ..logs import get_logger
 from ..registry import VOCODER_ARTIFACT
 from .common import (
     Progress,
@@ -43,7 +44,6 @@ from .common import (
     report_checkpoint,
     restore,
     run_worker,
-    say,
     state_digest,
     stream_seed,
 )
@@ -52,6 +52,7 @@ from .data import training_batches, vocoder_examples
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
 
+log = get_logger("hifigan")
 LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
 
 
@@ -100,7 +101,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         start_step = int(state["step"])
         spent = float(state.get("train_seconds", 0.0))
         resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(generator)}
-        say(f"[hifigan rank {rank}] resumed from the checkpoint at step {start_step}")
+        log.info(f"rank {rank} resumed from the checkpoint at step {start_step}")
 
     g_ddp = ray.train.torch.prepare_model(generator)
     d_ddp = ray.train.torch.prepare_model(discriminator)
@@ -122,8 +123,8 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
         tracker.log_params(job["params"])
         if start_step < cfg.max_steps:
-            say(
-                f"[hifigan] {'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
+            log.info(
+                f"{'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
                 f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
             )
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
@@ -191,8 +192,8 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                     },
                     step,
                 )
-                say(
-                    f"[hifigan] step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
+                log.info(
+                    f"step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
                     f"D {means['loss_d']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
                     f"ETA {Progress.format_eta(pace['eta_s'])}"
                 )
@@ -226,7 +227,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
             tracker.set_tags({"vocoder_uri": uri})
             tracker.update_record(vocoder_step=final_step, vocoder_uri=uri)
             why = "out of training time" if final_step < cfg.max_steps else "all steps done"
-            say(f"[hifigan] finished at step {final_step} ({why}); vocoder: {uri} (pass it as --vocoder)")
+            log.info(f"finished at step {final_step} ({why}); vocoder: {uri} (pass it as --vocoder)")
         tracker.finish()
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
 
+from ..logs import get_logger
 from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
 from ..ray_cluster import LocalRay, connect_ray
 from ..uri import is_s3, pyarrow_filesystem, strip_scheme
@@ -44,6 +45,8 @@ from .tracking import flatten_params, git_commit, read_run_record, resolve_track
 
 if TYPE_CHECKING:
     import ray.data
+
+log = get_logger("train")
 
 
 @dataclass
@@ -81,7 +84,7 @@ def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -
             "workers, or give Ray more logical CPUs (--local-num-cpus, `ray start --num-cpus`) or GPUs."
         )
     for message in result.messages:
-        print(f"[preflight] {message}", flush=True)
+        get_logger("preflight").info(message)
     return result
 
 
@@ -180,10 +183,9 @@ def _warn_about_job_local_tracking(cfg: TrainConfig) -> None:
     """A submitted job runs in a temporary copy of its working dir: a default SQLite store there is lost."""
     submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
     if submitted and not cfg.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        print(
-            "[warning] no MLflow tracking URI: the SQLite store goes into this job's temporary working directory. "
-            "Pass --tracking-uri, or MLFLOW_TRACKING_URI in --runtime-env-json, to keep runs and models.",
-            flush=True,
+        log.warning(
+            "no MLflow tracking URI: the SQLite store goes into this job's temporary working directory. "
+            "Pass --tracking-uri, or MLFLOW_TRACKING_URI in --runtime-env-json, to keep runs and models."
         )
 
 
@@ -380,5 +382,5 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
 def print_plan(cfg: TrainConfig, job: dict) -> None:
     """The resolved configuration, printed at start (the same values go to MLflow as params)."""
     shown = {k: v for k, v in job.items() if k not in ("params", "sample_conds", "sample_audio", "tags")}
-    print(f"[{job['kind']}] config:\n{cfg.to_json()}", flush=True)
-    print(f"[{job['kind']}] resolved:\n{json.dumps(shown, indent=2, default=str)}", flush=True)
+    get_logger(job["kind"]).info(f"config:\n{cfg.to_json()}")
+    get_logger(job["kind"]).info(f"resolved:\n{json.dumps(shown, indent=2, default=str)}")
