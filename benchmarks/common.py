@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -75,3 +76,17 @@ def emit(result: dict, name: str, summary: str, out: str | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     print(f"SUMMARY {name}: {summary}")
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a benchmark script, its module docstring as the --help text (layout kept)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def save_figure(fig, legend_axes, path: str | os.PathLike) -> None:
+    """Legends and grids on `legend_axes`, then the figure written to `path` as the benchmarks' PNGs are."""
+    for ax in legend_axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

@@ -16,7 +16,6 @@ Prints JSON and a one-line summary; writes benchmarks/results/beyond_geometry_<d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import emit, environment
+from common import benchmark_parser, emit, environment
 from learning.run import load_split
 
 
@@ -47,7 +46,7 @@ def geometry(frames: torch.Tensor, frame_labels: np.ndarray, queries: torch.Tens
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--data", default="demo_output/shards")
     p.add_argument("--prior-steps", type=int, default=600)
     p.add_argument("--cache", default=str(Path.home() / ".cache/clipsynth/beyond"))

@@ -23,7 +23,6 @@ partial until the end) and a PNG."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS, emit, environment
+from common import RESULTS, benchmark_parser, emit, environment, save_figure
 from learning.run import Judge, Queries, load_split
 
 
@@ -205,15 +204,11 @@ def plot(result: dict, path: Path) -> None:
         axes[2].plot(ws, [p[name]["fd_melclf"] for p in curve], "o-", label=name)
     axes[1].set(xlabel="guidance scale w", ylabel="relevance", title="relevance vs guidance", ylim=(0, 1))
     axes[2].set(xlabel="guidance scale w", ylabel="fd_melclf", title="fd_melclf vs guidance")
-    for ax in axes[1:]:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, axes[1:], path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--data", default="demo_output/shards")
     p.add_argument("--classifier", default="demo_output/mel_classifier", help="the judge (a mel classifier dir)")
     p.add_argument(

@@ -8,7 +8,6 @@ Usage: python benchmarks/core/sampling.py [--unet small] [--vocoder small] [--st
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import emit, environment, peak_memory_mb, reset_peak, time_it
+from common import benchmark_parser, emit, environment, peak_memory_mb, reset_peak, time_it
 
 from clipsynth_core import (
     ClipConfig,
@@ -29,7 +28,7 @@ from clipsynth_core import (
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--unet", default="small", help="U-Net preset: tiny | small | paper")
     p.add_argument("--vocoder", default="small", help="HiFi-GAN preset: tiny | small | paper")
     p.add_argument("--clip", default="tiny", help="CLIP model name (random weights; 'tiny' or e.g. ViT-B-32)")

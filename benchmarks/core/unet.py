@@ -13,14 +13,13 @@ memory. Usage: python benchmarks/core/unet.py [--preset small] [--batch-size 8] 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import emit, environment, peak_memory_mb, reset_peak, time_it
+from common import benchmark_parser, emit, environment, peak_memory_mb, reset_peak, time_it
 
 from clipsynth_core import ConditionalUNet, DiffusionConfig, GaussianDiffusion, diffusion_losses, unet_config
 from clipsynth_core.training import clip_and_step
@@ -81,7 +80,7 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--preset", default="small", help="U-Net preset: tiny | small | paper")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--frames", type=int, default=64, help="mel frames (64 = 4.16 s, 128 = 8.32 s)")

@@ -15,17 +15,20 @@ one-line summary; writes benchmarks/results/eval_cpu.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import platform as std_platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import benchmark_parser
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "eval_cpu.json"
 
@@ -40,7 +43,7 @@ def median_time(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--unet-preset", default="tiny", help="U-Net preset of the benchmarked model (default: tiny)")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors (default: 2, one per core here)")
     parser.add_argument("--repeats", type=int, default=3)

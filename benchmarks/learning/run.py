@@ -23,7 +23,6 @@ Prints JSON and a one-line summary; writes benchmarks/results/learning_<device>.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS, emit, environment
+from common import RESULTS, benchmark_parser, emit, environment, save_figure
 
 # Variants: what each one changes against the default configuration (a measured choice each).
 VARIANTS = {
@@ -269,15 +268,11 @@ def plot(result: dict, path: Path) -> None:
     axes[2].set(
         xscale="log", xlabel="sampling steps", ylabel="relevance", title="final model vs sampling steps", ylim=(0, 1)
     )
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, axes, path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--data", default="demo_output/shards", help="preprocessed dataset (train/ and test/)")
     p.add_argument("--classifier", default="", help="a mel classifier directory (default: train one here)")
     p.add_argument("--classifier-epochs", type=int, default=40)

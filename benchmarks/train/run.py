@@ -17,7 +17,6 @@ writes benchmarks/results/train_cpu.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import emit, environment, time_it
+from common import benchmark_parser, emit, environment, time_it
 
 
 def diffusion_step_rate(size: str, batch: int, warmup: int, iters: int) -> dict:
@@ -118,7 +117,7 @@ def scaling(workers: int, steps: int, batch: int, root: Path, shards: str) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__)
     parser.add_argument(
         "--unet-sizes", nargs="*", default=["tiny", "small"], help="U-Net presets of the step benchmark"
     )
