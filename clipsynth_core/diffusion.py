@@ -365,19 +365,13 @@ class GaussianDiffusion:
         progress: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Ancestral sampling x_T -> x_0 over this process's steps."""
-        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
-        n = x.shape[0]
-        for k, i in enumerate(reversed(range(self.num_timesteps))):
-            t = torch.full((n,), i, device=x.device, dtype=torch.long)
-            pm = self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t)
-            if i > 0:
-                z = self._noise(x.shape, generator, x.device, x.dtype)
-                x = pm["mean"] + torch.exp(0.5 * pm["logvar"]) * z
-            else:
-                x = pm["mean"]
-            if progress is not None:
-                progress(k + 1, self.num_timesteps)
-        return x
+
+        def step(x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor]) -> Tensor:
+            if i == 0:
+                return pm["mean"]
+            return pm["mean"] + torch.exp(0.5 * pm["logvar"]) * self._noise(x.shape, generator, x.device, x.dtype)
+
+        return self._reverse_loop(model, shape, generator, device, noise, progress, step)
 
     @torch.no_grad()
     def ddim_sample_loop(
@@ -391,20 +385,35 @@ class GaussianDiffusion:
         progress: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """DDIM (Song et al., 2021) over this process's steps; eta = 0 is deterministic given x_T."""
-        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
-        n = x.shape[0]
-        for k, i in enumerate(reversed(range(self.num_timesteps))):
-            t = torch.full((n,), i, device=x.device, dtype=torch.long)
-            pm = self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t)
+
+        def step(x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor]) -> Tensor:
             eps = self.predict_eps_from_x0(x, t, pm["pred_x0"])
             abar = _extract(self.alphas_cumprod, t, x.shape, x.dtype)
             abar_prev = _extract(self.alphas_cumprod_prev, t, x.shape, x.dtype)
             sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
             mean = pm["pred_x0"] * abar_prev.sqrt() + torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0)) * eps
             if i > 0 and eta > 0:
-                x = mean + sigma * self._noise(x.shape, generator, x.device, x.dtype)
-            else:
-                x = mean
+                return mean + sigma * self._noise(x.shape, generator, x.device, x.dtype)
+            return mean
+
+        return self._reverse_loop(model, shape, generator, device, noise, progress, step)
+
+    def _reverse_loop(
+        self,
+        model: ModelFn,
+        shape: Sequence[int],
+        generator: torch.Generator | Sequence[torch.Generator] | None,
+        device: torch.device | str,
+        noise: Tensor | None,
+        progress: Callable[[int, int], None] | None,
+        step: Callable[[Tensor, Tensor, int, dict[str, Tensor]], Tensor],
+    ) -> Tensor:
+        """x_T (given, or drawn) through every step of this process: `step(x, t, i, model_output)` -> x_{t-1}."""
+        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
+        n = x.shape[0]
+        for k, i in enumerate(reversed(range(self.num_timesteps))):
+            t = torch.full((n,), i, device=x.device, dtype=torch.long)
+            x = step(x, t, i, self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t))
             if progress is not None:
                 progress(k + 1, self.num_timesteps)
         return x
