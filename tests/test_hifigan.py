@@ -56,9 +56,10 @@ def test_training_steps_reduce_mel_l1():
         torch.optim.AdamW(disc.parameters(), 2e-3, betas=(0.8, 0.99)),
     )
     t = torch.arange(8 * 1024) / 16_000
-    wave = (0.4 * torch.sin(2 * math.pi * 330 * t))[None].repeat(2, 1)
+    # One clip: a batch of copies of it gives the same mean losses and gradients at twice the cost.
+    wave = (0.4 * torch.sin(2 * math.pi * 330 * t))[None]
     mel = step.mel_of(wave)
-    assert mel.shape == (2, 64, 8)
+    assert mel.shape == (1, 64, 8)
     losses = [step(mel, wave) for _ in range(15)]
     assert all(math.isfinite(v) for m in losses for v in m.values())
     first = sum(m["loss_mel"] for m in losses[:3]) / 3
