@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,40 +28,49 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .logs import LogFn, progress
+from .options import opt, required
+
 VARIANTS = ("image", "text", "hybrid")
 
 
 @dataclass(frozen=True)
 class Table1Config:
-    data: str  # a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus
-    out: str = "table1_output"
-    mel_classifier: str = ""  # a mel classifier directory; empty: train one (40 epochs) under out/
-    dataset: str = "music"  # the text-query template of evaluation ("a photo of playing {label}")
-    experiment: str = "clipsynth-table1"
-    variants: tuple[str, ...] = VARIANTS
-    model_size: str = "cpu"
-    diffusion_train_steps: int = 1200  # the same budget for every variant (~5 min each at ~4 steps/s, estimated)
-    diffusion_steps: int = 1000
-    batch_size: int = 16
-    lr: float = 3e-3
-    ema_decay: float = 0.999
-    cond_drop_prob: float = 0.1  # every variant can be guided
-    examples_per_pass: int = 8192  # the demo's long data passes (few, large passes over 128 chunks)
-    shuffle_buffer: int = 4096
-    vocoder_size: str = "tiny"
-    vocoder_train_steps: int = 150
-    vocoder_batch_size: int = 4
-    vocoder_segment_frames: int = 16
-    gap_methods: tuple[str, ...] = ("shift", "prior")
-    prior_steps: int = 600
-    eval_samples: int = 64
-    eval_steps: int = 25
-    fad_backbone: str = "auto"  # VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)
-    fid_backbone: str = "inception"  # absent (tagged) without its weights
-    classifier_epochs: int = 40
-    cpus_per_worker: int = 2
-    ray_num_cpus: int = 6
-    seed: int = 0
+    """Every setting of the Table 1 job (jobs/table1.py: one option each)."""
+
+    data: str = required(
+        "a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus"
+    )
+    out: str = opt("table1_output", "output directory (stages/, bundles/, table/, table1_summary.json)")
+    mel_classifier: str = opt("", "a mel classifier directory; empty: train one (--classifier-epochs) under out/")
+    dataset: str = opt("music", 'the text-query template of evaluation ("a photo of playing {label}")')
+    experiment: str = opt("clipsynth-table1", "MLflow experiment of every run")
+    variants: tuple[str, ...] = opt(VARIANTS, "diffusion variants to train and table (image, text, hybrid)")
+    model_size: str = opt("cpu", "U-Net size of every variant (tiny, cpu, small, paper)")
+    diffusion_train_steps: int = opt(
+        1200, "the same step budget for every variant (~5 min each at ~4 steps/s, estimated)"
+    )
+    diffusion_steps: int = opt(1000, "diffusion steps of the training process")
+    batch_size: int = opt(16, "diffusion batch size")
+    lr: float = opt(3e-3, "diffusion learning rate")
+    ema_decay: float = opt(0.999, "EMA rate of the diffusion weights")
+    cond_drop_prob: float = opt(0.1, "condition dropout (every variant can be guided)")
+    examples_per_pass: int = opt(8192, "the demo's long data passes (few, large passes over 128 chunks)")
+    shuffle_buffer: int = opt(4096, "rows in each worker's shuffle buffer")
+    vocoder_size: str = opt("tiny", "HiFi-GAN size (tiny, small, paper)")
+    vocoder_train_steps: int = opt(150, "HiFi-GAN step budget (trained once, shared by every variant's bundle)")
+    vocoder_batch_size: int = opt(4, "HiFi-GAN segments per step")
+    vocoder_segment_frames: int = opt(16, "mel frames per HiFi-GAN training segment")
+    gap_methods: tuple[str, ...] = opt(("shift", "prior"), "modality-gap reductions tabled for the image model")
+    prior_steps: int = opt(600, "optimizer steps of the gap prior")
+    eval_samples: int = opt(64, "generated samples per evaluation")
+    eval_steps: int = opt(25, "sampling steps of evaluation (and the bundles' default)")
+    fad_backbone: str = opt("auto", "VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)")
+    fid_backbone: str = opt("inception", "FID network (absent, and tagged, without its weights)")
+    classifier_epochs: int = opt(40, "epochs of the mel classifier trained when --mel-classifier is empty")
+    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of the Train worker")
+    ray_num_cpus: int = opt(6, "logical CPUs of the local Ray (more than the cores, so data stages run)")
+    seed: int = opt(0, "seed of training, sampling and the prior")
 
     def check(self) -> Table1Config:
         unknown = set(self.variants) - set(VARIANTS)
@@ -72,6 +82,39 @@ class Table1Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         return self
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """jobs/compare.py: the table of an experiment's finished evaluation runs."""
+
+    out: str = required("output directory")
+    experiment: str = opt("clipsynth-eval", "MLflow experiment of the evaluation runs")
+    mlflow: bool = opt(True, "log the table to a table1-comparison run in the experiment (--no-mlflow: do not)")
+    exclude_random: bool = opt(
+        False, "leave out runs with random (tiny-random) backbones instead of refusing a mix with real ones"
+    )
+
+
+def compare_runs(config: CompareConfig, log: LogFn | None = None) -> int:
+    """Write and print the table (the job's exit status: 2 when the experiment holds nothing to table)."""
+    from .evaluation.compare import compare_experiment
+
+    log = log or progress("compare")
+    log(f"config {asdict(config)}")
+    try:
+        result = compare_experiment(
+            config.experiment, config.out, log_to_mlflow=config.mlflow, exclude_random=config.exclude_random
+        )
+    except ValueError as exc:
+        print(f"[compare] error: {exc}", file=sys.stderr)
+        return 2
+    print(result["paths"]["markdown"].read_text())
+    log(
+        f"{result['runs']} evaluation runs, {result['used_runs']} used -> {len(result['tables'])} table(s); "
+        f"wrote {', '.join(str(p) for p in result['paths'].values())}"
+    )
+    return 0
 
 
 def _local_bundle(model_uri: str, root: Path, variant: str) -> Path:
