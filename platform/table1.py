@@ -18,11 +18,9 @@ Step budgets, not time caps: a run on a busy machine trains the same models as o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -136,85 +134,67 @@ def _train(cfg: Any) -> dict:
     return run_diffusion_training(cfg).to_dict()
 
 
-def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict:
+def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     """Run (or resume) every stage; returns the table's paths, rows and the modality gaps."""
-    import mlflow
-
-    from .demo import Stages
+    from .demo import Stages, use_local_tracking
     from .evaluation.compare import compare_experiment
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
     from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
-    from .modality_gap import GapFitConfig, fit_gap_reducer
+    from .modality_gap import GapFitJobConfig, fit_gap_job
+    from .presets import TABLE1
     from .ray_cluster import LocalRay, connect_ray
     from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from .train.runner import run_hifigan_training
 
+    # the stages' own lines ("[evaluate] ...") go to the caller's callback when there is one, else to their default
+    stage_log: dict[str, Any] = {"log": log} if log is not None else {}
+    log = log or progress("table1")
     c = config.check()
     root = Path(c.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = tracking
-    mlflow.set_tracking_uri(tracking)
-    stages = Stages(root)
-    local = LocalRay(
-        num_cpus=c.ray_num_cpus,
-        object_store_bytes=500_000_000,
-        env_vars={"MLFLOW_TRACKING_URI": tracking},
-        worker_niceness=0,  # as the demo and Ray Jobs
-    )
-    log(f"[table1] on {connect_ray('local', local)}")
+    tracking = use_local_tracking(root)
+    stages = Stages(root, log)
+    local = TABLE1.build(LocalRay, num_cpus=c.ray_num_cpus, env_vars={"MLFLOW_TRACKING_URI": tracking})
+    log(f"on {connect_ray('local', local)}")
     storage = str(root / "checkpoints")
+    shared: dict[str, Any] = {"data": c.data, "experiment": c.experiment, "storage_path": storage}
+    shared |= {"tracking_uri": tracking, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed}
 
-    voc_cfg = HiFiGANTrainConfig(
-        data=c.data,
-        experiment=c.experiment,
-        run_name="table1-hifigan",
-        storage_path=storage,
-        num_workers=1,
+    voc_cfg = TABLE1.build(
+        HiFiGANTrainConfig,
+        **shared,
         model_size=c.vocoder_size,
         max_steps=c.vocoder_train_steps,
         batch_size=c.vocoder_batch_size,
         segment_frames=c.vocoder_segment_frames,
-        cpus_per_worker=c.cpus_per_worker,
         checkpoint_every=c.vocoder_train_steps,
-        log_every=10,
         sample_every=c.vocoder_train_steps,
-        tracking_uri=tracking,
-        seed=c.seed,
     )
-    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict(), log)
+    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
 
     models: dict[str, str] = {}
     for variant in c.variants:
-        cfg = DiffusionTrainConfig(
-            data=c.data,
-            experiment=c.experiment,
+        cfg = TABLE1.build(
+            DiffusionTrainConfig,
+            **shared,
             run_name=f"table1-diffusion-{variant}",
-            storage_path=storage,
-            num_workers=1,
             variant=variant,
             model_size=c.model_size,
             max_steps=c.diffusion_train_steps,
             batch_size=c.batch_size,
             lr=c.lr,
             ema_decay=c.ema_decay,
-            ema_warmup=True,
             cond_drop_prob=c.cond_drop_prob,
             min_examples_per_pass=c.examples_per_pass,
             shuffle_buffer=c.shuffle_buffer,
-            cpus_per_worker=c.cpus_per_worker,
             diffusion_steps=c.diffusion_steps,
             checkpoint_every=c.diffusion_train_steps,
-            log_every=50,
             sample_every=c.diffusion_train_steps,
             vocoder=voc.get("checkpoint_path") or "",
-            serving_vocoder="hifigan",
             bundle_sampling_steps=c.eval_steps,
-            tracking_uri=tracking,
-            seed=c.seed,
         )
-        done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg), log)
+        done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg))
         models[variant] = done["record"]["model_uri"]
 
     classifier = c.mel_classifier
@@ -222,32 +202,25 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
         cls_cfg = MelClassifierTrainConfig(
             data=c.data, out=str(root / "mel_classifier"), epochs=c.classifier_epochs, experiment=c.experiment
         )
-        stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, log=log)[1]}, log)
+        stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, **stage_log)[1]})
         classifier = str(root / "mel_classifier")
 
     def prepare_bundles() -> dict:
-        from clipsynth_core.modality_gap import PriorConfig
-        from clipsynth_core.synthesizer import load_bundle_encoder, read_bundle_config
-
         out = {}
         for variant, uri in models.items():
             bundle = _local_bundle(uri, root, variant)
-            encoder = load_bundle_encoder(bundle, read_bundle_config(bundle).clip)
-            fit = GapFitConfig(data=c.data, prior=PriorConfig(steps=c.prior_steps, seed=c.seed))
-            fit_gap_reducer(fit, encoder).save(bundle)
+            fit_gap_job(GapFitJobConfig(data=c.data, bundle=str(bundle), prior_steps=c.prior_steps, seed=c.seed))
             out[variant] = str(bundle)
         return out
 
-    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles, log)
+    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles)
 
     def evaluate() -> dict:
-        base: dict[str, Any] = dict(
+        base: dict[str, Any] = TABLE1.overrides(EvalConfig) | dict(
             data=c.data,
             dataset=c.dataset,
             num_samples=c.eval_samples,
             steps=c.eval_steps,
-            batch_size=8,
-            num_workers=1,
             fad_backbone=c.fad_backbone,
             fid_backbone=c.fid_backbone,
             mel_classifier=classifier,
@@ -274,13 +247,13 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
         ]
         out = {}
         for plan in plans:
-            for r in run_evaluation(plan, log=log):
+            for r in run_evaluation(plan, **stage_log):
                 name = plan.model_name or r.variant
                 out[f"{name}/{r.test_query_type}"] = {"run_id": r.run_id, **r.metrics}
         return out
 
     settings = {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps, "metrics": METRICS_VERSION}
-    metrics = stages.run("evaluate", settings, evaluate, log)
+    metrics = stages.run("evaluate", settings, evaluate)
     table = compare_experiment(c.experiment, root / "table")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
