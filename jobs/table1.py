@@ -12,9 +12,11 @@ finished stages (out/stages/*.json). The table is written to OUT/table/ and prin
 
 import sys
 
+from clipsynth_platform.logs import configure_logging
 from clipsynth_platform.options import parse_config
 from clipsynth_platform.table1 import Table1Config, run_table1
 
 if __name__ == "__main__":
+    configure_logging()
     run_table1(parse_config(Table1Config, None, __doc__))
     sys.exit(0)
