@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..logs import LogFn
@@ -36,29 +37,28 @@ def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> list
         if time.time() > deadline:
             raise RuntimeError("the Serve app did not become healthy within 180 s")
         time.sleep(1)
-    written = []
-    for i, (query, label) in enumerate(config.query_list()):
-        for k in range(config.seeds_per_query):
-            seed = config.seed + i * config.seeds_per_query + k
-            body = json.dumps({"query": query, "seed": seed, "steps": config.serve_steps}).encode()
-            req = urllib.request.Request(f"{base}/synthesize", data=body, headers={"Content-Type": "application/json"})
-            t0 = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=600) as r:
-                wav = r.read()
-            path = samples / f"{query.replace(' ', '_')}_{k}.wav"
-            path.write_bytes(wav)
-            written.append(
-                {
-                    "query": f"a photo of {query}",
-                    "label": label,
-                    "seed": seed,
-                    "file": str(path),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            log(
-                f"serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {written[-1]['seconds']:.1f} s)"
-            )
+
+    def ask(query: str, label: str, seed: int, k: int) -> dict:
+        body = json.dumps({"query": query, "seed": seed, "steps": config.serve_steps}).encode()
+        req = urllib.request.Request(f"{base}/synthesize", data=body, headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            wav = r.read()
+        path = samples / f"{query.replace(' ', '_')}_{k}.wav"
+        path.write_bytes(wav)
+        seconds = time.perf_counter() - t0
+        log(f"serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {seconds:.1f} s)")
+        return {"query": f"a photo of {query}", "label": label, "seed": seed, "file": str(path), "seconds": seconds}
+
+    asks = [
+        (query, label, config.seed + i * config.seeds_per_query + k, k)
+        for i, (query, label) in enumerate(config.query_list())
+        for k in range(config.seeds_per_query)
+    ]
+    # As clients would: several requests in flight, so the service's dynamic batching runs them together (a
+    # request's audio depends only on its query and seed, not on its batch mates; tests/test_serve_units.py).
+    with ThreadPoolExecutor(max_workers=config.serve_concurrency, thread_name_prefix="client") as clients:
+        written = list(clients.map(lambda a: ask(*a), asks))
     return written
 
 

@@ -83,13 +83,13 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
         finding_clip = pool.submit(resolve_clip, config, log)
         corpus_log = (lambda m: log(f"[corpus] {m}")) if log else progress("corpus")
         manifest = build_corpus(stage_configs.corpus_config(config), progress=corpus_log)
-        clip = finding_clip.result()
-    say(f"corpus: {len(manifest.videos)} videos in {root / 'corpus'} ({len(manifest.reused)} reused)")
-    labels_file = str(root / "corpus" / manifest.split_index)  # path,label,split: the stratified split
+        say(f"corpus: {len(manifest.videos)} videos in {root / 'corpus'} ({len(manifest.reused)} reused)")
 
-    # 2. a local Ray shared by every stage
-    _serve_app_importable()
-    say(f"on {connect_ray('local', stage_configs.local_ray(config, tracking))}")
+        # 2. a local Ray shared by every stage, started while the offline CLIP may still be training
+        _serve_app_importable()
+        say(f"on {connect_ray('local', stage_configs.local_ray(config, tracking))}")
+        clip = finding_clip.result()
+    labels_file = str(root / "corpus" / manifest.split_index)  # path,label,split: the stratified split
 
     # 3. ingestion
     shards = root / "shards"
