@@ -7,33 +7,10 @@ file, starts the Ray Serve app and synthesizes a few text queries into wav files
 already built. See clipsynth_platform.demo.DemoConfig for every setting.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from dataclasses import fields
 
 from clipsynth_platform.demo import DemoConfig, main
-
-
-def parse(argv: list[str] | None = None) -> DemoConfig:
-    d = DemoConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f"(default {default})")
-        elif isinstance(default, tuple):
-            p.add_argument(flag, default=",".join(default), help=f"comma-separated (default {','.join(default)})")
-        else:
-            p.add_argument(flag, type=type(default), default=default, help=f"(default {default})")
-    args = vars(p.parse_args(argv))
-    for f in fields(DemoConfig):
-        if isinstance(getattr(d, f.name), tuple):
-            args[f.name] = tuple(x.strip() for x in args[f.name].split(",") if x.strip())
-    return DemoConfig(**args)
-
+from clipsynth_platform.options import parse_config
 
 if __name__ == "__main__":
-    sys.exit(main(parse()))
+    sys.exit(main(parse_config(DemoConfig, None, __doc__)))

@@ -10,14 +10,10 @@ The final EMA synthesizer is registered as clipsynth-music.
 
 import sys
 
+from clipsynth_platform.presets import preset
 from clipsynth_platform.train.cli import main_diffusion
 
-DEFAULTS = {
-    "experiment": "clipsynth-music",
-    "max_steps": 100_000,
-    "register_as": "clipsynth-music",
-    "clip_template": "a photo of playing {query}",
-}
+DEFAULTS = preset("music").overrides("DiffusionTrainConfig")
 
 if __name__ == "__main__":
     sys.exit(main_diffusion(None, __doc__, DEFAULTS))

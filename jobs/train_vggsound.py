@@ -9,14 +9,10 @@ cosine diffusion steps, hybrid loss, EMA. The final EMA synthesizer is registere
 
 import sys
 
+from clipsynth_platform.presets import preset
 from clipsynth_platform.train.cli import main_diffusion
 
-DEFAULTS = {
-    "experiment": "clipsynth-vggsound",
-    "max_steps": 500_000,
-    "register_as": "clipsynth-vggsound",
-    "clip_template": "a photo of {query}",
-}
+DEFAULTS = preset("vggsound").overrides("DiffusionTrainConfig")
 
 if __name__ == "__main__":
     sys.exit(main_diffusion(None, __doc__, DEFAULTS))

@@ -16,6 +16,8 @@ import torch
 
 from clipsynth_core.modality_gap import GapReducer, PriorConfig
 
+from .options import opt, required
+
 EVAL_PHRASE = "playing {name}"
 
 
@@ -59,3 +61,27 @@ def fit_gap_reducer(config: GapFitConfig, encoder) -> GapReducer:
     reducer = GapReducer.fit(torch.cat(texts), torch.cat(images), config.prior, config.with_prior)
     reducer.info.update({"labels": labels, "phrases_per_label": len(flat) // len(labels), "rows": len(rows)})
     return reducer
+
+
+@dataclass(frozen=True)
+class GapFitJobConfig:
+    """jobs/fit_modality_gap.py: fit the statistics on a dataset and write them into a bundle."""
+
+    data: str = required("preprocessed dataset (its train split)")
+    bundle: str = required("a synthesizer bundle directory to write the statistics into")
+    with_prior: bool = opt(True, "fit the text-to-image prior too (--no-prior: the shift only)", flag="prior")
+    prior_steps: int = opt(PriorConfig.steps, "optimizer steps of the prior")
+    seed: int = opt(0, "seed of the prior's training")
+
+
+def fit_gap_job(config: GapFitJobConfig) -> dict:
+    """Load the bundle's CLIP, fit the reducer on the data, save it into the bundle; returns what it wrote."""
+    from clipsynth_core.synthesizer import load_bundle_encoder, read_bundle_config
+
+    encoder = load_bundle_encoder(config.bundle, read_bundle_config(config.bundle).clip)
+    fit = GapFitConfig(
+        data=config.data, prior=PriorConfig(steps=config.prior_steps, seed=config.seed), with_prior=config.with_prior
+    )
+    reducer = fit_gap_reducer(fit, encoder)
+    reducer.save(config.bundle)
+    return {"bundle": config.bundle, **reducer.describe()}

@@ -6,8 +6,9 @@ its `check()`; a bad value exits with argparse's usage line and the check's mess
 
 Flags: `max_steps` -> `--max-steps`; booleans get `--flag/--no-flag`; `tuple[T, ...]` takes several values
 (`--queries "playing cello" "playing flute"`, none for the empty tuple); `T | None` takes a value or stays None;
-`choices=` in `opt` restricts the values. `defaults` (a job's preset) overrides the dataclass defaults, so
-`--help` shows what that job really runs with.
+`choices=` in `opt` restricts the values; `flag="fps"` spells the option differently from the field (a short
+name users already type); `internal(default)` marks a field no command line sets (test hooks). `defaults` (a
+job's preset) overrides the dataclass defaults, so `--help` shows what that job really runs with.
 
 Why our own 100 lines rather than tyro or jsonargparse: both read help from docstrings or `Annotated`
 metadata, not from `field(metadata=...)`, so every config (about 200 fields) would be rewritten to move its
@@ -40,6 +41,15 @@ def required(help: str, **extra: Any) -> Any:  # noqa: A002
     return dataclasses.field(metadata={"help": help, **extra})
 
 
+def internal(default: Any) -> Any:
+    """A config field kept off the command line (and out of the config's repr): it keeps its default there."""
+    return dataclasses.field(default=default, repr=False, metadata={"cli": False})
+
+
+def on_command_line(f: dataclasses.Field) -> bool:
+    return f.init and f.metadata.get("cli", True)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the job's docstring layout and shows every default."""
 
@@ -69,6 +79,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def field_flag(f: dataclasses.Field) -> str:
+    """The option of a config field: `--max-steps` for `max_steps`, or the `flag=` its `opt` names."""
+    return flag_name(f.metadata.get("flag", f.name))
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, defaults: Mapping[str, Any] | None = None
 ) -> None:
@@ -79,7 +94,7 @@ def add_config_arguments(
     if unknown:
         raise ValueError(f"defaults name no field of {cls.__name__}: {unknown}")
     for f in dataclasses.fields(cls):
-        if not f.init:
+        if not on_command_line(f):
             continue
         tp, _optional = _unwrap_optional(hints[f.name])
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
@@ -94,11 +109,11 @@ def add_config_arguments(
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if tp is bool:
-            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(field_flag(f), action=argparse.BooleanOptionalAction, **kwargs)
         elif _is_tuple(tp):
-            parser.add_argument(flag_name(f.name), nargs="*", type=_tuple_element(tp), **kwargs)
+            parser.add_argument(field_flag(f), nargs="*", type=_tuple_element(tp), **kwargs)
         elif tp in (int, float, str):
-            parser.add_argument(flag_name(f.name), type=tp, **kwargs)
+            parser.add_argument(field_flag(f), type=tp, **kwargs)
         else:
             raise TypeError(f"config field {cls.__name__}.{f.name}: no command-line form for {tp}")
 
@@ -116,7 +131,7 @@ def config_from_namespace(cls: type[T], args: argparse.Namespace) -> T:
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if not f.init:
+        if not on_command_line(f):
             continue
         value = getattr(args, f.name)
         if _is_tuple(_unwrap_optional(hints[f.name])[0]) and value is not None:

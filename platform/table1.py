@@ -18,49 +18,57 @@ Step budgets, not time caps: a run on a busy machine trains the same models as o
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from .logs import LogFn, progress
+from .options import opt, required
 
 VARIANTS = ("image", "text", "hybrid")
 
 
 @dataclass(frozen=True)
 class Table1Config:
-    data: str  # a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus
-    out: str = "table1_output"
-    mel_classifier: str = ""  # a mel classifier directory; empty: train one (40 epochs) under out/
-    dataset: str = "music"  # the text-query template of evaluation ("a photo of playing {label}")
-    experiment: str = "clipsynth-table1"
-    variants: tuple[str, ...] = VARIANTS
-    model_size: str = "cpu"
-    diffusion_train_steps: int = 1200  # the same budget for every variant (~5 min each at ~4 steps/s, estimated)
-    diffusion_steps: int = 1000
-    batch_size: int = 16
-    lr: float = 3e-3
-    ema_decay: float = 0.999
-    cond_drop_prob: float = 0.1  # every variant can be guided
-    examples_per_pass: int = 8192  # the demo's long data passes (few, large passes over 128 chunks)
-    shuffle_buffer: int = 4096
-    vocoder_size: str = "tiny"
-    vocoder_train_steps: int = 150
-    vocoder_batch_size: int = 4
-    vocoder_segment_frames: int = 16
-    gap_methods: tuple[str, ...] = ("shift", "prior")
-    prior_steps: int = 600
-    eval_samples: int = 64
-    eval_steps: int = 25
-    fad_backbone: str = "auto"  # VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)
-    fid_backbone: str = "inception"  # absent (tagged) without its weights
-    classifier_epochs: int = 40
-    cpus_per_worker: int = 2
-    ray_num_cpus: int = 6
-    seed: int = 0
+    """Every setting of the Table 1 job (jobs/table1.py: one option each)."""
+
+    data: str = required(
+        "a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus"
+    )
+    out: str = opt("table1_output", "output directory (stages/, bundles/, table/, table1_summary.json)")
+    mel_classifier: str = opt("", "a mel classifier directory; empty: train one (--classifier-epochs) under out/")
+    dataset: str = opt("music", 'the text-query template of evaluation ("a photo of playing {label}")')
+    experiment: str = opt("clipsynth-table1", "MLflow experiment of every run")
+    variants: tuple[str, ...] = opt(VARIANTS, "diffusion variants to train and table (image, text, hybrid)")
+    model_size: str = opt("cpu", "U-Net size of every variant (tiny, cpu, small, paper)")
+    diffusion_train_steps: int = opt(
+        1200, "the same step budget for every variant (~5 min each at ~4 steps/s, estimated)"
+    )
+    diffusion_steps: int = opt(1000, "diffusion steps of the training process")
+    batch_size: int = opt(16, "diffusion batch size")
+    lr: float = opt(3e-3, "diffusion learning rate")
+    ema_decay: float = opt(0.999, "EMA rate of the diffusion weights")
+    cond_drop_prob: float = opt(0.1, "condition dropout (every variant can be guided)")
+    examples_per_pass: int = opt(8192, "the demo's long data passes (few, large passes over 128 chunks)")
+    shuffle_buffer: int = opt(4096, "rows in each worker's shuffle buffer")
+    vocoder_size: str = opt("tiny", "HiFi-GAN size (tiny, small, paper)")
+    vocoder_train_steps: int = opt(150, "HiFi-GAN step budget (trained once, shared by every variant's bundle)")
+    vocoder_batch_size: int = opt(4, "HiFi-GAN segments per step")
+    vocoder_segment_frames: int = opt(16, "mel frames per HiFi-GAN training segment")
+    gap_methods: tuple[str, ...] = opt(("shift", "prior"), "modality-gap reductions tabled for the image model")
+    prior_steps: int = opt(600, "optimizer steps of the gap prior")
+    eval_samples: int = opt(64, "generated samples per evaluation")
+    eval_steps: int = opt(25, "sampling steps of evaluation (and the bundles' default)")
+    fad_backbone: str = opt("auto", "VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)")
+    fid_backbone: str = opt("inception", "FID network (absent, and tagged, without its weights)")
+    classifier_epochs: int = opt(40, "epochs of the mel classifier trained when --mel-classifier is empty")
+    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of the Train worker")
+    ray_num_cpus: int = opt(6, "logical CPUs of the local Ray (more than the cores, so data stages run)")
+    seed: int = opt(0, "seed of training, sampling and the prior")
 
     def check(self) -> Table1Config:
         unknown = set(self.variants) - set(VARIANTS)
@@ -72,6 +80,39 @@ class Table1Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         return self
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """jobs/compare.py: the table of an experiment's finished evaluation runs."""
+
+    out: str = required("output directory")
+    experiment: str = opt("clipsynth-eval", "MLflow experiment of the evaluation runs")
+    mlflow: bool = opt(True, "log the table to a table1-comparison run in the experiment (--no-mlflow: do not)")
+    exclude_random: bool = opt(
+        False, "leave out runs with random (tiny-random) backbones instead of refusing a mix with real ones"
+    )
+
+
+def compare_runs(config: CompareConfig, log: LogFn | None = None) -> int:
+    """Write and print the table (the job's exit status: 2 when the experiment holds nothing to table)."""
+    from .evaluation.compare import compare_experiment
+
+    log = log or progress("compare")
+    log(f"config {asdict(config)}")
+    try:
+        result = compare_experiment(
+            config.experiment, config.out, log_to_mlflow=config.mlflow, exclude_random=config.exclude_random
+        )
+    except ValueError as exc:
+        print(f"[compare] error: {exc}", file=sys.stderr)
+        return 2
+    print(result["paths"]["markdown"].read_text())
+    log(
+        f"{result['runs']} evaluation runs, {result['used_runs']} used -> {len(result['tables'])} table(s); "
+        f"wrote {', '.join(str(p) for p in result['paths'].values())}"
+    )
+    return 0
 
 
 def _local_bundle(model_uri: str, root: Path, variant: str) -> Path:
@@ -93,85 +134,67 @@ def _train(cfg: Any) -> dict:
     return run_diffusion_training(cfg).to_dict()
 
 
-def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict:
+def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     """Run (or resume) every stage; returns the table's paths, rows and the modality gaps."""
-    import mlflow
-
-    from .demo import Stages
+    from .demo import Stages, use_local_tracking
     from .evaluation.compare import compare_experiment
     from .evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
     from .evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
-    from .modality_gap import GapFitConfig, fit_gap_reducer
+    from .modality_gap import GapFitJobConfig, fit_gap_job
+    from .presets import TABLE1
     from .ray_cluster import LocalRay, connect_ray
     from .train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from .train.runner import run_hifigan_training
 
+    # the stages' own lines ("[evaluate] ...") go to the caller's callback when there is one, else to their default
+    stage_log: dict[str, Any] = {"log": log} if log is not None else {}
+    log = log or progress("table1")
     c = config.check()
     root = Path(c.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = tracking
-    mlflow.set_tracking_uri(tracking)
-    stages = Stages(root)
-    local = LocalRay(
-        num_cpus=c.ray_num_cpus,
-        object_store_bytes=500_000_000,
-        env_vars={"MLFLOW_TRACKING_URI": tracking},
-        worker_niceness=0,  # as the demo and Ray Jobs
-    )
-    log(f"[table1] on {connect_ray('local', local)}")
+    tracking = use_local_tracking(root)
+    stages = Stages(root, log)
+    local = TABLE1.build(LocalRay, num_cpus=c.ray_num_cpus, env_vars={"MLFLOW_TRACKING_URI": tracking})
+    log(f"on {connect_ray('local', local)}")
     storage = str(root / "checkpoints")
+    shared: dict[str, Any] = {"data": c.data, "experiment": c.experiment, "storage_path": storage}
+    shared |= {"tracking_uri": tracking, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed}
 
-    voc_cfg = HiFiGANTrainConfig(
-        data=c.data,
-        experiment=c.experiment,
-        run_name="table1-hifigan",
-        storage_path=storage,
-        num_workers=1,
+    voc_cfg = TABLE1.build(
+        HiFiGANTrainConfig,
+        **shared,
         model_size=c.vocoder_size,
         max_steps=c.vocoder_train_steps,
         batch_size=c.vocoder_batch_size,
         segment_frames=c.vocoder_segment_frames,
-        cpus_per_worker=c.cpus_per_worker,
         checkpoint_every=c.vocoder_train_steps,
-        log_every=10,
         sample_every=c.vocoder_train_steps,
-        tracking_uri=tracking,
-        seed=c.seed,
     )
-    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict(), log)
+    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
 
     models: dict[str, str] = {}
     for variant in c.variants:
-        cfg = DiffusionTrainConfig(
-            data=c.data,
-            experiment=c.experiment,
+        cfg = TABLE1.build(
+            DiffusionTrainConfig,
+            **shared,
             run_name=f"table1-diffusion-{variant}",
-            storage_path=storage,
-            num_workers=1,
             variant=variant,
             model_size=c.model_size,
             max_steps=c.diffusion_train_steps,
             batch_size=c.batch_size,
             lr=c.lr,
             ema_decay=c.ema_decay,
-            ema_warmup=True,
             cond_drop_prob=c.cond_drop_prob,
             min_examples_per_pass=c.examples_per_pass,
             shuffle_buffer=c.shuffle_buffer,
-            cpus_per_worker=c.cpus_per_worker,
             diffusion_steps=c.diffusion_steps,
             checkpoint_every=c.diffusion_train_steps,
-            log_every=50,
             sample_every=c.diffusion_train_steps,
             vocoder=voc.get("checkpoint_path") or "",
-            serving_vocoder="hifigan",
             bundle_sampling_steps=c.eval_steps,
-            tracking_uri=tracking,
-            seed=c.seed,
         )
-        done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg), log)
+        done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg))
         models[variant] = done["record"]["model_uri"]
 
     classifier = c.mel_classifier
@@ -179,32 +202,25 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
         cls_cfg = MelClassifierTrainConfig(
             data=c.data, out=str(root / "mel_classifier"), epochs=c.classifier_epochs, experiment=c.experiment
         )
-        stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, log=log)[1]}, log)
+        stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, **stage_log)[1]})
         classifier = str(root / "mel_classifier")
 
     def prepare_bundles() -> dict:
-        from clipsynth_core.modality_gap import PriorConfig
-        from clipsynth_core.synthesizer import load_bundle_encoder, read_bundle_config
-
         out = {}
         for variant, uri in models.items():
             bundle = _local_bundle(uri, root, variant)
-            encoder = load_bundle_encoder(bundle, read_bundle_config(bundle).clip)
-            fit = GapFitConfig(data=c.data, prior=PriorConfig(steps=c.prior_steps, seed=c.seed))
-            fit_gap_reducer(fit, encoder).save(bundle)
+            fit_gap_job(GapFitJobConfig(data=c.data, bundle=str(bundle), prior_steps=c.prior_steps, seed=c.seed))
             out[variant] = str(bundle)
         return out
 
-    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles, log)
+    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles)
 
     def evaluate() -> dict:
-        base: dict[str, Any] = dict(
+        base: dict[str, Any] = TABLE1.overrides(EvalConfig) | dict(
             data=c.data,
             dataset=c.dataset,
             num_samples=c.eval_samples,
             steps=c.eval_steps,
-            batch_size=8,
-            num_workers=1,
             fad_backbone=c.fad_backbone,
             fid_backbone=c.fid_backbone,
             mel_classifier=classifier,
@@ -231,13 +247,13 @@ def run_table1(config: Table1Config, log: Callable[[str], None] = print) -> dict
         ]
         out = {}
         for plan in plans:
-            for r in run_evaluation(plan, log=log):
+            for r in run_evaluation(plan, **stage_log):
                 name = plan.model_name or r.variant
                 out[f"{name}/{r.test_query_type}"] = {"run_id": r.run_id, **r.metrics}
         return out
 
     settings = {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps, "metrics": METRICS_VERSION}
-    metrics = stages.run("evaluate", settings, evaluate, log)
+    metrics = stages.run("evaluate", settings, evaluate)
     table = compare_experiment(c.experiment, root / "table")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -411,7 +411,7 @@ def test_cli_help_reuse_and_errors(corpus, tmp_path):
     helped = subprocess.run([sys.executable, job, "--help"], capture_output=True, text=True, check=True)
     for flag in ("--out", "--classes", "--videos-per-class", "--min-seconds", "--max-seconds", "--seed"):
         assert flag in helped.stdout
-    args = [job, "--out", corpus.root, "--classes", "tuba,cello", "violin", "xylophone", "--videos-per-class", "2"]
+    args = [job, "--out", corpus.root, "--classes", "tuba", "cello", "violin", "xylophone", "--videos-per-class", "2"]
     args += ["--min-seconds", "10", "--max-seconds", "12", "--seed", "7"]
     ran = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True)
     summary = json.loads(ran.stdout.strip().splitlines()[-1])

@@ -6,8 +6,8 @@ import pytest
 from safetensors.torch import save_file
 
 from clipsynth_core.clip_encoder import build_local_clip
-from clipsynth_platform import demo as demo_module
 from clipsynth_platform.demo import DemoClip, DemoConfig, pretrained_clip_missing, resolve_clip
+from clipsynth_platform.demo import clip as demo_clip
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_pretrained_clip_missing_says_why(tmp_path):
 
 
 def test_resolve_clip_takes_the_pretrained_weights_it_finds(tiny_weights, monkeypatch):
-    monkeypatch.setattr(demo_module, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(demo_clip, "_hub_reachable", lambda *a, **k: False)
     logged: list[str] = []
     clip = resolve_clip(DemoConfig(clip_model="tiny", clip_pretrained=str(tiny_weights)), log=logged.append)
     assert clip == DemoClip("tiny", str(tiny_weights), "pretrained")

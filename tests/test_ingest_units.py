@@ -19,6 +19,7 @@ from PIL import Image
 
 from clipsynth_core import MelFrontend
 from clipsynth_platform.ingest import IngestConfig, hashed_split, plan_sources, video_id_of
+from clipsynth_platform.ingest.config import TEST_HOOKS_ENV
 from clipsynth_platform.ingest.decode import DecodeSettings, chunk_bounds, frame_targets, process_video
 from clipsynth_platform.ingest.failures import short_error
 from clipsynth_platform.ingest.frames import frame_size, select_frames
@@ -387,14 +388,18 @@ def _load_job():
     return module
 
 
-def test_cli_parses_every_option_into_the_config():
+def test_cli_parses_every_option_into_the_config(monkeypatch):
+    from clipsynth_platform.ingest.job import main, parse
+    from clipsynth_platform.options import build_parser
+
+    monkeypatch.delenv(TEST_HOOKS_ENV, raising=False)
     job = _load_job()
-    args = job.build_parser().parse_args(
+    assert job.main is main  # the job is the platform's main(), nothing of its own
+    config = parse(
         ["--input", "s3://b/v", "--output", "o", "--labels", "l.json", "--clip-model", "tiny", "--clip-pretrained", "none",
          "--fps", "2", "--chunk-seconds", "8", "--no-audio", "--num-cpus", "4", "--num-gpus", "1", "--shard-rows", "10",
-         "--frame-sampling", "keyframe", "--extensions", "mp4,MKV", "--videos-per-task", "3"]
+         "--frame-sampling", "keyframe", "--extensions", "mp4", "MKV", "--videos-per-task", "3"]
     )  # fmt: skip
-    config = job.config_from_args(args)
     assert (config.input, config.labels, config.clip_model, config.clip_pretrained) == (
         "s3://b/v",
         "l.json",
@@ -408,8 +413,14 @@ def test_cli_parses_every_option_into_the_config():
         (".mp4", ".mkv"),
         3,
     )
+    assert config.num_cpus == 4 and config.limit is None and config.address is None
     assert config.test_hooks is False
-    help_text = job.build_parser().format_help()
+    # the test hooks have no flag: only the environment turns them on
+    with pytest.raises(SystemExit):
+        parse(["--input", "i", "--output", "o", "--test-hooks"])
+    monkeypatch.setenv(TEST_HOOKS_ENV, "1")
+    assert parse(["--input", "i", "--output", "o"]).test_hooks is True
+    help_text = build_parser(IngestConfig, None).format_help()
     for option in (
         "--input",
         "--labels",

@@ -77,3 +77,23 @@ def test_fields_without_a_command_line_form_are_refused():
         build_parser(Bad, None)
     with pytest.raises(TypeError, match="immutable defaults"):
         opt([], "a list")
+
+
+def test_a_field_may_name_its_flag_and_internal_fields_have_none(capsys):
+    from clipsynth_platform.options import internal
+
+    @dataclass
+    class Named:
+        frames_per_second: float = opt(1.0, "frames per second", flag="fps")
+        with_audio: bool = opt(True, "store audio", flag="audio")
+        hook: bool = internal(False)
+
+    cfg = parse_config(Named, ["--fps", "2.5", "--no-audio"], None)
+    assert (cfg.frames_per_second, cfg.with_audio, cfg.hook) == (2.5, False, False)
+    assert "hook" not in repr(cfg)
+    help_text = build_parser(Named, None).format_help()
+    assert "--fps" in help_text and "--frames-per-second" not in help_text and "--hook" not in help_text
+    for argv in (["--frames-per-second", "2"], ["--hook"]):
+        with pytest.raises(SystemExit):
+            parse_config(Named, argv, None)
+        assert "unrecognized arguments" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from clipsynth_core.modality_gap import GapReducer
+from clipsynth_platform.presets import TINY
 from clipsynth_platform.synthetic import write_synthetic_dataset
 from clipsynth_platform.table1 import Table1Config, run_table1
 
@@ -29,26 +30,7 @@ def test_table1_job_trains_evaluates_and_tables_every_row(tmp_path, tiny_clip, r
     monkeypatch.setattr(utils, "_tracking_uri", uri)
     data = tmp_path / "data"
     write_synthetic_dataset(str(data), tiny_clip, labels=("violin", "cello"), videos_per_label=3, test_every=3)
-    config = Table1Config(
-        data=str(data),
-        out=str(tmp_path / "out"),
-        model_size="tiny",
-        diffusion_train_steps=3,
-        diffusion_steps=50,
-        batch_size=4,
-        vocoder_train_steps=2,
-        vocoder_batch_size=2,
-        vocoder_segment_frames=8,
-        examples_per_pass=16,
-        shuffle_buffer=16,
-        prior_steps=20,
-        eval_samples=4,
-        eval_steps=2,
-        fad_backbone="tiny-random",
-        fid_backbone="tiny-random",
-        classifier_epochs=2,
-        cpus_per_worker=1,
-    )
+    config = TINY.build(Table1Config, data=str(data), out=str(tmp_path / "out"))
     summary = run_table1(config, log=lambda m: None)
 
     # Every variant was trained with the same budget, and its bundle carries the gap statistics.

@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..options import opt
+
 MANIFEST_FILE = "corpus_manifest.json"
 LABEL_INDEX_FILE = "music_solo_videos.json"
 SPLIT_INDEX_FILE = "corpus_index.csv"  # path,label,split: the stratified split, for the ingestion job
@@ -67,22 +69,26 @@ class CorpusConfig:
     minute on 2 cores with the TimGM6mb soundfont). `test_per_class` videos of every class form the test split
     (stratified, so every class is in both splits)."""
 
-    out: str = ""  # local directory (created); ffmpeg writes files, so no s3:// here
-    classes: tuple[str, ...] = DEFAULT_CLASSES
-    videos_per_class: int = 3
-    test_per_class: int = 1  # videos of each class in the test split; the rest are train
-    min_seconds: float = 10.0  # durations are drawn uniformly in [min, max] per video, whole frames
-    max_seconds: float = 15.0
-    seed: int = 0
-    soundfont: str = DEFAULT_SOUNDFONT
-    sample_rate: int = 16_000  # the paper's rate; audio is rendered and muxed at it
-    gain: float = 0.8  # FluidSynth's master gain (-g) before peak normalisation
-    width: int = 320
-    height: int = 240
-    fps: int = 10
-    crf: int = 28  # x264 quality: the pictures are flat drawings, so a high CRF still looks clean
-    audio_bitrate_kbps: int = 64
-    workers: int = 0  # videos built at once; 0: one per CPU core (not part of the config hash)
+    out: str = opt(
+        "", "output directory (local: ffmpeg writes files, so no s3:// here); required unless --list-classes"
+    )
+    classes: tuple[str, ...] = opt(DEFAULT_CLASSES, "MUSIC class names, space-separated (see --list-classes)")
+    videos_per_class: int = opt(3, "videos per class")
+    test_per_class: int = opt(1, "videos of each class in the test split (the rest are train)")
+    # durations are drawn uniformly in [min, max] per video, whole frames
+    min_seconds: float = opt(10.0, "shortest video")
+    max_seconds: float = opt(15.0, "longest video")
+    seed: int = opt(0, "the same seed gives the same corpus")
+    soundfont: str = opt(DEFAULT_SOUNDFONT, "General MIDI .sf2 file (FluidR3_GM.sf2 sounds better)")
+    sample_rate: int = opt(16_000, "audio sample rate (Hz; the paper's 16 kHz: audio is rendered and muxed at it)")
+    gain: float = opt(0.8, "FluidSynth master gain (-g) before peak normalisation")
+    width: int = opt(320, "frame width (even)")
+    height: int = opt(240, "frame height (even)")
+    fps: int = opt(10, "video frame rate")
+    # the pictures are flat drawings, so a high CRF still looks clean
+    crf: int = opt(28, "x264 constant rate factor (lower: better, bigger)")
+    audio_bitrate_kbps: int = opt(64, "AAC bitrate")
+    workers: int = opt(0, "videos built at once; 0: one per CPU core (not part of the config hash)")
 
     def validate(self) -> None:
         if not self.out:

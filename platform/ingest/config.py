@@ -1,12 +1,15 @@
-"""The ingestion job's configuration: one typed dataclass with the paper's defaults, overridable from the CLI."""
+"""The ingestion job's configuration: one typed dataclass with the paper's defaults; each field is one option of
+jobs/preprocess.py (clipsynth_platform.options)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from clipsynth_core import ClipConfig, MelConfig
+
+from ..options import internal, opt
 
 # Containers FFmpeg reads that in-the-wild video corpora use; anything else in the input tree is ignored.
 DEFAULT_VIDEO_EXTENSIONS = (
@@ -39,49 +42,64 @@ TEST_EXIT_AFTER_COMMITS_ENV = "CLIPSYNTH_INGEST_TEST_EXIT_AFTER_COMMITS"
 class IngestConfig:
     """Everything one ingestion run needs. Defaults follow the paper (10 s chunks, 16 kHz, 1 fps, 10% test)."""
 
-    input: str = ""  # local directory or s3:// prefix of videos
-    output: str = ""  # local directory or s3:// prefix for shards, _summary.json, _failures.parquet
-    labels: str | None = None  # label index: vggsound.csv, MUSIC json, or a path,label csv
-    labels_format: str = "auto"
-    extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
-    limit: int | None = None  # process at most this many listed videos (smoke runs)
+    # Input and output.
+    input: str = opt("", "local directory or s3:// prefix of videos (searched recursively); required")
+    output: str = opt(
+        "", "local directory or s3:// prefix for the dataset (shards, _summary.json, _failures.parquet); required"
+    )
+    labels: str | None = opt(None, "label index: vggsound.csv, a MUSIC JSON video list, or a path,label[,split] CSV")
+    labels_format: str = opt("auto", "label index format", choices=LABEL_FORMATS)
+    extensions: tuple[str, ...] = opt(
+        DEFAULT_VIDEO_EXTENSIONS, "video file extensions to list (space-separated, with or without the dot)"
+    )
+    limit: int | None = opt(None, "process at most this many listed videos (smoke runs)")
+    shard_rows: int = opt(256, "commit a shard once finished videos hold this many chunk rows")
+    retry_failed: bool = opt(False, "re-process videos that earlier runs recorded as failed (or crashed)")
+    max_errored_blocks: int = opt(
+        0,
+        "Ray Data blocks that may fail (a bug, not a bad file) before the job stops; their videos are recorded as "
+        "lost (default: stop on the first)",
+    )
 
-    # Chunking and features.
-    chunk_seconds: float = 10.0
-    frames_per_second: float = 1.0
-    frame_sampling: str = "exact"  # "exact": the frame shown at each sampled time; "keyframe": nearest keyframe
-    image_size: int = 224  # shorter side of the stored JPEG frames
-    jpeg_quality: int = 90
-    with_audio: bool = True  # store the chunk's 16 kHz mono int16 PCM in the `audio` column
-    test_fraction: float = 0.1  # share of videos hashed to the test split when the index has no split
+    # Chunks and features.
+    chunk_seconds: float = opt(10.0, "chunk length; a trailing chunk is kept if it holds 4.16 s")
+    frames_per_second: float = opt(1.0, "frames sampled per second of video", flag="fps")
+    frame_sampling: str = opt(
+        "exact",
+        "exact: the frame on screen at each sampled time; keyframe: the nearest keyframe (much faster, coarser)",
+        choices=FRAME_SAMPLING_MODES,
+    )
+    image_size: int = opt(224, "shorter side of the stored JPEG frames")
+    jpeg_quality: int = opt(90, "JPEG quality of the stored frames")
+    with_audio: bool = opt(
+        True, "store each chunk's 16 kHz mono int16 PCM (--no-audio leaves the column null)", flag="audio"
+    )
+    test_fraction: float = opt(0.1, "share of videos hashed to the test split when the index has no split")
 
     # CLIP (frozen) for frame and label embeddings.
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"
-    clip_template: str = "a photo of {query}"
-    clip_cache_dir: str | None = None
-    clip_allow_download: bool = True
+    clip_model: str = opt("ViT-B-32", 'open_clip model name ("tiny" for tests)')
+    clip_pretrained: str = opt("openai", 'pretrained tag, local weights file, or "none" (random weights, tests only)')
+    clip_template: str = opt("a photo of {query}", "query template for label text embeddings")
+    clip_cache_dir: str | None = opt(None, "open_clip / Hugging Face cache directory")
+    clip_allow_download: bool = opt(True, "let open_clip download missing weights")
 
     # Ray resources.
-    address: str | None = None  # Ray address; default RAY_ADDRESS, else a local cluster
-    num_cpus: int | None = None  # CPUs of a local cluster started by the job (default: all cores)
-    num_gpus: int | None = None  # GPUs for the CLIP stage, one actor each; None: all the cluster has; 0: CPU
-    decode_cpus: float = 1.0  # CPUs reserved per decode task
-    decode_concurrency: int | None = None  # max concurrent decode tasks (default: as resources allow)
-    videos_per_task: int = 1  # videos per decode task; a native crash loses all of them
-    clip_actors: int = 1  # CPU actor pool size (ignored with GPUs: one actor per GPU)
-    clip_cpus: float = 1.0  # CPUs reserved per CLIP actor
-    clip_batch_size: int = 32  # rows (chunks) per CLIP batch
-    object_store_gb: float | None = None  # object store of a local cluster started by the job
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
+    num_cpus: int | None = opt(None, "CPUs of the local cluster the job starts (default: all cores)")
+    num_gpus: int | None = opt(
+        None, "GPUs for the CLIP stage, one actor each (default: every GPU the cluster has; 0: CPU actors)"
+    )
+    decode_cpus: float = opt(1.0, "CPUs reserved per decode task")
+    decode_concurrency: int | None = opt(None, "max concurrent decode tasks (default: as resources allow)")
+    videos_per_task: int = opt(1, "videos per decode task (a native crash loses all of them)")
+    clip_actors: int = opt(1, "max CPU CLIP actors (with GPUs: one per GPU)")
+    clip_cpus: float = opt(1.0, "CPUs reserved per CLIP actor")
+    clip_batch_size: int = opt(32, "chunks per CLIP batch")
+    object_store_gb: float | None = opt(None, "object store size of the local cluster the job starts")
 
-    # Output.
-    shard_rows: int = 256  # commit a shard once complete videos hold at least this many chunk rows
-    retry_failed: bool = False  # re-process videos that earlier runs recorded as failed or crashed
-    max_errored_blocks: int = 0  # Ray Data blocks that may error (bugs) before the job stops; their videos: lost
-
-    # Test-only (see TEST_HOOKS_ENV); not exposed on the command line.
-    test_hooks: bool = field(default=False, repr=False)
-    test_exit_after_commits: int | None = field(default=None, repr=False)
+    # Test-only (see TEST_HOOKS_ENV); not on the command line.
+    test_hooks: bool = internal(False)
+    test_exit_after_commits: int | None = internal(None)
 
     def __post_init__(self) -> None:
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions)
@@ -119,6 +137,10 @@ class IngestConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def check(self) -> None:
+        """What clipsynth_platform.options runs after parsing (a bad value exits with the usage line)."""
+        self.validate()
 
     @property
     def clip_config(self) -> ClipConfig:
