@@ -30,8 +30,7 @@ from typing import Any
 import mlflow
 
 from ..registry import default_tracking_uri, ensure_experiment
-from .runner import (
-    DEFAULT_MODEL_NAMES,
+from .config import (
     EVAL_MARKER,
     EVAL_MARKER_TAG,
     METRICS_VERSION,
@@ -39,6 +38,7 @@ from .runner import (
     is_random_identity,
     normalize_dataset,
 )
+from .variants import DEFAULT_MODEL_NAMES
 
 COMPARISON_MARKER = "comparison"
 # The paper's row order: generative models by (train, test) query type, then the baselines.
