@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"[compare] error: {exc}", file=sys.stderr)
         return 2
-    print(result["paths"]["markdown"].read_text())
+    print(result.paths["markdown"].read_text())
     print(
-        f"[compare] {result['runs']} evaluation runs, {result['used_runs']} used -> {len(result['tables'])} table(s); "
-        f"wrote {', '.join(str(p) for p in result['paths'].values())}"
+        f"[compare] {result.runs} evaluation runs, {result.used_runs} used -> {len(result.tables)} table(s); "
+        f"wrote {', '.join(str(p) for p in result.paths.values())}"
     )
     return 0
 
