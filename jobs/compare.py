@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from clipsynth_platform.evaluation.compare import compare_experiment
+from clipsynth_platform.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out runs with random (tiny-random) backbones instead of refusing a mix with real ones",
     )
     args = parser.parse_args(argv)
+    configure_logging()
     print(f"[compare] config {vars(args)}")
     try:
         result = compare_experiment(

@@ -30,11 +30,10 @@ from clipsynth_core import (
     SynthesizerConfig,
     frames_for_seconds,
 )
+from clipsynth_core.diffusion import SAMPLERS
 from clipsynth_core.synthesizer import load_bundle_encoder, load_bundle_unet, load_bundle_vocoder, read_bundle_config
 
 from .batching import apply_by_group, group_indices
-
-SAMPLERS = ("ddpm", "ddim")
 
 
 def load_bundle_config(bundle_dir: str | os.PathLike) -> SynthesizerConfig:

@@ -20,13 +20,13 @@ image queries) is computed for every model, dataset and metric that has both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
+from ..logs import LogFn, progress
 from ..registry import default_tracking_uri, ensure_experiment
 from .config import (
     EVAL_MARKER,
@@ -144,25 +144,26 @@ def _reference_of(metric: str, tags: dict) -> str:
     return "test mel windows"
 
 
-def select_runs(runs: list, exclude_random: bool = False, log: Callable[[str], None] = print) -> list:
+def select_runs(runs: list, exclude_random: bool = False, log: LogFn | None = None) -> list:
     """FINISHED runs with the current metric names and the tags a table needs, newest first; refuses a mix of
     random-backbone and real-backbone runs unless `exclude_random` drops the random ones."""
+    log = log or progress("compare")
     kept = []
     for run in runs:
         t, rid = run.data.tags, run.info.run_id
         status = getattr(run.info, "status", "FINISHED")
         if status != "FINISHED":
-            log(f"[compare] skipping run {rid}: status {status}")
+            log(f"skipping run {rid}: status {status}")
             continue
         if t.get(METRICS_VERSION_TAG) != METRICS_VERSION:
             log(
-                f"[compare] skipping run {rid}: logged with metric names of version "
+                f"skipping run {rid}: logged with metric names of version "
                 f"{t.get(METRICS_VERSION_TAG, '1')} (its 'fid' was the classifier distance); evaluate it again"
             )
             continue
         missing = [k for k in ("model_name", "variant", "dataset", "test_query_type", *SIGNATURE_TAGS) if k not in t]
         if missing:
-            log(f"[compare] skipping run {rid}: no tags {missing}")
+            log(f"skipping run {rid}: no tags {missing}")
             continue
         kept.append(run)
     random = [r for r in kept if run_is_random(r.data.tags)]
@@ -176,7 +177,7 @@ def select_runs(runs: list, exclude_random: bool = False, log: Callable[[str], N
                 f"{[r.info.run_id for r in real][:5]}. Random-backbone numbers carry no information; pass "
                 "--exclude-random (exclude_random=True) to leave them out, or compare them in their own experiment"
             )
-        log(f"[compare] leaving out {len(random)} run(s) with random backbones")
+        log(f"leaving out {len(random)} run(s) with random backbones")
         kept = real
     return kept
 
@@ -262,7 +263,7 @@ def _make_table(runs: list) -> Table:
     )
 
 
-def build_tables(runs: list, exclude_random: bool = False, log: Callable[[str], None] = print) -> list[Table]:
+def build_tables(runs: list, exclude_random: bool = False, log: LogFn | None = None) -> list[Table]:
     """Tables from runs sorted newest first: one per group of backbones and FAD reference (see the module
     docstring); the table holding the newest run first."""
     selected = select_runs(runs, exclude_random, log)

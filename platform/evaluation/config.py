@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsynth_core.diffusion import SAMPLERS
+
 from ..options import opt, required
 from .embedders import VGGISH_ENV, VGGISH_WEIGHTS_FILE, VGGISH_WEIGHTS_URL
 from .inception_fid import FID_INCEPTION_ENV, FID_INCEPTION_FILE, FID_INCEPTION_URL
@@ -65,7 +67,7 @@ class EvalConfig:
     queries: str = opt("text", "test query type", choices=("text", "image", "both"))
     num_samples: int = opt(512, "samples per query type (paper: 512)")
     steps: int | None = opt(None, "sampling steps; default: the bundle's (paper: 1000)")
-    sampler: str | None = opt(None, "ddpm|ddim; default: the bundle's", choices=("ddpm", "ddim"))
+    sampler: str | None = opt(None, "ddpm|ddim; default: the bundle's", choices=SAMPLERS)
     guidance: float | None = opt(None, "classifier-free guidance; default: the bundle's")
     gap: str = opt(
         "none", "modality-gap reduction of text queries (the bundle's statistics)", choices=("none", "shift", "prior")
