@@ -25,12 +25,36 @@ class QueryPart:
     weight: float
 
 
+def split_parts(query: str) -> list[str]:
+    """The parts of a combined query, split at each '+' that joins two parts.
+
+    A '+' is text, not a join, when it is part of a run ('C++') or ends a word ('C+', 'C+ piano'): names such
+    as "C++" stay one query. Every other '+' joins ('a + b', 'a+b', 'a*0.7 + b'), also a dangling one
+    ('piano + ', which then has an empty part)."""
+    parts, start, i = [], 0, 0
+    while i < len(query):
+        if query[i] != "+":
+            i += 1
+            continue
+        end = i
+        while end < len(query) and query[end] == "+":
+            end += 1
+        ends_a_word = i > 0 and not query[i - 1].isspace() and (end == len(query) or query[end].isspace())
+        if end - i == 1 and not ends_a_word:
+            parts.append(query[start:i].strip())
+            start = end
+        i = end
+    parts.append(query[start:].strip())
+    return parts
+
+
 def parse_query(query: str) -> list[QueryPart]:
-    """'a*0.7 + b*0.3' -> [QueryPart('a', 0.7), QueryPart('b', 0.3)]; a query without '+' is one part, weight 1.
+    """'a*0.7 + b*0.3' -> [QueryPart('a', 0.7), QueryPart('b', 0.3)]; a query without a join is one part,
+    weight 1 (see split_parts for which '+' joins).
 
     Weights are given as '*w' after a part (non-negative, not all zero); parts without one weigh 1.
     """
-    parts = [p.strip() for p in query.split("+")]
+    parts = split_parts(query)
     if len(parts) == 1:
         return [QueryPart(query.strip(), 1.0)]
     if any(not p for p in parts):
@@ -61,7 +85,7 @@ def blend(embeddings: Tensor, weights: Tensor | list[float]) -> Tensor:
 
 
 def is_combined(query: str) -> bool:
-    return "+" in query
+    return len(split_parts(query)) > 1
 
 
 def encode_queries(encoder, queries: list[str], reduce=None, method: str = "none") -> Tensor:

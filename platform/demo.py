@@ -65,7 +65,7 @@ class DemoConfig:
     # The time budget ends the run (on 2 cores the worker, with its rows cached, makes about 4.5 steps/s);
     # the step cap only bounds a faster machine.
     diffusion_train_steps: int = 2000
-    diffusion_train_seconds: float = 360.0
+    diffusion_train_seconds: float = 345.0
     diffusion_batch_size: int = 16
     diffusion_lr: float = 3e-3
     # benchmarks/learning, 360 s on this data: cosine decay 0.67/0.64 (image/text relevance) vs constant 0.62/0.50
@@ -76,7 +76,7 @@ class DemoConfig:
     diffusion_examples_per_pass: int = 8192
     diffusion_shuffle_buffer: int = 4096
     vocoder_size: str = "tiny"
-    vocoder_train_seconds: float = 20.0
+    vocoder_train_seconds: float = 10.0
     vocoder_batch_size: int = 4
     vocoder_segment_frames: int = 16
     # The HiFi-GAN gets under a minute here, far from the 500K steps it needs: the demo serves Griffin-Lim and
@@ -89,6 +89,7 @@ class DemoConfig:
     eval_samples: int = 64
     eval_steps: int = 25
     serve_steps: int = 25
+    serve_concurrency: int = 8  # requests in flight at once
     queries: tuple[str, ...] = ()  # default: "playing {class}" for every class
     seeds_per_query: int = 4  # 32 served clips: relevance to about +/- 0.09, not +/- 0.12 with 16
     seed: int = 0
@@ -277,29 +278,28 @@ def _synthesize_over_http(config: DemoConfig, model_uri: str, log: Callable[[str
         if time.time() > deadline:
             raise RuntimeError("the Serve app did not become healthy within 180 s")
         time.sleep(1)
-    written = []
-    for i, (query, label) in enumerate(config.query_list()):
-        for k in range(config.seeds_per_query):
-            seed = config.seed + i * config.seeds_per_query + k
-            body = json.dumps({"query": query, "seed": seed, "steps": config.serve_steps}).encode()
-            req = urllib.request.Request(f"{base}/synthesize", data=body, headers={"Content-Type": "application/json"})
-            t0 = time.perf_counter()
-            with urllib.request.urlopen(req, timeout=600) as r:
-                wav = r.read()
-            path = samples / f"{query.replace(' ', '_')}_{k}.wav"
-            path.write_bytes(wav)
-            written.append(
-                {
-                    "query": f"a photo of {query}",
-                    "label": label,
-                    "seed": seed,
-                    "file": str(path),
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            log(
-                f"[demo] serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {written[-1]['seconds']:.1f} s)"
-            )
+
+    def ask(query: str, label: str, seed: int, k: int) -> dict:
+        body = json.dumps({"query": query, "seed": seed, "steps": config.serve_steps}).encode()
+        req = urllib.request.Request(f"{base}/synthesize", data=body, headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=600) as r:
+            wav = r.read()
+        path = samples / f"{query.replace(' ', '_')}_{k}.wav"
+        path.write_bytes(wav)
+        seconds = time.perf_counter() - t0
+        log(f"[demo] serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {seconds:.1f} s)")
+        return {"query": f"a photo of {query}", "label": label, "seed": seed, "file": str(path), "seconds": seconds}
+
+    asks = [
+        (query, label, config.seed + i * config.seeds_per_query + k, k)
+        for i, (query, label) in enumerate(config.query_list())
+        for k in range(config.seeds_per_query)
+    ]
+    # As clients would: several requests in flight, so the service's dynamic batching runs them together (a
+    # request's audio depends only on its query and seed, not on its batch mates; tests/test_serve_units.py).
+    with ThreadPoolExecutor(max_workers=config.serve_concurrency, thread_name_prefix="client") as clients:
+        written = list(clients.map(lambda a: ask(*a), asks))
     return written
 
 
@@ -381,10 +381,10 @@ def _class_mel_figure(config: DemoConfig, synth, pairs: list[tuple[str, str]]) -
 
 
 def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
-    from .ray_cluster import LocalRay, connect_ray
-
     """Run (or resume) every stage; returns a summary of where everything is."""
     import mlflow
+
+    from .ray_cluster import LocalRay, connect_ray
 
     root = config.root
     root.mkdir(parents=True, exist_ok=True)
@@ -411,24 +411,24 @@ def run_demo(config: DemoConfig, log: Callable[[str], None] = print) -> dict:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip") as pool:
         finding_clip = pool.submit(resolve_clip, config, log)
         manifest = build_corpus(corpus_cfg, progress=lambda m: log(f"[corpus] {m}"))
-        clip = finding_clip.result()
-    log(f"[demo] corpus: {len(manifest.videos)} videos in {root / 'corpus'} ({len(manifest.reused)} reused)")
-    labels_file = str(root / "corpus" / manifest.split_index)  # path,label,split: the stratified split
+        log(f"[demo] corpus: {len(manifest.videos)} videos in {root / 'corpus'} ({len(manifest.reused)} reused)")
 
-    # 2. a local Ray shared by every stage
-    # The Serve app (`serve:app_builder`) lives at the repository root, like `serve run serve:app` expects; the
-    # driver and every Ray worker (which inherit this environment) need that root on their import path.
-    project_root = str(Path(__file__).resolve().parents[1])
-    if project_root not in sys.path:
-        sys.path.insert(0, project_root)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
-    local = LocalRay(
-        num_cpus=config.ray_num_cpus,
-        object_store_bytes=1_500_000_000,
-        env_vars={"MLFLOW_TRACKING_URI": tracking},
-        worker_niceness=0,  # as Ray Jobs: the Train worker does not yield to every other busy process
-    )
-    log(f"[demo] on {connect_ray('local', local)}")
+        # 2. a local Ray shared by every stage, started while the offline CLIP may still be training
+        # The Serve app (`serve:app_builder`) lives at the repository root, like `serve run serve:app` expects;
+        # the driver and every Ray worker (which inherit this environment) need that root on their import path.
+        project_root = str(Path(__file__).resolve().parents[1])
+        if project_root not in sys.path:
+            sys.path.insert(0, project_root)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)
+        local = LocalRay(
+            num_cpus=config.ray_num_cpus,
+            object_store_bytes=1_500_000_000,
+            env_vars={"MLFLOW_TRACKING_URI": tracking},
+            worker_niceness=0,  # as Ray Jobs: the Train worker does not yield to every other busy process
+        )
+        log(f"[demo] on {connect_ray('local', local)}")
+        clip = finding_clip.result()
+    labels_file = str(root / "corpus" / manifest.split_index)  # path,label,split: the stratified split
 
     # 3. ingestion
     from .ingest import IngestConfig, run_ingest

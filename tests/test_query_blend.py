@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipsynth_core.query_blend import QueryPart, blend, parse_query
+from clipsynth_core.query_blend import QueryPart, blend, is_combined, parse_query, split_parts
 
 
 def test_parse_plain_combined_and_weighted_queries():
@@ -16,6 +16,14 @@ def test_parse_plain_combined_and_weighted_queries():
     assert parse_query("piano + guitar") == [QueryPart("piano", 1.0), QueryPart("guitar", 1.0)]
     assert parse_query("piano*0.7 + guitar * .3") == [QueryPart("piano", 0.7), QueryPart("guitar", 0.3)]
     assert parse_query("x*2+y") == [QueryPart("x", 2.0), QueryPart("y", 1.0)]
+
+
+def test_a_plus_in_a_name_is_text_not_a_join():
+    assert parse_query("C++") == [QueryPart("C++", 1.0)]
+    assert parse_query("a C+ programmer") == [QueryPart("a C+ programmer", 1.0)]
+    assert parse_query("C++ + piano*0.5") == [QueryPart("C++", 1.0), QueryPart("piano", 0.5)]
+    assert split_parts("a+b + c") == ["a", "b", "c"]
+    assert not is_combined("C++") and is_combined("C++ + piano") and is_combined("a+b")
 
 
 @pytest.mark.parametrize(
