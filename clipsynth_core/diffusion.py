@@ -432,7 +432,11 @@ class GaussianDiffusion:
             return self.p_sample_loop(model, shape, generator=generator, device=device, noise=noise)
         if sampler == "ddim":
             return self.ddim_sample_loop(model, shape, generator=generator, device=device, eta=eta, noise=noise)
-        raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm' or 'ddim'")
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+
+
+# The samplers `GaussianDiffusion.sample` runs: ancestral (the paper's) and DDIM.
+SAMPLERS = ("ddpm", "ddim")
 
 
 def guided_model(

@@ -35,36 +35,33 @@ and jobs/compare.py never tables them beside real ones. Results go to an MLflow 
 model's training run; jobs/compare.py makes Table 1 from them.
 """
 
-import argparse
 import sys
 
-from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
+from clipsynth_platform.logs import configure_logging, get_logger
+from clipsynth_platform.options import build_parser, parse_config
 from clipsynth_platform.registry import set_alias
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, EvalConfig, required=("model", "data"))
+    parser = build_parser(EvalConfig, __doc__)
     parser.add_argument(
         "--promote-alias",
         default="",
         help="once the evaluation has run, point this alias (e.g. champion) of the registered model at the "
         "evaluated version (--model models:/NAME/VERSION or models:/NAME@ALIAS); serve it as models:/NAME@ALIAS",
     )
-    args = parser.parse_args(argv)
-    config = config_from_args(EvalConfig, args)
-    try:
-        config.validate()
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = parse_config(EvalConfig, argv, __doc__, parser=parser)
+    promote_alias = parser.parse_args(argv).promote_alias
+    configure_logging()
+    log = get_logger("evaluate")
     try:
         results = run_evaluation(config)
     except (ValueError, FileNotFoundError) as exc:  # bad input: missing split, weights, bundle; wrong CLIP
         print(f"[evaluate] error: {exc}", file=sys.stderr)
         return 2
-    if results and args.promote_alias:
-        print(f"[evaluate] {config.model} is now {set_alias(config.model, args.promote_alias)}", flush=True)
+    if results and promote_alias:
+        log.info("%s is now %s", config.model, set_alias(config.model, promote_alias))
     return 0 if results else 1
 
 

@@ -9,20 +9,19 @@ mel_classifier.safetensors + mel_classifier.json to --out and logs parameters, p
 window accuracy and the files to MLflow.
 """
 
-import argparse
 import sys
 
 import mlflow
 
-from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
+from clipsynth_platform.logs import configure_logging
+from clipsynth_platform.options import parse_config
 from clipsynth_platform.registry import default_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_arguments(parser, MelClassifierTrainConfig, required=("data",))
-    config = config_from_args(MelClassifierTrainConfig, parser.parse_args(argv))
+    config = parse_config(MelClassifierTrainConfig, argv, __doc__)
+    configure_logging()
     mlflow.set_tracking_uri(default_tracking_uri())
     run_mel_classifier_job(config)
     return 0

@@ -30,24 +30,10 @@ from clipsynth_core import (
     SynthesizerConfig,
     frames_for_seconds,
 )
+from clipsynth_core.diffusion import SAMPLERS
 from clipsynth_core.synthesizer import load_bundle_encoder, load_bundle_unet, load_bundle_vocoder, read_bundle_config
 
 from .batching import apply_by_group, group_indices
-
-SAMPLERS = ("ddpm", "ddim")
-
-
-def resolve_device(device: str = "auto", gpu_ids: Sequence[int | str] = ()) -> torch.device:
-    """`auto`: the first GPU Ray assigned this process (`ray.get_gpu_ids()`; a fraction counts), else the CPU.
-
-    Ray narrows CUDA_VISIBLE_DEVICES to the assigned GPUs, so the first one is `cuda:0`; without that variable
-    (RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES) its index is the assigned id itself.
-    """
-    if device != "auto":
-        return torch.device(device)
-    if not gpu_ids or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", 0 if os.environ.get("CUDA_VISIBLE_DEVICES") else int(gpu_ids[0]))
 
 
 def load_bundle_config(bundle_dir: str | os.PathLike) -> SynthesizerConfig:

@@ -107,10 +107,10 @@ def compare_runs(config: CompareConfig, log: LogFn | None = None) -> int:
     except ValueError as exc:
         print(f"[compare] error: {exc}", file=sys.stderr)
         return 2
-    print(result["paths"]["markdown"].read_text())
+    print(result.paths["markdown"].read_text())
     log(
-        f"{result['runs']} evaluation runs, {result['used_runs']} used -> {len(result['tables'])} table(s); "
-        f"wrote {', '.join(str(p) for p in result['paths'].values())}"
+        f"{result.runs} evaluation runs, {result.used_runs} used -> {len(result.tables)} table(s); "
+        f"wrote {', '.join(str(p) for p in result.paths.values())}"
     )
     return 0
 
@@ -262,8 +262,8 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         "models": models,
         "bundles": bundles,
         "metrics": metrics,
-        "table": {k: str(v) for k, v in table["paths"].items()},
-        "gaps": table["gaps"],
+        "table": {k: str(v) for k, v in table.paths.items()},
+        "gaps": table.gaps,
     }
     (root / "table1_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log((root / "table" / "table.md").read_text())

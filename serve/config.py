@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clipsynth_core.diffusion import SAMPLERS
+
 MODEL_URI_ENV = "CLIPSYNTH_MODEL_URI"
-SAMPLERS = ("ddpm", "ddim")
 ALLOWED_SECONDS = (4.16, 8.32)  # 64 and 128 mel frames, the paper's two lengths
 
 

@@ -18,6 +18,7 @@ from ray import serve
 
 from clipsynth_core.modality_gap import GapReducer
 from clipsynth_core.query_blend import encode_queries
+from clipsynth_platform.devices import resolve_device
 from clipsynth_platform.logs import configure_logging, get_logger
 from clipsynth_platform.registry import resolve_bundle
 from clipsynth_platform.serving import (
@@ -27,7 +28,6 @@ from clipsynth_platform.serving import (
     load_query_encoder,
     load_vocoder,
     model_info,
-    resolve_device,
     sample_batch,
     vocode_batch,
 )

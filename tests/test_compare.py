@@ -187,7 +187,7 @@ def test_compare_experiment_from_mlflow_leaves_out_failed_runs(tracking, tmp_pat
         if status == "FINISHED":
             finished = run.info.run_id
     result = compare_experiment("compare-test", tmp_path / "out", log_to_mlflow=False)
-    assert result["runs"] == 2 and result["used_runs"] == 1
+    assert result.runs == 2 and result.used_runs == 1
     with open(tmp_path / "out" / "table.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert (row["music_fad"], row["music_fid"], row["music_run_id"]) == ("1.25", "12.5", finished)

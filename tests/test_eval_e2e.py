@@ -273,7 +273,7 @@ def test_compare_builds_table1_from_the_runs(env, evaluations):
     assert "| CLIPSynth-tiny | ✓ | ✓ | Image | Text |" in markdown
     assert "| HiFi-GAN reconstructions | × | - | - | - |" in markdown
     # Every run here used random FAD and FID networks: one table, said to be meaningless, with its footnotes.
-    assert len(result["tables"]) == 1 and "RANDOM backbones" in markdown
+    assert len(result.tables) == 1 and "RANDOM backbones" in markdown
     assert "FD-melclf↓ (fd_melclf" in markdown and "mel classifier trained on the dataset (mel-classifier/" in markdown
     with open(out / "modality_gap.csv") as f:
         gap_rows = {g["metric"]: g for g in csv.DictReader(f)}
@@ -281,7 +281,7 @@ def test_compare_builds_table1_from_the_runs(env, evaluations):
         gap = evaluations["generative"][0].metrics[f"modality_gap_{k}"]
         assert float(gap_rows[k]["modality_gap"]) == pytest.approx(gap, rel=1e-12)
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "comparison")}
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "comparison")}
     assert {"comparison/table.md", "comparison/table.csv", "comparison/table.png"} <= logged
     # The job gives the same table (the comparison run it logged above is not an evaluation row).
     assert job_main("compare.py")(["--experiment", EXPERIMENT, "--out", str(out / "cli"), "--no-mlflow"]) == 0
@@ -345,6 +345,6 @@ def test_offline_evaluation_measures_fad_with_the_mel_classifier(env, test_split
     assert result.generated.waves.shape == (8, 64 * 1024)
     assert m["fad_melclf"] > 0 and embedding_statistics(embed(test_split["audio"])).count == 16
     table = compare_experiment("offline-eval", tmp_path / "table", log_to_mlflow=False)
-    markdown = table["paths"]["markdown"].read_text()
+    markdown = table.paths["markdown"].read_text()
     assert "| MUSIC FAD-melclf↓ | MUSIC FD-melclf↓ | MUSIC Relevance↑ |" in markdown
     assert "RANDOM" not in markdown and "on the re-analysed audio (melclf-audio/mel-classifier/" in markdown

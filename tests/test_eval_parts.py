@@ -4,7 +4,6 @@ query batching, the config CLI, and the training-run link of model URIs."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import shutil
 from pathlib import Path
@@ -19,7 +18,6 @@ from PIL import Image
 from clipsynth_core import MelFrontend, Synthesizer, SynthesizerConfig
 from clipsynth_core.metrics import embedding_statistics
 from clipsynth_platform.evaluation import embedders, inception_fid, mel_classifier
-from clipsynth_platform.evaluation.cli import add_dataclass_arguments, config_from_args
 from clipsynth_platform.evaluation.data import (
     column_null_count,
     dataset_fingerprint,
@@ -31,12 +29,15 @@ from clipsynth_platform.evaluation.generation import SampleSpec, conditions_for,
 from clipsynth_platform.evaluation.mel_classifier import (
     ClassifierAudioEmbedder,
     ClassifierFeatures,
+    MelClassifierTrainConfig,
     build_mel_feature_extractor,
     mel_windows,
     tiny_random_classifier,
 )
+from clipsynth_platform.evaluation.queries import plan_queries
 from clipsynth_platform.evaluation.runner import METRICS_VERSION, METRICS_VERSION_TAG, EvalConfig, Evaluation
 from clipsynth_platform.evaluation.stats_cache import StatsCache
+from clipsynth_platform.options import parse_config
 from clipsynth_platform.schema import CHUNK_SCHEMA, audio_of, image_embeddings_of, mel_of
 from clipsynth_platform.synthetic import write_synthetic_dataset
 
@@ -168,23 +169,28 @@ def test_batches_never_mix_condition_kinds():
     assert [s.index for b in batches for s in b] == list(range(8))
 
 
-def test_cli_flags_come_from_the_config_dataclass():
-    parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, EvalConfig, required=("model", "data"))
-    args = parser.parse_args(
-        ["--model", "m", "--data", "d", "--num-samples", "16", "--steps", "5", "--retriever", "--queries", "both"]
-    )
-    config = config_from_args(EvalConfig, args)
+def test_cli_flags_come_from_the_config_dataclass(capsys):
+    argv = ["--model", "m", "--data", "d", "--num-samples", "16", "--steps", "5", "--retriever", "--queries", "both"]
+    config = parse_config(EvalConfig, argv, None)
     assert (config.num_samples, config.steps, config.retriever, config.queries) == (16, 5, True, "both")
     assert config.sampler is None and config.recon_metric is True and config.template == "playing {label}"
     assert config.query_types == ("text", "image")
     with pytest.raises(SystemExit):
-        parser.parse_args(["--model", "m", "--data", "d", "--queries", "audio"])
+        parse_config(EvalConfig, ["--model", "m", "--data", "d", "--queries", "audio"], None)
+    for missing in (["--data", "d"], ["--model", "m"]):  # --model and --data must be given
+        with pytest.raises(SystemExit):
+            parse_config(EvalConfig, missing, None)
+        assert "required" in capsys.readouterr().err
     with pytest.raises(ValueError, match="num_samples"):
-        EvalConfig(model="m", data="d", num_samples=1).validate()
+        EvalConfig(model="m", data="d", num_samples=1).check()
     with pytest.raises(ValueError, match="lacks '\\{label\\}'"):
-        EvalConfig(model="m", data="d", query_template="a photo").validate()
+        EvalConfig(model="m", data="d", query_template="a photo").check()
     assert EvalConfig(model="m", data="d", dataset="vggsound").template == "{label}"
+    # The mel classifier's training flags come the same way; its --data is required, tuples take several values.
+    trained = parse_config(MelClassifierTrainConfig, ["--data", "d", "--channels", "8", "16", "--epochs", "2"], None)
+    assert (trained.data, trained.channels, trained.epochs, trained.window_frames) == ("d", (8, 16), 2, 64)
+    with pytest.raises(SystemExit):
+        parse_config(MelClassifierTrainConfig, ["--epochs", "2"], None)
 
 
 def test_dataset_names_are_case_insensitive(tmp_path):
@@ -220,9 +226,9 @@ def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(datas
         stats_cache="none",
     )
     # Shards embedded with the model's CLIP: image conditions are the stored frame embeddings.
-    ev = Evaluation(EvalConfig(data=dataset, **common))
+    ev = Evaluation.load(EvalConfig(data=dataset, **common))
     try:
-        text, image = ev.plan("text"), ev.plan("image")
+        text, image = plan_queries(ev.context, "text"), plan_queries(ev.context, "image")
         rows = pq.read_table(f"{dataset}/test/part-00000.parquet").to_pylist()
     finally:
         ev.close()
@@ -241,20 +247,20 @@ def test_query_plan_pairs_modalities_and_reads_frames_or_stored_embeddings(datas
             r["frames_jpeg"] = [jpeg(colors[(k + f) % 4]) for f in range(len(r["frame_times"]))]
 
     rewrite_test_shard(other, other_clip)
-    ev = Evaluation(EvalConfig(data=str(other), **common))
+    ev = Evaluation.load(EvalConfig(data=str(other), **common))
     try:
-        image = ev.plan("image")
+        image = plan_queries(ev.context, "image")
         rows = pq.read_table(other / "test" / "part-00000.parquet").to_pylist()
         assert all(s.embedding is None and s.jpeg == rows[s.row]["frames_jpeg"][s.frame] for s in image)
-        cond = conditions_for(ev.synth, image[:3])
+        cond = conditions_for(ev.context.synth, image[:3])
         decoded = [Image.open(io.BytesIO(s.jpeg)).convert("RGB") for s in image[:3]]
         torch.testing.assert_close(cond, tiny_clip.encode_image(decoded))
     finally:
         ev.close()
     with pytest.raises(ValueError, match="embedded with CLIP"):
-        ev = Evaluation(EvalConfig(data=str(other), image_queries="stored", **common))
+        ev = Evaluation.load(EvalConfig(data=str(other), image_queries="stored", **common))
         try:
-            ev.plan("image")
+            plan_queries(ev.context, "image")
         finally:
             ev.close()
 
@@ -278,17 +284,17 @@ def test_offline_fad_is_the_mel_classifiers_audio_embedding(dataset, bundle, tmp
     model = tiny_random_classifier(LABELS[:2], seed=4)
     model.save(tmp_path / "clf")
     common = dict(model=str(bundle), data=dataset, num_samples=4, stats_cache="none")
-    ev = Evaluation(EvalConfig(mel_classifier=str(tmp_path / "clf"), **common))  # the defaults: auto, inception
+    ev = Evaluation.load(EvalConfig(mel_classifier=str(tmp_path / "clf"), **common))  # the defaults: auto, inception
     try:
-        assert isinstance(ev.embedder, ClassifierAudioEmbedder) and ev.fad_metric == "fad_melclf"
-        assert ev.fid is None and ev.fid_absent == "no FID Inception weights"
+        assert isinstance(ev.backbones.embedder, ClassifierAudioEmbedder) and ev.backbones.fad_metric == "fad_melclf"
+        assert ev.backbones.fid is None and ev.backbones.fid_absent == "no FID Inception weights"
         tags = ev.tags("text")
         assert tags["fad_metric"] == "fad_melclf" and tags["fad_backbone"].startswith("melclf-audio/mel-classifier/")
         assert "no VGGish weights" in tags["fad_fallback"] and tags["fid_absent"] == "no FID Inception weights"
         assert tags["fid_backbone"] == "absent" and tags["random_backbones"] == "none"
         assert tags[METRICS_VERSION_TAG] == METRICS_VERSION
-        ref, _ = ev.audio_reference("audio")
-        synth_mel = ev.synth.config.mel
+        ref, _ = ev.references.audio_reference("audio")
+        synth_mel = ev.context.synth.config.mel
     finally:
         ev.close()
     # Independently: each test clip's audio through the project's mel front end, cut into 64-frame windows,
@@ -304,16 +310,18 @@ def test_offline_fad_is_the_mel_classifiers_audio_embedding(dataset, bundle, tmp
     np.testing.assert_allclose(ref.sigma, expected.sigma, rtol=1e-4, atol=1e-6)
     # Without a classifier there is nothing trained on the data to fall back on: an error, never a random net.
     with pytest.raises(BackboneWeightsError, match="no mel classifier to fall back on") as info:
-        Evaluation(EvalConfig(mel_classifier="none", **common))
+        Evaluation.load(EvalConfig(mel_classifier="none", **common))
     assert embedders.VGGISH_WEIGHTS_URL in str(info.value)
     # Asked for by name, a missing weights file is an error, not an absent metric.
     with pytest.raises(BackboneWeightsError, match="the path given"):
-        Evaluation(EvalConfig(mel_classifier="none", fad_backbone="tiny-random", fid_backbone="x/none.pth", **common))
+        Evaluation.load(
+            EvalConfig(mel_classifier="none", fad_backbone="tiny-random", fid_backbone="x/none.pth", **common)
+        )
 
 
 def test_random_backbones_only_by_name_and_tagged(dataset, bundle):
     random = dict(fad_backbone="tiny-random", fid_backbone="tiny-random", mel_classifier="tiny-random")
-    ev = Evaluation(EvalConfig(model=str(bundle), data=dataset, num_samples=4, stats_cache="none", **random))
+    ev = Evaluation.load(EvalConfig(model=str(bundle), data=dataset, num_samples=4, stats_cache="none", **random))
     try:
         tags = ev.tags("text")
     finally:
@@ -332,9 +340,13 @@ def test_reference_statistics_are_keyed_by_backbone_versions(dataset, bundle, tm
 
     def references(**changes) -> list[bool]:
         """Whether the FAD, FID and fd_melclf references came from the cache."""
-        ev = Evaluation(EvalConfig(**{**config.__dict__, **changes}))
+        ev = Evaluation.load(EvalConfig(**{**config.__dict__, **changes}))
         try:
-            return [ev.audio_reference("audio")[1], ev.mel_reference(ev.fid)[1], ev.mel_reference(ev.extractor)[1]]
+            return [
+                ev.references.audio_reference("audio")[1],
+                ev.references.mel_reference(ev.backbones.fid)[1],
+                ev.references.mel_reference(ev.backbones.extractor)[1],
+            ]
         finally:
             ev.close()
 
@@ -355,11 +367,11 @@ def test_reference_statistics_are_keyed_by_backbone_versions(dataset, bundle, tm
     # The statistics themselves: the test mels' windows through the classifier, as computed independently.
     rows = pq.read_table(f"{data}/test/part-00000.parquet").to_pylist()
     windows, _ = mel_windows(torch.from_numpy(np.stack([mel_of(r) for r in rows])), 64)
-    ev = Evaluation(config)
+    ev = Evaluation.load(config)
     try:
-        stats, hit = ev.mel_reference(ev.extractor)
-        expected = embedding_statistics(ev.extractor.features(windows.numpy()))
-        parts = ev._ref_parts("fad", "audio", ev.embedder)
+        stats, hit = ev.references.mel_reference(ev.backbones.extractor)
+        expected = embedding_statistics(ev.backbones.extractor.features(windows.numpy()))
+        parts = ev.references.key_parts("fad", "audio", ev.backbones.embedder)
     finally:
         ev.close()
     assert hit and stats.count == len(windows) == 4

@@ -8,6 +8,7 @@ distances and relevance, CLIPRetriever, MLflow comparison.
 The metric math (Fréchet distance, statistics) is in clipsynth_core.metrics.
 """
 
+from .config import EvalConfig
 from .embedders import AudioEmbedder, BackboneWeightsError, VGGish, VGGishEmbedder, build_audio_embedder
 from .inception_fid import MelImageFID, build_mel_image_fid
 from .mel_classifier import (
@@ -16,7 +17,7 @@ from .mel_classifier import (
     MelFeatureExtractor,
     build_mel_feature_extractor,
 )
-from .runner import EvalConfig, EvalResult, run_evaluation
+from .runner import EvalResult, Evaluation, run_evaluation
 
 __all__ = [
     "AudioEmbedder",
@@ -24,6 +25,7 @@ __all__ = [
     "ClassifierAudioEmbedder",
     "EvalConfig",
     "EvalResult",
+    "Evaluation",
     "MelClassifier",
     "MelFeatureExtractor",
     "MelImageFID",

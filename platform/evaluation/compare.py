@@ -20,18 +20,15 @@ image queries) is computed for every model, dataset and metric that has both.
 
 from __future__ import annotations
 
-import csv
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
+from ..logs import LogFn, progress
 from ..registry import default_tracking_uri, ensure_experiment
-from .runner import (
-    DEFAULT_MODEL_NAMES,
+from .config import (
     EVAL_MARKER,
     EVAL_MARKER_TAG,
     METRICS_VERSION,
@@ -39,39 +36,47 @@ from .runner import (
     is_random_identity,
     normalize_dataset,
 )
+from .table_render import (
+    FLAG_NAMES,
+    METRIC_HEADS,
+    METRIC_MEANING,
+    QUERY_NAMES,
+    bar_chart,
+    describe_backbone,
+    footnotes,
+    format_value,
+    to_markdown,
+    write_csv,
+    write_gaps_csv,
+)
+from .tables import DATASET_NAMES, METRICS, ROW_ORDER, Table, TableRow, cell_value, dataset_name, modality_gaps
+from .variants import DEFAULT_MODEL_NAMES
 
 COMPARISON_MARKER = "comparison"
-# The paper's row order: generative models by (train, test) query type, then the baselines.
-ROW_ORDER = [
-    ("image", "text"),
-    ("text", "text"),
-    ("hybrid", "text"),
-    ("image", "image"),
-    ("text", "image"),
-    ("hybrid", "image"),
-    ("retriever", "text"),
-    ("retriever", "image"),
-    ("hifigan-recon", "n/a"),
+__all__ = [  # the rendering and table names callers import from here
+    "FLAG_NAMES",
+    "METRIC_HEADS",
+    "METRIC_MEANING",
+    "QUERY_NAMES",
+    "ROW_ORDER",
+    "Comparison",
+    "Table",
+    "TableRow",
+    "bar_chart",
+    "build_table",
+    "build_tables",
+    "cell_value",
+    "compare_experiment",
+    "describe_backbone",
+    "eval_runs",
+    "footnotes",
+    "format_value",
+    "modality_gaps",
+    "select_runs",
+    "to_markdown",
+    "write_csv",
+    "write_gaps_csv",
 ]
-DATASET_NAMES = {"music": "MUSIC", "vggsound": "VGG-Sound"}
-QUERY_NAMES = {"image": "Image", "text": "Text", "hybrid": "Image+Text", "n/a": "-"}
-FLAG_NAMES = {"true": "✓", "false": "×", "n/a": "-"}
-# Table columns, in this order, where any run of the table has them.
-METRICS = ("fad", "fad_melclf", "fid", "fd_melclf", "relevance")
-METRIC_HEADS = {
-    "fad": "FAD↓",
-    "fad_melclf": "FAD-melclf↓",
-    "fid": "FID↓",
-    "fd_melclf": "FD-melclf↓",
-    "relevance": "Relevance↑",
-}
-METRIC_MEANING = {
-    "fad": "Fréchet audio distance",
-    "fad_melclf": "Fréchet distance of the mel classifier's embedding of the audio (offline FAD)",
-    "fid": "Inception FID of the mels rendered as images",
-    "fd_melclf": "Fréchet distance of the mel classifier's features of the mels",
-    "relevance": "mel classifier's accuracy on the intended label",
-}
 # The run tag naming each metric's backbone.
 BACKBONE_TAG = {
     "fad": "fad_backbone",
@@ -87,32 +92,17 @@ RECON_VARIANT = "hifigan-recon"
 
 
 @dataclass
-class TableRow:
-    model: str
-    variant: str
-    generative: str
-    unlabeled_only: str
-    train_query_type: str
-    test_query_type: str
-    cells: dict[str, dict[str, float | str]] = field(default_factory=dict)  # dataset -> metric -> value, run_id
+class Comparison:
+    """What compare_experiment wrote: the tables (the first holds the newest run) and the files."""
 
-    def sort_key(self) -> tuple:
-        order = (self.variant, self.test_query_type)
-        return (ROW_ORDER.index(order) if order in ROW_ORDER else len(ROW_ORDER), self.model)
-
-
-@dataclass
-class Table:
-    """One table: runs whose columns each have one backbone and one reference."""
-
-    rows: list[TableRow]
+    tables: list[Table]
+    rows: list[TableRow]  # the first table's
     datasets: list[str]
-    metrics: list[str]
-    backbones: dict[tuple[str, str], str]  # (dataset, metric) -> backbone identity
-    references: dict[tuple[str, str], str]  # (dataset, metric) -> what the samples are compared with
-    notes: list[str] = field(default_factory=list)
-    random: bool = False
-    runs: int = 0
+    gaps: list[dict]  # the first table's modality gaps (modality_gaps)
+    paths: dict[str, Path]  # markdown, csv, gaps_csv, chart
+    runs: int  # evaluation runs in the experiment
+    used_runs: int  # of them in the tables
+    run_id: str | None  # the MLflow run the files were logged to
 
 
 def eval_runs(experiment: str) -> list:
@@ -150,25 +140,26 @@ def _reference_of(metric: str, tags: dict) -> str:
     return "test mel windows"
 
 
-def select_runs(runs: list, exclude_random: bool = False, log: Callable[[str], None] = print) -> list:
+def select_runs(runs: list, exclude_random: bool = False, log: LogFn | None = None) -> list:
     """FINISHED runs with the current metric names and the tags a table needs, newest first; refuses a mix of
     random-backbone and real-backbone runs unless `exclude_random` drops the random ones."""
+    log = log or progress("compare")
     kept = []
     for run in runs:
         t, rid = run.data.tags, run.info.run_id
         status = getattr(run.info, "status", "FINISHED")
         if status != "FINISHED":
-            log(f"[compare] skipping run {rid}: status {status}")
+            log(f"skipping run {rid}: status {status}")
             continue
         if t.get(METRICS_VERSION_TAG) != METRICS_VERSION:
             log(
-                f"[compare] skipping run {rid}: logged with metric names of version "
+                f"skipping run {rid}: logged with metric names of version "
                 f"{t.get(METRICS_VERSION_TAG, '1')} (its 'fid' was the classifier distance); evaluate it again"
             )
             continue
         missing = [k for k in ("model_name", "variant", "dataset", "test_query_type", *SIGNATURE_TAGS) if k not in t]
         if missing:
-            log(f"[compare] skipping run {rid}: no tags {missing}")
+            log(f"skipping run {rid}: no tags {missing}")
             continue
         kept.append(run)
     random = [r for r in kept if run_is_random(r.data.tags)]
@@ -182,7 +173,7 @@ def select_runs(runs: list, exclude_random: bool = False, log: Callable[[str], N
                 f"{[r.info.run_id for r in real][:5]}. Random-backbone numbers carry no information; pass "
                 "--exclude-random (exclude_random=True) to leave them out, or compare them in their own experiment"
             )
-        log(f"[compare] leaving out {len(random)} run(s) with random backbones")
+        log(f"leaving out {len(random)} run(s) with random backbones")
         kept = real
     return kept
 
@@ -268,7 +259,7 @@ def _make_table(runs: list) -> Table:
     )
 
 
-def build_tables(runs: list, exclude_random: bool = False, log: Callable[[str], None] = print) -> list[Table]:
+def build_tables(runs: list, exclude_random: bool = False, log: LogFn | None = None) -> list[Table]:
     """Tables from runs sorted newest first: one per group of backbones and FAD reference (see the module
     docstring); the table holding the newest run first."""
     selected = select_runs(runs, exclude_random, log)
@@ -304,203 +295,9 @@ def build_table(runs: list) -> tuple[list[TableRow], list[str]]:
     return tables[0].rows, tables[0].datasets
 
 
-def modality_gaps(table: Table) -> list[dict]:
-    """metric(text queries) - metric(image queries) per (model, variant, train query type, dataset, metric)."""
-    out = []
-    by_key = {(r.model, r.variant, r.train_query_type, r.test_query_type): r for r in table.rows}
-    for (model, variant, train_q, test_q), row in by_key.items():
-        other = by_key.get((model, variant, train_q, "image"))
-        if test_q != "text" or other is None:
-            continue
-        for d in table.datasets:
-            for k in table.metrics:
-                text, image = cell_value(row.cells.get(d, {}), k), cell_value(other.cells.get(d, {}), k)
-                if text is None or image is None:
-                    continue
-                out.append(
-                    {
-                        "model": model,
-                        "variant": variant,
-                        "train_query_type": train_q,
-                        "dataset": d,
-                        "metric": k,
-                        "text": text,
-                        "image": image,
-                        "modality_gap": text - image,
-                    }
-                )
-    return out
-
-
-def cell_value(cell: dict[str, float | str], metric: str) -> float | None:
-    """A metric's value in a table cell (the cell also holds its run's id, a string)."""
-    value = cell.get(metric)
-    return value if isinstance(value, float) else None
-
-
-def format_value(value: float | None) -> str:
-    """Two decimals as in the paper; three significant digits below 1 so small values stay visible."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
-
-
-def dataset_name(d: str) -> str:
-    return DATASET_NAMES.get(normalize_dataset(d), d)
-
-
-def describe_backbone(identity: str) -> str:
-    """A reader's name for a backbone identity."""
-    if identity.startswith("vggish-relu/"):
-        return f"VGGish after its final ReLU (not the published FAD), weights {identity.split('/', 1)[1]}"
-    if identity.startswith("vggish/"):
-        return f"VGGish, 128-d pre-activation embeddings, weights {identity.split('/', 1)[1]}"
-    if identity.startswith("fid-inception-v3/"):
-        return f"pytorch-fid's FID Inception-v3 pool3, weights {identity.split('/', 1)[1]}"
-    if identity.startswith("melclf-audio/"):
-        return f"mel classifier trained on the dataset, on the re-analysed audio ({identity})"
-    if identity.startswith("mel-classifier/"):
-        return f"mel classifier trained on the dataset ({identity})"
-    if is_random_identity(identity):
-        return f"RANDOM weights, meaningless ({identity})"
-    return identity
-
-
-def footnotes(table: Table) -> list[str]:
-    """One line per metric: its backbone and reference in every dataset (merged where they agree)."""
-    lines = []
-    for k in table.metrics:
-        per = {
-            d: (table.backbones[(d, k)], table.references[(d, k)]) for d in table.datasets if (d, k) in table.backbones
-        }
-        if not per:
-            continue
-        if len(set(per.values())) == 1:
-            ((ident, ref),) = set(per.values())
-            lines.append(
-                f"{METRIC_HEADS[k]} ({k}, {METRIC_MEANING[k]}): {describe_backbone(ident)}; against the {ref}."
-            )
-        else:
-            parts = "; ".join(
-                f"{dataset_name(d)}: {describe_backbone(i)}, against the {r}" for d, (i, r) in per.items()
-            )
-            lines.append(f"{METRIC_HEADS[k]} ({k}, {METRIC_MEANING[k]}): {parts}.")
-    return lines
-
-
-def _markdown_table(table: Table) -> list[str]:
-    head = ["Model", "Generative", "Unlabeled data only", "Training query", "Test query"]
-    for d in table.datasets:
-        head += [f"{dataset_name(d)} {METRIC_HEADS[k]}" for k in table.metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-    for r in table.rows:
-        cells = [
-            r.model,
-            FLAG_NAMES.get(r.generative, r.generative),
-            FLAG_NAMES.get(r.unlabeled_only, r.unlabeled_only),
-            QUERY_NAMES.get(r.train_query_type, r.train_query_type),
-            QUERY_NAMES.get(r.test_query_type, r.test_query_type),
-        ]
-        for d in table.datasets:
-            cell = r.cells.get(d, {})
-            cells += [format_value(cell_value(cell, k)) for k in table.metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def to_markdown(tables: list[Table]) -> str:
-    text = "# Objective evaluation (Table 1)\n"
-    for n, table in enumerate(tables):
-        title = "Table 1" if len(tables) == 1 else f"Table 1.{n + 1}"
-        if table.random:
-            title += " (RANDOM backbones: unit-test numbers, meaningless)"
-        text += f"\n## {title}\n\n" + "\n".join(_markdown_table(table)) + "\n\n"
-        text += "\n".join(f"- {line}" for line in footnotes(table) + table.notes) + "\n"
-        gaps = modality_gaps(table)
-        if gaps:
-            text += f"\n### Modality gap ({title}: the metric with text queries minus with image queries)\n\n"
-            text += "| Model | Training query | Dataset | Metric | Text | Image | Gap |\n"
-            text += "| --- | --- | --- | --- | --- | --- | --- |\n"
-            for g in gaps:
-                text += (
-                    f"| {g['model']} | {QUERY_NAMES.get(g['train_query_type'], g['train_query_type'])} | "
-                    f"{dataset_name(g['dataset'])} | {g['metric']} | {format_value(g['text'])} | "
-                    f"{format_value(g['image'])} | {format_value(g['modality_gap'])} |\n"
-                )
-    return text
-
-
-def write_csv(tables: list[Table], path: Path) -> Path:
-    datasets = list(dict.fromkeys(d for t in tables for d in t.datasets))
-    metrics = [k for k in METRICS if any(k in t.metrics for t in tables)]
-    head = ["table", "model", "variant", "generative", "unlabeled_only", "train_query_type", "test_query_type"]
-    for d in datasets:
-        head += [f"{d}_{k}" for k in metrics] + [f"{d}_{k}_backbone" for k in metrics] + [f"{d}_run_id"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(head)
-        for n, t in enumerate(tables):
-            for r in t.rows:
-                line = [n + 1, r.model, r.variant, r.generative, r.unlabeled_only, r.train_query_type]
-                line.append(r.test_query_type)
-                for d in datasets:
-                    cell = r.cells.get(d, {})
-                    line += [repr(cell[k]) if k in cell else "" for k in metrics]
-                    line += [t.backbones.get((d, k), "") if k in cell else "" for k in metrics]
-                    line.append(cell.get("run_id", ""))
-                w.writerow(line)
-    return path
-
-
-def write_gaps_csv(tables: list[Table], path: Path) -> Path:
-    head = ["table", "model", "variant", "train_query_type", "dataset", "metric", "text", "image", "modality_gap"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=head)
-        w.writeheader()
-        for n, t in enumerate(tables):
-            for g in modality_gaps(t):
-                w.writerow({"table": n + 1, **{k: repr(v) if isinstance(v, float) else v for k, v in g.items()}})
-    return path
-
-
-def bar_chart(tables: list[Table], path: Path) -> Path:
-    """Grouped horizontal bars: one line of panels per table, one panel per metric, one bar per dataset."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cols = max([len(t.metrics) for t in tables] + [1])
-    heights = [1.2 + 0.45 * max(len(t.rows), 1) * max(len(t.datasets), 1) for t in tables] or [2.0]
-    fig = Figure(figsize=(4.5 * cols, sum(heights)), dpi=90)
-    FigureCanvasAgg(fig)
-    for n, t in enumerate(tables):
-        labels = [
-            f"{r.model} ({QUERY_NAMES.get(r.train_query_type, '-')} → {QUERY_NAMES.get(r.test_query_type, '-')})"
-            for r in t.rows
-        ]
-        height = 0.8 / max(len(t.datasets), 1)
-        for k, metric in enumerate(t.metrics):
-            ax = fig.add_subplot(len(tables), cols, n * cols + k + 1)
-            for j, d in enumerate(t.datasets):
-                ys = [i + j * height for i in range(len(t.rows))]
-                values = [r.cells.get(d, {}).get(metric) for r in t.rows]
-                ax.barh(ys, [v if v is not None else 0.0 for v in values], height=height, label=dataset_name(d))
-                for y, v in zip(ys, values):
-                    if v is None:
-                        ax.text(0, y, " -", va="center", fontsize=7)
-            ax.set_yticks([i + 0.4 - height / 2 for i in range(len(t.rows))])
-            ax.set_yticklabels(labels if k == 0 else [""] * len(t.rows), fontsize=8)
-            ax.invert_yaxis()
-            prefix = "" if len(tables) == 1 else f"1.{n + 1}: "
-            ax.set_title(f"{prefix}{METRIC_HEADS[metric]} ({metric})", fontsize=9)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path))
-    return path
-
-
 def compare_experiment(
     experiment: str, out_dir: str | Path, log_to_mlflow: bool = True, exclude_random: bool = False
-) -> dict:
+) -> Comparison:
     """Write table.md, table.csv, modality_gap.csv and table.png to out_dir (and to an MLflow run)."""
     mlflow.set_tracking_uri(default_tracking_uri())
     runs = eval_runs(experiment)
@@ -533,13 +330,4 @@ def compare_experiment(
                 mlflow.log_artifact(str(p), artifact_path="comparison")
             run_id = run.info.run_id
     first = tables[0]
-    return {
-        "tables": tables,
-        "rows": first.rows,
-        "datasets": first.datasets,
-        "gaps": modality_gaps(first),
-        "paths": paths,
-        "runs": len(runs),
-        "used_runs": used,
-        "run_id": run_id,
-    }
+    return Comparison(tables, first.rows, first.datasets, modality_gaps(first), paths, len(runs), used, run_id)

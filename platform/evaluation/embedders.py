@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..devices import resolve_device
+
 VGGISH_ENV = "CLIPSYNTH_VGGISH_WEIGHTS"
 VGGISH_WEIGHTS_FILE = "vggish-10086976.pth"
 VGGISH_WEIGHTS_URL = f"https://github.com/harritaylor/torchvggish/releases/download/v0.1/{VGGISH_WEIGHTS_FILE}"
@@ -314,12 +316,6 @@ def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None, fin
             f"unexpected {sorted(unexpected)[:6]}"
         )
     return model
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class VGGishEmbedder:

@@ -13,12 +13,14 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+
+from ..logs import LogFn, progress
 
 BUNDLE_SUFFIXES = (".json", ".safetensors")
 
@@ -189,13 +191,13 @@ class RayGenerator:
         num_workers: int = 0,
         cpus_per_worker: float = 1.0,
         max_batches: int = 1_000_000,
-        log: Callable[[str], None] = print,
+        log: LogFn | None = None,
     ) -> None:
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError("Ray is not initialised: call ray.init() (the evaluation job does) first")
-        self.log = log
+        self.log = log or progress("evaluate")
         n_workers, self.resources = worker_resources(num_workers, cpus_per_worker, max_batches)
         self.device = "cuda" if self.resources.get("num_gpus") else "cpu"
         threads = max(1, math.floor(self.resources.get("num_cpus", 1)))
@@ -214,7 +216,7 @@ class RayGenerator:
         t0 = time.perf_counter()
         batches = make_batches(specs, batch_size)
         self.log(
-            f"[generate] {len(specs)} samples in {len(batches)} batches on {len(self.actors)} actor(s) "
+            f"generate: {len(specs)} samples in {len(batches)} batches on {len(self.actors)} actor(s) "
             f"({self.device}, {self.resources})"
         )
         by_index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -224,7 +226,7 @@ class RayGenerator:
             for k, i in enumerate(out["index"]):
                 by_index[i] = (out["mels"][k], out["waves"][k])
             done += len(out["index"])
-            self.log(f"[generate] {done}/{len(specs)} samples, {time.perf_counter() - t0:.1f} s")
+            self.log(f"generate: {done}/{len(specs)} samples, {time.perf_counter() - t0:.1f} s")
         order = [s.index for s in specs]
         return GeneratedSet(
             list(specs),
@@ -249,7 +251,7 @@ def generate_on_ray(
     batch_size: int = 16,
     num_workers: int = 0,
     cpus_per_worker: float = 1.0,
-    log: Callable[[str], None] = print,
+    log: LogFn | None = None,
 ) -> GeneratedSet:
     """Generate every spec on a fresh pool of Ray actors; the result is in spec order."""
     generator = RayGenerator(bundle_dir, num_workers, cpus_per_worker, len(make_batches(specs, batch_size)), log)
@@ -257,3 +259,43 @@ def generate_on_ray(
         return generator.generate(specs, options, batch_size)
     finally:
         generator.close()
+
+
+class EvalSampler:
+    """The actors one evaluation generates with: Ray joined (or started) and the actors started on first use,
+    then shared by its text and image runs until close()."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        options: SamplingOptions,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        cpus_per_worker: float = 1.0,
+        ray_address: str | None = None,
+        log: LogFn | None = None,
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.options = options
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.cpus_per_worker = cpus_per_worker
+        self.ray_address = ray_address
+        self.log = log or progress("evaluate")
+        self._generator: RayGenerator | None = None
+
+    def generate(self, specs: Sequence[SampleSpec]) -> GeneratedSet:
+        from ..ray_cluster import LocalRay, connect_ray
+
+        connect_ray(self.ray_address, LocalRay(dashboard=False))
+        if self._generator is None:
+            max_batches = len(make_batches(specs, self.batch_size))
+            self._generator = RayGenerator(
+                self.bundle_dir, self.num_workers, self.cpus_per_worker, max_batches, self.log
+            )
+        return self._generator.generate(specs, self.options, self.batch_size)
+
+    def close(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import resolve_device
 from .embedders import (
     BackboneWeightsError,
     file_sha256,
     load_state_dict_file,
-    resolve_device,
     resolve_weights_path,
     source_digest,
 )

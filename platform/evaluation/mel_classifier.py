@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,8 +38,11 @@ from torch import Tensor, nn
 import clipsynth_core.mel as core_mel
 from clipsynth_core import MelConfig, MelFrontend
 
+from ..devices import resolve_device
+from ..logs import LogFn, progress
+from ..options import opt, required
 from .data import iter_split_rows
-from .embedders import resolve_device, source_digest
+from .embedders import source_digest
 
 CLASSIFIER_ENV = "CLIPSYNTH_MEL_CLASSIFIER"
 CONFIG_FILE = "mel_classifier.json"
@@ -312,20 +315,20 @@ def build_mel_feature_extractor(
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class MelClassifierTrainConfig:
-    data: str = field(default="", metadata={"help": "preprocessed dataset URI (root with train/ and test/)"})
-    out: str = field(default="mel_classifier", metadata={"help": "output directory (safetensors + JSON config)"})
-    epochs: int = field(default=30, metadata={"help": "passes over the train clips (one random window each)"})
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    channels: tuple[int, ...] = (32, 64, 128, 256)
-    feature_dim: int = 256
-    dropout: float = 0.2
-    window_frames: int = 64
-    max_train_clips: int = field(default=0, metadata={"help": "0 = every labelled train clip"})
-    seed: int = 0
-    device: str = "auto"
-    experiment: str = "clipsynth-mel-classifier"
+    data: str = required("preprocessed dataset URI (root with train/ and test/)")
+    out: str = opt("mel_classifier", "output directory (safetensors + JSON config)")
+    epochs: int = opt(30, "passes over the train clips (one random window each)")
+    batch_size: int = opt(64, "windows per optimizer step")
+    lr: float = opt(1e-3, "AdamW learning rate")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    channels: tuple[int, ...] = opt((32, 64, 128, 256), "channels of each block (2 convs + 2x2 pool)")
+    feature_dim: int = opt(256, "width of the penultimate layer (the features)")
+    dropout: float = opt(0.2, "dropout before the class layer")
+    window_frames: int = opt(64, "mel frames per window")
+    max_train_clips: int = opt(0, "0 = every labelled train clip")
+    seed: int = opt(0, "seed of the initialisation and the window draws")
+    device: str = opt("auto", "torch device; auto: a GPU when there is one")
+    experiment: str = opt("clipsynth-mel-classifier", "MLflow experiment")
 
 
 def load_labelled_mels(data: str, split: str, max_clips: int = 0) -> tuple[list[np.ndarray], list[str]]:
@@ -380,7 +383,7 @@ def train_mel_classifier(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = MelClassifier(model_cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(mels) / config.batch_size)
     step = 0
     for epoch in range(config.epochs):
@@ -394,9 +397,9 @@ def train_mel_classifier(
                 np.stack([mels[i][:, s : s + config.window_frames] for i, s in zip(idx, starts)]).astype(np.float32)
             ).to(device)
             loss = F.cross_entropy(model(x), torch.from_numpy(targets[idx]).to(device))
-            opt.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            optimizer.step()
             epoch_loss += float(loss.detach()) * len(idx)
             step += 1
         if log is not None:
@@ -418,8 +421,8 @@ def train_mel_classifier(
 
 
 def run_mel_classifier_job(
-    config: MelClassifierTrainConfig, run_name: str = "mel-classifier", log: Callable[[str], None] = print
-) -> tuple[Path, dict]:
+    config: MelClassifierTrainConfig, run_name: str = "mel-classifier", log: LogFn | None = None
+) -> tuple[Path, dict[str, float]]:
     """Train, save to config.out and record one MLflow run (params, per-epoch metrics, the files).
 
     The tracking URI is MLflow's current one (the jobs set it from $MLFLOW_TRACKING_URI or a local SQLite file).
@@ -428,18 +431,19 @@ def run_mel_classifier_job(
 
     from ..registry import ensure_experiment
 
-    log("[mel-classifier] config " + json.dumps(asdict(config)))
+    log = log or progress("mel-classifier")
+    log("config " + json.dumps(asdict(config)))
     with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=run_name):
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
 
         def on_epoch(metrics: dict, epoch: int) -> None:
             mlflow.log_metrics(metrics, step=epoch)
-            log(f"[mel-classifier] epoch {epoch + 1}/{config.epochs} " + json.dumps(metrics))
+            log(f"epoch {epoch + 1}/{config.epochs} " + json.dumps(metrics))
 
         model, metrics = train_mel_classifier(config, on_epoch)
         out = model.save(config.out, training={**metrics, "data": config.data})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tags({"labels": ",".join(model.config.labels)[:5000], "stage": "mel-classifier"})
         mlflow.log_artifacts(str(out), artifact_path="mel_classifier")
-    log(f"[mel-classifier] saved to {out}: " + json.dumps(metrics))
+    log(f"saved to {out}: " + json.dumps(metrics))
     return Path(out), metrics
