@@ -93,7 +93,7 @@ TABLE1 = Preset(
     "make table1: the three variants on one step budget, the HiFi-GAN once, then evaluation and the table",
     {
         "HiFiGANTrainConfig": {"run_name": "table1-hifigan", "num_workers": 1, "log_every": 10},
-        "DiffusionTrainConfig": {"num_workers": 1, "ema_warmup": True, "log_every": 50, "serving_vocoder": "hifigan"},
+        "DiffusionTrainConfig": {"num_workers": 1, "ema_warmup": True, "log_every": 50},
         "EvalConfig": {"batch_size": 8, "num_workers": 1},
         "LocalRay": {"object_store_bytes": 500_000_000, "worker_niceness": 0},
     },
