@@ -167,6 +167,26 @@ def test_the_hifigan_reconstructions_row_renders():
     assert [r.cells["music"]["fad"] for r in table.rows] == [2.0, 0.6]
 
 
+def test_a_reconstruction_run_under_another_name_is_the_only_reconstruction_row():
+    runs = Runs()
+    runs.add({"fad": 2.0, "fad_hifigan_recon": 0.8})
+    runs.add(
+        {"fad": 0.7, "fad_hifigan_recon": 0.7},
+        model_name="Griffin-Lim reconstructions",
+        variant="hifigan-recon",
+        train_query_type="n/a",
+        test_query_type="n/a",
+        generative="false",
+        unlabeled_only="n/a",
+    )
+    (table,) = build_tables(runs.runs, log=lambda _: None)
+    assert [(r.model, r.cells["music"]["fad"]) for r in table.rows] == [
+        ("CLIPSynth", 2.0),
+        ("Griffin-Lim reconstructions", 0.7),
+    ]
+    assert "HiFi-GAN reconstructions" not in to_markdown([table])
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch):
     from mlflow.tracking._tracking_service import utils

@@ -223,8 +223,11 @@ def _make_table(runs: list) -> Table:
         for k in present:
             cell[k] = float(m[k])
         row.cells[d] = cell
-    # The vocoder's reconstructions, from the generative runs when no --hifigan-recon run filled the row.
+    # The vocoder's reconstructions, from the generative runs when no --hifigan-recon run filled the row (under
+    # whatever name it was given: "Griffin-Lim reconstructions" for a bundle that vocodes with Griffin-Lim).
     for d, run in sorted(recon_sources.items()):
+        if any(r.variant == RECON_VARIANT and d in r.cells for r in rows.values()):
+            continue
         t = run.data.tags
         fad_metric = t.get("fad_metric", "fad")
         recon_tags = {
