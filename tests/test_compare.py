@@ -144,6 +144,16 @@ def test_datasets_share_a_table_when_only_their_own_classifiers_differ():
     assert tables[1].rows[0].cells["music"]["fad"] == 8.0  # a retrained classifier: its own table
 
 
+# The tags of a --hifigan-recon evaluation run (its model name aside).
+RECON_TAGS = {
+    "variant": "hifigan-recon",
+    "train_query_type": "n/a",
+    "test_query_type": "n/a",
+    "generative": "false",
+    "unlabeled_only": "n/a",
+}
+
+
 def test_the_hifigan_reconstructions_row_renders():
     runs = Runs()
     runs.add({"fad": 2.0, "fad_hifigan_recon": 0.8})
@@ -154,15 +164,7 @@ def test_the_hifigan_reconstructions_row_renders():
     assert "| HiFi-GAN reconstructions | × | - | - | - | 0.8 |" in markdown
     assert "the fad_hifigan_recon of run run0" in markdown
     # A --hifigan-recon run fills the row itself.
-    runs.add(
-        {"fad": 0.6, "fad_hifigan_recon": 0.6},
-        model_name="HiFi-GAN reconstructions",
-        variant="hifigan-recon",
-        train_query_type="n/a",
-        test_query_type="n/a",
-        generative="false",
-        unlabeled_only="n/a",
-    )
+    runs.add({"fad": 0.6, "fad_hifigan_recon": 0.6}, **RECON_TAGS, model_name="HiFi-GAN reconstructions")
     (table,) = build_tables(runs.runs, log=lambda _: None)
     assert [r.cells["music"]["fad"] for r in table.rows] == [2.0, 0.6]
 
@@ -170,15 +172,7 @@ def test_the_hifigan_reconstructions_row_renders():
 def test_a_reconstruction_run_under_another_name_is_the_only_reconstruction_row():
     runs = Runs()
     runs.add({"fad": 2.0, "fad_hifigan_recon": 0.8})
-    runs.add(
-        {"fad": 0.7, "fad_hifigan_recon": 0.7},
-        model_name="Griffin-Lim reconstructions",
-        variant="hifigan-recon",
-        train_query_type="n/a",
-        test_query_type="n/a",
-        generative="false",
-        unlabeled_only="n/a",
-    )
+    runs.add({"fad": 0.7, "fad_hifigan_recon": 0.7}, **RECON_TAGS, model_name="Griffin-Lim reconstructions")
     (table,) = build_tables(runs.runs, log=lambda _: None)
     assert [(r.model, r.cells["music"]["fad"]) for r in table.rows] == [
         ("CLIPSynth", 2.0),
