@@ -3,6 +3,7 @@ vocoder's reconstructions of the test mels. One small type each; `variant_for` p
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ class VariantRun:
     generated: GeneratedSet
 
 
-class EvalVariant:
+class EvalVariant(abc.ABC):
     """One kind of evaluated thing: its name in the tags, its table flags, and how it produces metrics."""
 
     name: str
@@ -44,15 +45,17 @@ class EvalVariant:
     def model_name(self, config: EvalConfig, metadata: dict[str, Any]) -> str:
         return config.model_name or DEFAULT_MODEL_NAMES[self.name]
 
+    @abc.abstractmethod
     def evaluate(self, ev: Evaluation, query_type: str) -> VariantRun:
-        raise NotImplementedError
+        """The metrics (and what to log beside them) of one query type."""
 
 
 class _QueriedVariant(EvalVariant):
     """Samples for the test queries, scored against the test split."""
 
+    @abc.abstractmethod
     def samples(self, ev: Evaluation, specs: list[SampleSpec]) -> GeneratedSet:
-        raise NotImplementedError
+        """What this variant produces for the planned queries."""
 
     def evaluate(self, ev: Evaluation, query_type: str) -> VariantRun:
         specs = plan_queries(ev.context, query_type)
