@@ -34,12 +34,19 @@ class EMA:
         """Fold the model's current weights in; `step` (1 for the first update) sets the warmup decay."""
         decay = self.decay_at(step)
         src = unwrap(model).state_dict()
+        # One fused lerp per (dtype, device) group: a per-tensor loop costs more than the tiny U-Net's
+        # optimiser step on a CPU (hundreds of small tensors).
+        groups: dict[tuple[torch.dtype, torch.device], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for name, shadow in self.model.state_dict().items():
             value = src[name].detach()
             if shadow.dtype.is_floating_point:
-                shadow.lerp_(value.to(shadow.dtype), 1.0 - decay)
+                shadows, values = groups.setdefault((shadow.dtype, shadow.device), ([], []))
+                shadows.append(shadow)
+                values.append(value.to(shadow.dtype))
             else:
                 shadow.copy_(value)
+        for shadows, values in groups.values():
+            torch._foreach_lerp_(shadows, values, 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()

@@ -72,6 +72,36 @@ def test_ema_arithmetic():
         EMA(model, decay=1.5)
 
 
+def test_ema_lerps_float_tensors_and_copies_integer_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))  # float and int64 buffers
+    ema = EMA(model, decay=0.75)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3))  # moves the running stats and counts a batch
+        for p in model.parameters():
+            p.mul_(-2.0)
+    ema.update(model)
+    now = model.state_dict()
+    for k, v in ema.state_dict().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * now[k])
+        else:
+            assert torch.equal(v, now[k]), k  # num_batches_tracked is copied, not averaged
+
+
+def test_unclipped_step_returns_the_global_gradient_norm():
+    model = torch.nn.Linear(5, 3)
+    model(torch.randn(7, 5)).pow(2).sum().backward()
+    expected = sum(float(p.grad.pow(2).sum()) for p in model.parameters()) ** 0.5
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    norm = clip_and_step(model.parameters(), opt, None)
+    assert float(norm) == pytest.approx(expected, rel=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # zeroed for the next step
+    assert all(float(g.abs().sum()) > 0 for g in grads)
+
+
 @pytest.mark.slow  # trains, saves, restores and trains again: the full suite runs it, `make test-fast` does not
 def test_training_state_restores_exactly(tmp_path):
     torch.manual_seed(0)

@@ -168,8 +168,12 @@ def train_curve(
     device,
     seed: int,
     extra_decays: tuple[float, ...] = (),
+    unit: str = "seconds",
 ) -> tuple[list[dict], dict[str, list[dict]], torch.nn.Module, object]:
     """Train one variant from scratch; call evaluate_at(ema_model) at 0 s and at each budget.
+
+    `unit`: budgets in training seconds, or in optimiser steps (variants compared at equal steps do not depend
+    on how fast the machine happened to be while each ran).
 
     `extra_decays`: more EMA shadows of the same run (same warmup), evaluated at the same budgets, so the
     EMA rate is compared on one training trajectory (their update time is not counted as training time).
@@ -205,8 +209,9 @@ def train_curve(
     while pending:
         t0 = time.perf_counter()
         if setup.lr_schedule != "constant":  # the platform's schedule, over the largest budget
+            done = step if unit == "steps" else spent
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(setup.lr_schedule, setup.lr, spent / horizon)
+                group["lr"] = scheduled_lr(setup.lr_schedule, setup.lr, min(done / horizon, 1.0))
         rows = rng.choice(len(train), setup.batch_size)
         batch = {k: [train[i][k] for i in rows] for k in columns}
         ex = diffusion_examples(batch, variant="image", window_frames=64, seed=int(rng.integers(2**31)))
@@ -218,7 +223,7 @@ def train_curve(
         spent += time.perf_counter() - t0
         for shadow in shadows.values():
             shadow.update(model, step)
-        if spent >= pending[0]:
+        if (step if unit == "steps" else spent) >= pending[0]:
             pending.pop(0)
             point = {"train_seconds": round(spent, 1), "step": step, "loss": float(terms["loss"])}
             point.update(evaluate_at(ema.model, diffusion))
@@ -276,7 +281,8 @@ def main() -> None:
     p.add_argument("--data", default="demo_output/shards", help="preprocessed dataset (train/ and test/)")
     p.add_argument("--classifier", default="", help="a mel classifier directory (default: train one here)")
     p.add_argument("--classifier-epochs", type=int, default=40)
-    p.add_argument("--budgets", default="60,120,240,360,480", help="training seconds at which to evaluate")
+    p.add_argument("--budgets", default="60,120,240,360,480", help="training seconds (or steps) at which to evaluate")
+    p.add_argument("--budget-unit", default="seconds", choices=("seconds", "steps"), help="what --budgets count")
     p.add_argument("--variants", default="default", help=f"comma-separated, of {sorted(VARIANTS)}")
     p.add_argument("--model-size", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
@@ -362,6 +368,7 @@ def main() -> None:
             device,
             args.seed,
             extra_decays if name == "default" else (),
+            args.budget_unit,
         )
         curves[name] = curve
         curves.update({f"{name}, {shadow}": c for shadow, c in extra.items()})
