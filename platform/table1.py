@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .cpu_run import CpuRunConfig
 from .logs import LogFn, progress
 from .options import opt, required
 
@@ -34,8 +35,10 @@ RECON_ROWS = {"griffin-lim": "Griffin-Lim reconstructions", "hifigan": "HiFi-GAN
 
 
 @dataclass(frozen=True)
-class Table1Config:
-    """Every setting of the Table 1 job (jobs/table1.py: one option each)."""
+class Table1Config(CpuRunConfig):
+    """Every setting of the Table 1 job (jobs/table1.py: one option each): the shared CPU knobs (the demo's, so
+    `make table1` trains on the demo's shards as the demo does) and Table 1's own. The bundles' default sampling
+    steps are --eval-steps."""
 
     data: str = required(
         "a preprocessed dataset (train/ and test/ with labels): demo_output/shards for the built-in corpus"
@@ -45,44 +48,15 @@ class Table1Config:
     dataset: str = opt("music", 'the text-query template of evaluation ("a photo of playing {label}")')
     experiment: str = opt("clipsynth-table1", "MLflow experiment of every run")
     variants: tuple[str, ...] = opt(VARIANTS, "diffusion variants to train and table (image, text, hybrid)")
-    model_size: str = opt("cpu", "U-Net size of every variant (tiny, cpu, small, paper)")
     diffusion_train_steps: int = opt(
         1200, "the same step budget for every variant (~5 min each at ~4 steps/s, estimated)"
     )
-    diffusion_steps: int = opt(1000, "diffusion steps of the training process")
-    batch_size: int = opt(16, "diffusion batch size")
-    lr: float = opt(3e-3, "diffusion learning rate")
-    lr_schedule: str = opt(
-        "cosine",
-        "diffusion learning rate over the step budget: cosine, the demo's (benchmarks/learning at 360 s: relevance "
-        "0.67/0.64 image/text vs 0.62/0.50 constant), or constant (improved-diffusion's, the paper's protocol)",
-        choices=("constant", "cosine"),
-    )
-    ema_decay: float = opt(0.999, "EMA rate of the diffusion weights")
     cond_drop_prob: float = opt(0.1, "condition dropout (every variant can be guided)")
-    examples_per_pass: int = opt(8192, "the demo's long data passes (few, large passes over 128 chunks)")
-    shuffle_buffer: int = opt(4096, "rows in each worker's shuffle buffer")
-    vocoder_size: str = opt("tiny", "HiFi-GAN size (tiny, small, paper)")
     vocoder_train_steps: int = opt(60, "HiFi-GAN step budget (trained once, shared by every variant's bundle)")
-    serving_vocoder: str = opt(
-        "griffin-lim",
-        "what turns every generated mel into audio for FAD, and the reconstruction row: griffin-lim, or the trained "
-        "hifigan (the paper's protocol, for a HiFi-GAN trained far enough: on 2 cores its 150 steps made noise, "
-        "reconstructions at fad_melclf 1048 against 152 for the retriever's real audio, so FAD measured the vocoder)",
-        choices=tuple(RECON_ROWS),
-    )
-    vocoder_batch_size: int = opt(4, "HiFi-GAN segments per step")
-    vocoder_segment_frames: int = opt(16, "mel frames per HiFi-GAN training segment")
     gap_methods: tuple[str, ...] = opt(("shift", "prior"), "modality-gap reductions tabled for the image model")
     prior_steps: int = opt(600, "optimizer steps of the gap prior")
-    eval_samples: int = opt(64, "generated samples per evaluation")
-    eval_steps: int = opt(25, "sampling steps of evaluation (and the bundles' default)")
     fad_backbone: str = opt("auto", "VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)")
     fid_backbone: str = opt("inception", "FID network (absent, and tagged, without its weights)")
-    classifier_epochs: int = opt(40, "epochs of the mel classifier trained when --mel-classifier is empty")
-    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of the Train worker")
-    ray_num_cpus: int = opt(6, "logical CPUs of the local Ray (more than the cores, so data stages run)")
-    seed: int = opt(0, "seed of training, sampling and the prior")
 
     def check(self) -> Table1Config:
         unknown = set(self.variants) - set(VARIANTS)
@@ -169,19 +143,20 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     t_start = time.perf_counter()
     tracking = use_local_tracking(root)
     stages = Stages(root, log)
-    local = TABLE1.build(LocalRay, num_cpus=c.ray_num_cpus, env_vars={"MLFLOW_TRACKING_URI": tracking})
+    local = TABLE1.build(LocalRay, **c.local_ray_settings(tracking))
     log(f"on {connect_ray('local', local)}")
-    storage = str(root / "checkpoints")
-    shared: dict[str, Any] = {"data": c.data, "experiment": c.experiment, "storage_path": storage}
-    shared |= {"tracking_uri": tracking, "cpus_per_worker": c.cpus_per_worker, "seed": c.seed}
+    shared = {
+        "data": c.data,
+        "experiment": c.experiment,
+        "storage_path": str(root / "checkpoints"),
+        "tracking_uri": tracking,
+    }
 
     voc_cfg = TABLE1.build(
         HiFiGANTrainConfig,
         **shared,
-        model_size=c.vocoder_size,
+        **c.hifigan_settings(),
         max_steps=c.vocoder_train_steps,
-        batch_size=c.vocoder_batch_size,
-        segment_frames=c.vocoder_segment_frames,
         checkpoint_every=c.vocoder_train_steps,
         sample_every=c.vocoder_train_steps,
     )
@@ -192,19 +167,11 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         cfg = TABLE1.build(
             DiffusionTrainConfig,
             **shared,
+            **c.diffusion_settings(),
             run_name=f"table1-diffusion-{variant}",
             variant=variant,
-            model_size=c.model_size,
             max_steps=c.diffusion_train_steps,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            lr_schedule=c.lr_schedule,
-            serving_vocoder=c.serving_vocoder,
-            ema_decay=c.ema_decay,
             cond_drop_prob=c.cond_drop_prob,
-            min_examples_per_pass=c.examples_per_pass,
-            shuffle_buffer=c.shuffle_buffer,
-            diffusion_steps=c.diffusion_steps,
             checkpoint_every=c.diffusion_train_steps,
             sample_every=c.diffusion_train_steps,
             vocoder=voc.get("checkpoint_path") or "",
@@ -235,8 +202,7 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         base: dict[str, Any] = TABLE1.overrides(EvalConfig) | dict(
             data=c.data,
             dataset=c.dataset,
-            num_samples=c.eval_samples,
-            steps=c.eval_steps,
+            **c.eval_settings(),
             fad_backbone=c.fad_backbone,
             fid_backbone=c.fid_backbone,
             mel_classifier=classifier,

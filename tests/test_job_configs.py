@@ -61,3 +61,21 @@ def test_compare_and_gap_fit_flags_keep_their_spelling():
     gap = parse_config(GapFitJobConfig, ["--data", "d", "--bundle", "b", "--no-prior", "--prior-steps", "9"], None)
     assert (gap.with_prior, gap.prior_steps, gap.seed) == (False, 9, 0)
     assert parse_config(GapFitJobConfig, ["--data", "d", "--bundle", "b"], None).with_prior is True
+
+
+def test_demo_and_table1_share_the_cpu_knobs_under_one_flag():
+    knobs = ["--batch-size", "8", "--lr", "0.01", "--lr-schedule", "constant", "--vocoder-size", "small"]
+    demo = parse_config(DemoConfig, knobs, None)
+    table1 = parse_config(Table1Config, ["--data", "d", *knobs], None)
+    # one declaration: the same knob, flag and default in both jobs, and the same train-config fields from them
+    assert demo.diffusion_settings() == table1.diffusion_settings()
+    assert demo.hifigan_settings() == table1.hifigan_settings()
+    diffusion = demo.diffusion_settings()
+    assert (diffusion["batch_size"], diffusion["lr"], diffusion["lr_schedule"]) == (8, 0.01, "constant")
+    assert (demo.hifigan_settings()["model_size"], DemoConfig().batch_size, Table1Config(data="d").batch_size) == (
+        "small",
+        16,
+        16,
+    )
+    with pytest.raises(SystemExit):
+        parse_config(DemoConfig, ["--lr-schedule", "linear"], None)

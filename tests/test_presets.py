@@ -40,7 +40,7 @@ def test_build_applies_the_preset_then_the_callers_values():
 
 
 def test_demo_stage_configs_are_the_preset_with_the_demo_knobs_on_top(tmp_path):
-    demo = DemoConfig(out=str(tmp_path), diffusion_train_steps=9, diffusion_lr=0.01, seed=5, vocoder_size="small")
+    demo = DemoConfig(out=str(tmp_path), diffusion_train_steps=9, lr=0.01, seed=5, vocoder_size="small")
     diff = stage_configs.diffusion_config(demo, "sqlite:///x.db", "vocoder.pt")
     assert (diff.run_name, diff.variant, diff.ema_warmup, diff.log_every) == ("demo-diffusion-image", "image", True, 50)
     assert (diff.max_steps, diff.checkpoint_every, diff.sample_every, diff.lr, diff.seed) == (9, 3, 9, 0.01, 5)

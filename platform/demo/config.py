@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cpu_run import CpuRunConfig
 from ..options import opt
 
 
-@dataclass
-class DemoConfig:
-    """Every setting of the demo (jobs/demo.py: one option each)."""
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(CpuRunConfig):
+    """Every setting of the demo (jobs/demo.py: one option each): the shared CPU knobs and the demo's own."""
 
     out: str = opt("demo_output", "output directory: corpus, shards, checkpoints, MLflow, samples, stages")
     # corpus: enough videos per class to learn from, and a split stratified by class (every class in both)
@@ -33,45 +34,20 @@ class DemoConfig:
     )
     offline_clip_pictures: int = opt(400, "synthetic pictures per class of the offline CLIP's training")
     offline_clip_steps: int = opt(1500, "training steps of the offline CLIP")
-    # training: measured in benchmarks/learning (the "cpu" U-Net learns the 8 classes in a few CPU minutes)
-    model_size: str = opt("cpu", "U-Net size (tiny, cpu, small, paper)")
-    diffusion_steps: int = opt(1000, "diffusion steps of the training process")
+    # training: the shared CPU knobs (CpuRunConfig, measured in benchmarks/learning), and the demo's budgets.
     # The time budget ends the run (on 2 cores the worker, with its rows cached, makes about 4.5 steps/s);
     # the step cap only bounds a faster machine.
     diffusion_train_steps: int = opt(2000, "diffusion training step cap (the time budget ends the run first here)")
     diffusion_train_seconds: float = opt(345.0, "diffusion training time budget")
-    diffusion_batch_size: int = opt(16, "diffusion batch size")
-    diffusion_lr: float = opt(3e-3, "diffusion learning rate")
-    # benchmarks/learning, 360 s on this data: cosine decay 0.67/0.64 (image/text relevance) vs constant 0.62/0.50
-    diffusion_lr_schedule: str = opt("cosine", "diffusion learning-rate schedule (constant or cosine)")
-    diffusion_ema_decay: float = opt(0.999, "EMA rate of the diffusion weights")
-    # Each pass over the data restarts Ray Data's streaming split, a stall of several seconds on 2 cores: long
-    # passes (many windows per chunk) stall rarely, and a large shuffle buffer keeps batches diverse in chunks.
-    diffusion_examples_per_pass: int = opt(8192, "examples per pass over the data (long passes stall rarely)")
-    diffusion_shuffle_buffer: int = opt(4096, "rows in the Train worker's shuffle buffer")
-    vocoder_size: str = opt("tiny", "HiFi-GAN size (tiny, small, paper)")
     vocoder_train_seconds: float = opt(10.0, "HiFi-GAN training time budget")
-    vocoder_batch_size: int = opt(4, "HiFi-GAN segments per step")
-    vocoder_segment_frames: int = opt(16, "mel frames per HiFi-GAN training segment")
-    # The HiFi-GAN gets under a minute here, far from the 500K steps it needs: the demo serves Griffin-Lim and
-    # measures both on the same mels (demo_summary.json: vocoders).
-    serving_vocoder: str = opt(
-        "griffin-lim", "vocoder the bundle serves with (hifigan or griffin-lim)", choices=("hifigan", "griffin-lim")
-    )
     num_workers: int = opt(1, "Ray Train workers of each training run")
-    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of the Train worker: both cores")
-    classifier_epochs: int = opt(40, "epochs of the mel classifier (FID and relevance)")
     # evaluation and serving
-    eval_samples: int = opt(64, "generated samples per evaluation")
-    eval_steps: int = opt(25, "sampling steps of evaluation")
     serve_steps: int = opt(25, "sampling steps of the service (and the bundle's default)")
     serve_concurrency: int = opt(8, "requests in flight at once (the service's dynamic batching runs them together)")
     queries: tuple[str, ...] = opt((), 'text queries to synthesize; default: "playing {class}" for every class')
     seeds_per_query: int = opt(4, "served clips per query (32 clips: relevance to about +/- 0.09, not 0.12 with 16)")
-    seed: int = opt(0, "seed of the corpus, training and sampling")
     experiment: str = opt("clipsynth-demo", "MLflow experiment of every run")
     registered_model: str = opt("clipsynth-demo", "MLflow registered model of the diffusion bundle")
-    ray_num_cpus: int = opt(6, "logical CPUs of the local Ray: more than the cores so data stages are never starved")
     serve_port: int = opt(8000, "HTTP port of the Serve app")
     serve_import_path: str = opt("serve:app_builder", "the Serve application builder (module:attribute)")
     keep_serving: bool = opt(False, "keep the Serve app running after the summary, until Ctrl-C")

@@ -36,7 +36,7 @@ def corpus_config(config: DemoConfig) -> CorpusConfig:
 def local_ray(config: DemoConfig, tracking: str) -> LocalRay:
     from ..ray_cluster import LocalRay
 
-    return DEMO.build(LocalRay, num_cpus=config.ray_num_cpus, env_vars={"MLFLOW_TRACKING_URI": tracking})
+    return DEMO.build(LocalRay, **config.local_ray_settings(tracking))
 
 
 def ingest_config(config: DemoConfig, labels_file: str, clip: DemoClip) -> IngestConfig:
@@ -53,15 +53,13 @@ def ingest_config(config: DemoConfig, labels_file: str, clip: DemoClip) -> Inges
 
 
 def _training(config: DemoConfig, tracking: str) -> dict[str, Any]:
-    """What both training stages take from the demo."""
+    """Where both training stages run and log (their knobs: CpuRunConfig's settings)."""
     return {
         "data": str(config.root / "shards"),
         "experiment": config.experiment,
         "storage_path": str(config.root / "checkpoints"),
         "num_workers": config.num_workers,
-        "cpus_per_worker": config.cpus_per_worker,
         "tracking_uri": tracking,
-        "seed": config.seed,
     }
 
 
@@ -71,10 +69,8 @@ def hifigan_config(config: DemoConfig, tracking: str) -> HiFiGANTrainConfig:
     return DEMO.build(
         HiFiGANTrainConfig,
         **_training(config, tracking),
-        model_size=config.vocoder_size,
+        **config.hifigan_settings(),
         train_seconds=config.vocoder_train_seconds,
-        batch_size=config.vocoder_batch_size,
-        segment_frames=config.vocoder_segment_frames,
     )
 
 
@@ -84,21 +80,13 @@ def diffusion_config(config: DemoConfig, tracking: str, vocoder_uri: str) -> Dif
     return DEMO.build(
         DiffusionTrainConfig,
         **_training(config, tracking),
-        model_size=config.model_size,
+        **config.diffusion_settings(),
         max_steps=config.diffusion_train_steps,
         train_seconds=config.diffusion_train_seconds,
-        batch_size=config.diffusion_batch_size,
-        lr=config.diffusion_lr,
-        lr_schedule=config.diffusion_lr_schedule,
-        ema_decay=config.diffusion_ema_decay,
-        min_examples_per_pass=config.diffusion_examples_per_pass,
-        shuffle_buffer=config.diffusion_shuffle_buffer,
-        diffusion_steps=config.diffusion_steps,
         checkpoint_every=max(config.diffusion_train_steps // 3, 1),
         sample_every=config.diffusion_train_steps,
         sample_queries=tuple(q for q, _ in config.query_list()[:4]),
         vocoder=vocoder_uri,
-        serving_vocoder=config.serving_vocoder,
         bundle_sampling_steps=config.serve_steps,
         register_as=config.registered_model,
     )
@@ -125,8 +113,7 @@ def eval_config(config: DemoConfig, model_uri: str, retriever: bool) -> EvalConf
         model=model_uri,
         data=str(config.root / "shards"),
         queries="text" if retriever else "both",
-        num_samples=config.eval_samples,
-        steps=config.eval_steps,
+        **config.eval_settings(),
         mel_classifier=str(config.root / "mel_classifier"),
         retriever=retriever,
         experiment=config.experiment,
