@@ -51,19 +51,23 @@ class CpuRunConfig:
     eval_steps: int = opt(25, "sampling steps of evaluation")
     seed: int = opt(0, "seed of every stage (corpus, training, sampling, the gap prior)")
 
+    def _worker_settings(self) -> dict[str, Any]:
+        """What both trainings take alike: the Train worker's CPUs and the seed."""
+        return {"cpus_per_worker": self.cpus_per_worker, "seed": self.seed}
+
     def hifigan_settings(self) -> dict[str, Any]:
         """The HiFiGANTrainConfig fields these knobs set."""
         return {
+            **self._worker_settings(),
             "model_size": self.vocoder_size,
             "batch_size": self.vocoder_batch_size,
             "segment_frames": self.vocoder_segment_frames,
-            "cpus_per_worker": self.cpus_per_worker,
-            "seed": self.seed,
         }
 
     def diffusion_settings(self) -> dict[str, Any]:
         """The DiffusionTrainConfig fields these knobs set."""
         return {
+            **self._worker_settings(),
             "model_size": self.model_size,
             "diffusion_steps": self.diffusion_steps,
             "batch_size": self.batch_size,
@@ -73,8 +77,6 @@ class CpuRunConfig:
             "min_examples_per_pass": self.examples_per_pass,
             "shuffle_buffer": self.shuffle_buffer,
             "serving_vocoder": self.serving_vocoder,
-            "cpus_per_worker": self.cpus_per_worker,
-            "seed": self.seed,
         }
 
     def eval_settings(self) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_mel_fid_equals_pytorch_fid_on_the_same_images(tmp_path):
         def forward(self, x):
             return [self.network(x)[:, :, None, None]]
 
-    model = AsPytorchFid(fid.network)
+    model = AsPytorchFid(fid.model)
     stats = []
     for name, mels in (("gen", generated), ("ref", reference)):
         files = write_mel_pngs(mels, tmp_path / name)

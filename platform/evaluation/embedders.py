@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..devices import resolve_device
+from .frozen_network import FrozenNetwork, float_tensor
 
 VGGISH_ENV = "CLIPSYNTH_VGGISH_WEIGHTS"
 VGGISH_WEIGHTS_FILE = "vggish-10086976.pth"
@@ -318,7 +318,7 @@ def load_vggish(path: str | os.PathLike, config: VGGishConfig | None = None, fin
     return model
 
 
-class VGGishEmbedder:
+class VGGishEmbedder(FrozenNetwork):
     """AudioEmbedder over a VGGish network: every 0.96 s example of every clip gives one embedding."""
 
     sample_rate = 16_000
@@ -333,13 +333,9 @@ class VGGishEmbedder:
         frontend: VGGishFrontendConfig | None = None,
         random: bool = False,
     ) -> None:
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        super().__init__(model, identity, device, batch_size, random)
         self.frontend = VGGishFrontend(frontend).to(self.device)
         self.sample_rate = self.frontend.config.sample_rate
-        self.identity = identity
-        self.batch_size = batch_size
-        self.random = random
         # Everything that changes the embeddings but not the weights: code, front end, which layer is taken.
         front = hashlib.sha256(json.dumps(asdict(self.frontend.config), sort_keys=True).encode()).hexdigest()[:8]
         self.version = (
@@ -348,15 +344,11 @@ class VGGishEmbedder:
 
     @torch.no_grad()
     def embed(self, waves: Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(waves) if not isinstance(waves, Tensor) else waves, dtype=torch.float32)
+        x = float_tensor(waves)
         if x.dim() == 1:
             x = x[None]
         examples, _ = self.frontend(x.to(self.device))
-        out = [
-            self.model(examples[i : i + self.batch_size]).double().cpu()
-            for i in range(0, len(examples), self.batch_size)
-        ]
-        return torch.cat(out).numpy()
+        return self.in_batches(self.model, examples).double().numpy()
 
 
 # ------------------------------------------------------------------------------------------- registry

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..devices import resolve_device
 from .embedders import (
     BackboneWeightsError,
     file_sha256,
@@ -38,6 +37,7 @@ from .embedders import (
     resolve_weights_path,
     source_digest,
 )
+from .frozen_network import FrozenNetwork, float_tensor
 from .mel_classifier import mel_windows
 
 FID_INCEPTION_ENV = "CLIPSYNTH_FID_INCEPTION_WEIGHTS"
@@ -156,8 +156,7 @@ def tiny_random_image_network(seed: int = 0) -> FIDImageNetwork:
 def mel_images(mels: Tensor | np.ndarray, window_frames: int = 64) -> Tensor:
     """Normalised mels [B, n_mels, T] -> 8-bit grayscale images [B * W, n_mels, window_frames] (uint8) of
     their non-overlapping windows, low frequencies in the bottom row."""
-    x = torch.as_tensor(np.asarray(mels) if not isinstance(mels, Tensor) else mels, dtype=torch.float32)
-    windows, _ = mel_windows(x, window_frames)
+    windows, _ = mel_windows(float_tensor(mels), window_frames)
     return torch.round((windows.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8).flip(-2)
 
 
@@ -192,7 +191,7 @@ def _package_versions() -> str:
     return f"torchvision:{torchvision.__version__}/pytorch-fid:{fid}"
 
 
-class MelImageFID:
+class MelImageFID(FrozenNetwork):
     """MelFeatureExtractor of Inception FID: mel windows rendered as images -> pool3 features [M, 2048]."""
 
     metric_name = "fid"
@@ -206,22 +205,14 @@ class MelImageFID:
         window_frames: int = 64,
         random: bool = False,
     ) -> None:
-        self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
-        self.identity = identity
-        self.batch_size = batch_size
+        super().__init__(network, identity, device, batch_size, random)
         self.window_frames = window_frames
-        self.random = random
         self.version = f"{MEL_IMAGE_FID_VERSION}/src:{source_digest(__file__)}/{_package_versions()}"
 
     @torch.no_grad()
     def features(self, mels: Tensor | np.ndarray) -> np.ndarray:
         gray = mel_images(mels, self.window_frames)
-        out = [
-            self.network(images_to_tensor(gray[i : i + self.batch_size]).to(self.device)).double().cpu()
-            for i in range(0, len(gray), self.batch_size)
-        ]
-        return torch.cat(out).numpy()
+        return self.in_batches(lambda g: self.model(images_to_tensor(g)), gray).double().numpy()
 
 
 def resolve_fid_inception_path(path: str | os.PathLike | None = None) -> tuple[Path | None, str]:

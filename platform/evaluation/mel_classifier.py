@@ -43,6 +43,7 @@ from ..logs import LogFn, progress
 from ..options import opt, required
 from .data import iter_split_rows
 from .embedders import source_digest
+from .frozen_network import FrozenNetwork, float_tensor
 
 CLASSIFIER_ENV = "CLIPSYNTH_MEL_CLASSIFIER"
 CONFIG_FILE = "mel_classifier.json"
@@ -180,10 +181,11 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class ClassifierFeatures:
+class ClassifierFeatures(FrozenNetwork):
     """MelFeatureExtractor (and relevance scorer) over a MelClassifier."""
 
     metric_name = "fd_melclf"
+    model: MelClassifier
 
     def __init__(
         self,
@@ -193,38 +195,21 @@ class ClassifierFeatures:
         batch_size: int = 256,
         random: bool = False,
     ):
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.identity = identity
+        super().__init__(model, identity, device, batch_size, random)
         self.window_frames = model.config.window_frames
         self.labels = model.config.labels
-        self.batch_size = batch_size
-        self.random = random
         self.version = f"{MEL_FEATURES_VERSION}/src:{source_digest(__file__)}"
-
-    def _windows(self, mels: Tensor | np.ndarray) -> tuple[Tensor, int]:
-        x = torch.as_tensor(np.asarray(mels) if not isinstance(mels, Tensor) else mels, dtype=torch.float32)
-        return mel_windows(x, self.window_frames)
 
     @torch.no_grad()
     def features(self, mels: Tensor | np.ndarray) -> np.ndarray:
-        windows, _ = self._windows(mels)
-        out = [
-            self.model.embed(windows[i : i + self.batch_size].to(self.device)).double().cpu()
-            for i in range(0, len(windows), self.batch_size)
-        ]
-        return torch.cat(out).numpy()
+        windows, _ = mel_windows(float_tensor(mels), self.window_frames)
+        return self.in_batches(self.model.embed, windows).double().numpy()
 
     @torch.no_grad()
     def predict_proba(self, mels: Tensor | np.ndarray) -> np.ndarray:
         """Class probabilities [B, classes] per mel (softmax averaged over its windows)."""
-        windows, per_mel = self._windows(mels)
-        probs = torch.cat(
-            [
-                F.softmax(self.model(windows[i : i + self.batch_size].to(self.device)).float(), dim=-1).cpu()
-                for i in range(0, len(windows), self.batch_size)
-            ]
-        )
+        windows, per_mel = mel_windows(float_tensor(mels), self.window_frames)
+        probs = self.in_batches(lambda w: F.softmax(self.model(w).float(), dim=-1), windows)
         return probs.view(-1, per_mel, probs.shape[-1]).mean(dim=1).double().numpy()
 
 
@@ -255,7 +240,7 @@ class ClassifierAudioEmbedder:
 
     @torch.no_grad()
     def embed(self, waves: Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(waves) if not isinstance(waves, Tensor) else waves, dtype=torch.float32)
+        x = float_tensor(waves)
         if x.dim() == 1:
             x = x[None]
         # A clip of exactly `window_frames` hops (a retrieved window: 65,536 samples for 64 frames) is short of
