@@ -1,17 +1,20 @@
 """Pieces both training loops share, inside a Ray Train worker: checkpoints reported from every rank,
-metric averaging across ranks, progress lines, parameter digests, and the fault drill."""
+metric averaging across ranks, progress lines, parameter digests, resuming from Ray Train's checkpoint, the
+run's MLflow tracker, and the fault drill."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -19,7 +22,10 @@ from torch import nn
 
 from ..logs import configure_logging, get_logger
 from ..uri import fsspec_filesystem, join, strip_scheme
-from .config import C, config_from_dict
+from .config import C, TrainConfig, config_from_dict
+
+if TYPE_CHECKING:
+    from .tracking import RunTracker
 
 RANK_FILE = "rank_{rank}.json"
 
@@ -35,6 +41,45 @@ def restore(checkpoint, load: Callable[[Path], dict]) -> dict:
                 "It was probably written with another model configuration under the same run name and storage "
                 "path: choose a new --run-name (or --storage-path) to start a new run."
             ) from exc
+
+
+@dataclass
+class Resumption:
+    """Where a worker's loop starts: step 0, or the state of the checkpoint Ray Train gave it."""
+
+    step: int = 0
+    train_seconds: float = 0.0  # of the time budget, spent before
+    rank_info: dict[str, Any] = field(default_factory=dict)  # into every checkpoint report: the resumed digest
+    state: dict[str, Any] = field(default_factory=dict)  # what `load` returned (the loops' own extras)
+
+
+def resume(load: Callable[[Path], dict], model: nn.Module, rank: int, log: logging.Logger) -> Resumption:
+    """Load Ray Train's checkpoint, when it gives one, with `load(directory)` (which fills the worker's model and
+    optimizers and returns the saved state)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Resumption()
+    state = restore(checkpoint, load)
+    step = int(state["step"])
+    log.info(f"rank {rank} resumed from the checkpoint at step {step}")
+    info = {"resumed_from_step": step, "resumed_digest": state_digest(model)}
+    return Resumption(step, float(state.get("train_seconds", 0.0)), info, state)
+
+
+def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, log: logging.Logger) -> RunTracker:
+    """Rank 0's MLflow run (created, or continued after a restart) with the job's parameters, and the start line."""
+    from .tracking import RunTracker
+
+    tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+    tracker.log_params(job["params"])
+    if start.step < cfg.max_steps:
+        log.info(
+            f"{'resuming' if start.rank_info else 'starting'} at step {start.step} of {cfg.max_steps}; "
+            f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
+        )
+    return tracker
 
 
 def state_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
@@ -244,6 +289,21 @@ def run_worker(config_cls: type[C], loop_config: dict, loop: Callable[[C, dict, 
     configure_worker_logging()
     with cpu_threads(cfg.cpus_per_worker, place.device):
         loop(cfg, loop_config["job"], place)
+
+
+def interval_metrics(
+    means: dict[str, float], lr: float, budget: TimeBudget, pace: dict[str, float], world: int, device: torch.device
+) -> dict[str, float]:
+    """What both loops log at a log interval: the losses averaged over ranks, the learning rate, the time spent
+    and the pace (in all and per worker), and the GPU's peak memory."""
+    return {
+        **means,
+        "lr": lr,
+        "train_seconds": budget.spent(),
+        "samples_per_s": pace["samples_per_s"],
+        "samples_per_s_per_worker": pace["samples_per_s"] / world,
+        **gpu_memory_metrics(device),
+    }
 
 
 def gpu_memory_metrics(device: torch.device) -> dict[str, float]:

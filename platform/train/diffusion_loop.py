@@ -46,11 +46,12 @@ from .common import (
     TimeBudget,
     WorkerPlace,
     fault_drill,
-    gpu_memory_metrics,
+    interval_metrics,
     mean_across_ranks,
     report_checkpoint,
-    restore,
+    resume,
     run_worker,
+    start_tracking,
     state_digest,
     stream_seed,
 )
@@ -156,16 +157,13 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
-    start_step, resumed, spent = 0, {}, 0.0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = restore(
-            checkpoint, lambda d: load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device)
-        )
-        start_step = int(state["step"])
-        spent = float(state.get("train_seconds", 0.0))
-        resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(model)}
-        log.info(f"rank {rank} resumed from the checkpoint at step {start_step}")
+    start = resume(
+        lambda d: load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device),
+        model,
+        rank,
+        log,
+    )
+    start_step, resumed = start.step, start.rank_info
     ddp_model = ray.train.torch.prepare_model(model)
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
@@ -183,23 +181,17 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     tracker: RunTracker | None = None
     vocoder: torch.nn.Module | None = None
     if rank == 0:
-        tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
-        tracker.log_params(job["params"])
+        tracker = start_tracking(cfg, job, start, world, log)
         if cfg.vocoder:
             generator, _ = load_vocoder(cfg.vocoder)
             vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
         else:
             vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
         tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step) if resumed else "0"})
-        if start_step < cfg.max_steps:
-            log.info(
-                f"{'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
-                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
-            )
     sample_diffusion = diffusion.respaced(cfg.sample_steps)
     sample_cond = torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device)
 
-    budget = TimeBudget(cfg.train_seconds, spent)
+    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
 
     def write_state(d: Path, step: int) -> None:
         save_training_state(
@@ -261,15 +253,9 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
             means = mean_across_ranks({**values, "data_wait_s_per_step": data_wait / count}, device)
             pace = progress.interval(step)
             if tracker is not None:
-                metrics = {
-                    **means,
-                    "train_seconds": budget.spent(),
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "samples_per_s": pace["samples_per_s"],
-                    "samples_per_s_per_worker": pace["samples_per_s"] / world,
-                    **gpu_memory_metrics(device),
-                }
-                tracker.log_metrics(metrics, step)
+                tracker.log_metrics(
+                    interval_metrics(means, optimizer.param_groups[0]["lr"], budget, pace, world, device), step
+                )
                 log.info(
                     f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
                     f"vb {means['vb']:.4f} grad {means['grad_norm']:.3f} | {pace['samples_per_s']:.1f} samples/s | "

@@ -39,11 +39,12 @@ from .common import (
     TimeBudget,
     WorkerPlace,
     fault_drill,
-    gpu_memory_metrics,
+    interval_metrics,
     mean_across_ranks,
     report_checkpoint,
-    restore,
+    resume,
     run_worker,
+    start_tracking,
     state_digest,
     stream_seed,
 )
@@ -82,26 +83,23 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
 
-    start_step, resumed, spent = 0, {}, 0.0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = restore(
-            checkpoint,
-            lambda d: load_training_state(
-                d,
-                model=generator,
-                optimizer=opt_g,
-                modules={"discriminator": discriminator},
-                optimizers={"discriminator": opt_d},
-                map_location=device,
-            ),
-        )
-        sched_g.load_state_dict(state["scheduler_g"])
-        sched_d.load_state_dict(state["scheduler_d"])
-        start_step = int(state["step"])
-        spent = float(state.get("train_seconds", 0.0))
-        resumed = {"resumed_from_step": start_step, "resumed_digest": state_digest(generator)}
-        log.info(f"rank {rank} resumed from the checkpoint at step {start_step}")
+    start = resume(
+        lambda d: load_training_state(
+            d,
+            model=generator,
+            optimizer=opt_g,
+            modules={"discriminator": discriminator},
+            optimizers={"discriminator": opt_d},
+            map_location=device,
+        ),
+        generator,
+        rank,
+        log,
+    )
+    if start.state:
+        sched_g.load_state_dict(start.state["scheduler_g"])
+        sched_d.load_state_dict(start.state["scheduler_d"])
+    start_step, resumed = start.step, start.rank_info
 
     g_ddp = ray.train.torch.prepare_model(generator)
     d_ddp = ray.train.torch.prepare_model(discriminator)
@@ -120,15 +118,9 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
 
     tracker = None
     if rank == 0:
-        tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
-        tracker.log_params(job["params"])
-        if start_step < cfg.max_steps:
-            log.info(
-                f"{'resuming' if resumed else 'starting'} at step {start_step} of {cfg.max_steps}; "
-                f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
-            )
+        tracker = start_tracking(cfg, job, start, world, log)
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
-    budget = TimeBudget(cfg.train_seconds, spent)
+    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
 
     def write_state(d: Path, step: int) -> None:
         save_training_state(
@@ -182,15 +174,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
             pace = progress.interval(step)
             if tracker is not None:
                 tracker.log_metrics(
-                    {
-                        **means,
-                        "lr": opt_g.param_groups[0]["lr"],
-                        "train_seconds": budget.spent(),
-                        "samples_per_s": pace["samples_per_s"],
-                        "samples_per_s_per_worker": pace["samples_per_s"] / world,
-                        **gpu_memory_metrics(device),
-                    },
-                    step,
+                    interval_metrics(means, opt_g.param_groups[0]["lr"], budget, pace, world, device), step
                 )
                 log.info(
                     f"step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
