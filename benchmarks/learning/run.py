@@ -44,6 +44,9 @@ VARIANTS = {
     "fp32": {"bf16": "off"},
     "cosine-lr": {"lr_schedule": "cosine"},  # lr decays to 0 over the largest budget (the run's time)
     "batch-32": {"batch_size": 32},
+    "batch-8": {"batch_size": 8},  # compare with batch 16 at twice the steps: the same examples seen
+    "cond-channels-16": {"unet": {"cond_channels": 16}},  # a wider condition concatenated to every layer
+    "width-16": {"unet": {"model_channels": 16}},
     "lr-6e-3": {"lr": 6e-3},
     "cond-drop-0.1": {"cond_drop_prob": 0.1},  # trains the null condition too: classifier-free guidance (--guidance)
     "cosine-lr+cond-drop-0.1": {"lr_schedule": "cosine", "cond_drop_prob": 0.1},
@@ -292,6 +295,7 @@ def main() -> None:
     p.add_argument(
         "--extra-ema-decays", default="", help="more EMA rates to evaluate on the default variant's run (e.g. 0.995)"
     )
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="of every variant")
     p.add_argument("--grad-clip", type=float, default=0.0)
     p.add_argument("--diffusion-steps", type=int, default=1000)
     p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"))
@@ -350,6 +354,7 @@ def main() -> None:
         diffusion_steps=args.diffusion_steps,
         bf16=args.bf16,
         unet={},
+        lr_schedule=args.lr_schedule,
     )
     budgets = [float(b) for b in args.budgets.split(",") if b]
     extra_decays = tuple(float(d) for d in args.extra_ema_decays.split(",") if d)
