@@ -103,16 +103,25 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
 
     ingest_summary = stages.run("preprocess", {"ingest": asdict(ingest_cfg), "corpus": manifest.config_hash}, ingest)
 
-    # 4. HiFi-GAN, then the diffusion model (whose bundle takes the trained vocoder)
+    # 4. HiFi-GAN beside the mel classifier (for FID and relevance), then the diffusion model, whose bundle takes
+    # the trained vocoder. The HiFi-GAN stage is mostly Ray Train starting and stopping (it trains for seconds),
+    # so the classifier, a plain PyTorch loop here, runs in its idle time; the diffusion model trains alone.
     voc_cfg = stage_configs.hifigan_config(config, tracking)
-    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
+    cls_cfg = stage_configs.classifier_config(config)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mel-classifier") as pool:
+        classifier = pool.submit(
+            stages.run,
+            "mel_classifier",
+            asdict(cls_cfg),
+            lambda: {"metrics": run_mel_classifier_job(cls_cfg, **stage_log)[1]},
+        )
+        voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
+        classifier.result()
     diff_cfg = stage_configs.diffusion_config(config, tracking, voc.get("checkpoint_path") or "")
     diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(diff_cfg).to_dict())
     model_uri = _model_uri(config, diff)
 
-    # 5. a mel classifier for FID and relevance, then evaluation (text and image queries, and the retriever)
-    cls_cfg = stage_configs.classifier_config(config)
-    stages.run("mel_classifier", asdict(cls_cfg), lambda: {"metrics": run_mel_classifier_job(cls_cfg, **stage_log)[1]})
+    # 5. evaluation: text and image queries, and the retriever
     _warn_missing_backbones(say)
 
     def evaluate() -> dict:
