@@ -7,13 +7,14 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from ..logs import LogFn, configure_logging, progress
 from ..presets import DEMO
 from . import stage_configs
+from .budget import diffusion_train_seconds
 from .clip import frames_zero_shot, resolve_clip
 from .config import DemoConfig
 from .listening import compare_served_vocoders, judge_served_audio, synthesize_over_http
@@ -118,7 +119,14 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
         voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
         classifier.result()
     diff_cfg = stage_configs.diffusion_config(config, tracking, voc.get("checkpoint_path") or "")
-    diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(diff_cfg).to_dict())
+    # The stage is keyed by its configured cap, so a re-run reuses it however long the earlier stages took.
+    seconds = diffusion_train_seconds(config, time.perf_counter() - t_start)
+    say(
+        f"diffusion: {config.diffusion_train_steps} steps, or {seconds:.0f} s of training if that comes first "
+        f"(cap {config.diffusion_train_seconds:.0f} s; the demo's budget is {config.demo_seconds:.0f} s)"
+    )
+    run_cfg = replace(diff_cfg, train_seconds=seconds)
+    diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(run_cfg).to_dict())
     model_uri = _model_uri(config, diff)
 
     # 5. evaluation: text and image queries, and the retriever
