@@ -180,6 +180,20 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
     return cls(**fixed)
 
 
+def fields_from(cls: type[T], source: Any, **overrides: Any) -> T:
+    """A `cls` whose fields take `source`'s attributes of the same names, then `overrides`.
+
+    For a config built from a larger one (a job's settings for one stage): the shared fields are named once,
+    in `cls`, instead of copied by hand. A field of `cls` that `source` lacks keeps its default.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    values = {n: getattr(source, n) for n in names if n not in overrides and hasattr(source, n)}
+    return cls(**values, **overrides)
+
+
 def config_json(config: Any) -> str:
     """The config as the JSON every job prints at start and logs to MLflow."""
     return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str)

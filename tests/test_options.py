@@ -97,3 +97,21 @@ def test_a_field_may_name_its_flag_and_internal_fields_have_none(capsys):
         with pytest.raises(SystemExit):
             parse_config(Named, argv, None)
         assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_fields_from_copies_the_same_named_attributes_then_the_overrides():
+    from types import SimpleNamespace
+
+    from clipsynth_platform.options import fields_from
+
+    @dataclasses.dataclass
+    class Stage:
+        lr: float = 1.0
+        steps: int = 10
+        name: str = "default"
+
+    source = SimpleNamespace(lr=0.5, steps=99, unrelated="ignored")
+    assert fields_from(Stage, source) == Stage(lr=0.5, steps=99, name="default")  # name: absent, its default
+    assert fields_from(Stage, source, steps=3) == Stage(lr=0.5, steps=3)
+    with pytest.raises(ValueError, match=r"unknown Stage fields: \['stepz'\]"):
+        fields_from(Stage, source, stepz=3)

@@ -319,6 +319,7 @@ def main() -> None:
         MelClassifierTrainConfig,
         train_mel_classifier,
     )
+    from clipsynth_platform.options import fields_from
 
     device = torch.device(args.device)
     if args.threads:
@@ -344,18 +345,7 @@ def main() -> None:
         flush=True,
     )
 
-    base = Setup(
-        model_size=args.model_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        ema_decay=args.ema_decay,
-        ema_warmup=args.ema_warmup,
-        grad_clip=args.grad_clip,
-        diffusion_steps=args.diffusion_steps,
-        bf16=args.bf16,
-        unet={},
-        lr_schedule=args.lr_schedule,
-    )
+    base = fields_from(Setup, args, unet={})  # the flags of the same names
     budgets = [float(b) for b in args.budgets.split(",") if b]
     extra_decays = tuple(float(d) for d in args.extra_ema_decays.split(",") if d)
     curves, setups, final = {}, {}, None

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..logs import LogFn, progress
+from ..options import fields_from
 from ..preflight import ClusterView, require_shared_locations
 from ..ray_cluster import LocalRay, connect_ray
 from ..schema import SCHEMA_VERSION
@@ -103,17 +104,7 @@ def _build_dataset(
 
     blocks = math.ceil(len(pending) / config.videos_per_task)
     ds: ray.data.Dataset = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
-    settings = DecodeSettings(
-        chunk_samples=config.chunk_samples,
-        min_chunk_samples=config.min_chunk_samples,
-        frames_per_second=config.frames_per_second,
-        frame_sampling=config.frame_sampling,
-        image_size=config.image_size,
-        jpeg_quality=config.jpeg_quality,
-        with_audio=config.with_audio,
-        threads=max(1, int(config.decode_cpus)),
-        test_hooks=config.test_hooks,
-    )
+    settings = fields_from(DecodeSettings, config, threads=max(1, int(config.decode_cpus)))
     runtime_env = {"env_vars": dict(worker_env)} if worker_env else None
     # Ray Data's own retries stay on (a task lost with its node runs again elsewhere); a decoder that crashes
     # natively does so in its child process (isolated.py), which fails that video, not the task.
