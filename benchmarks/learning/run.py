@@ -209,12 +209,15 @@ def train_curve(
     print(json.dumps(curve[-1]), flush=True)
     spent, step, pending = 0.0, 0, sorted(budgets)
     horizon = max(budgets)
+
+    def done() -> float:  # how far the run is, in the budgets' unit
+        return float(step) if unit == "steps" else spent
+
     while pending:
         t0 = time.perf_counter()
         if setup.lr_schedule != "constant":  # the platform's schedule, over the largest budget
-            done = step if unit == "steps" else spent
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(setup.lr_schedule, setup.lr, min(done / horizon, 1.0))
+                group["lr"] = scheduled_lr(setup.lr_schedule, setup.lr, min(done() / horizon, 1.0))
         rows = rng.choice(len(train), setup.batch_size)
         batch = {k: [train[i][k] for i in rows] for k in columns}
         ex = diffusion_examples(batch, variant="image", window_frames=64, seed=int(rng.integers(2**31)))
@@ -226,7 +229,7 @@ def train_curve(
         spent += time.perf_counter() - t0
         for shadow in shadows.values():
             shadow.update(model, step)
-        if (step if unit == "steps" else spent) >= pending[0]:
+        if done() >= pending[0]:
             pending.pop(0)
             point = {"train_seconds": round(spent, 1), "step": step, "loss": float(terms["loss"])}
             point.update(evaluate_at(ema.model, diffusion))

@@ -123,7 +123,8 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
     seconds = diffusion_train_seconds(config, time.perf_counter() - t_start)
     say(
         f"diffusion: {config.diffusion_train_steps} steps, or {seconds:.0f} s of training if that comes first "
-        f"(cap {config.diffusion_train_seconds:.0f} s; the demo's budget is {config.demo_seconds:.0f} s)"
+        f"(cap {config.diffusion_train_seconds:.0f} s; "
+        + (f"the demo's budget is {config.demo_seconds:.0f} s)" if config.demo_seconds else "no demo budget)")
     )
     run_cfg = replace(diff_cfg, train_seconds=seconds)
     diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(run_cfg).to_dict())
