@@ -15,16 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsynth_platform.corpus import (
-    INSTRUMENTS,
-    LABEL_INDEX_FILE,
-    MANIFEST_FILE,
-    SPLIT_INDEX_FILE,
-    CorpusConfig,
-    CorpusManifest,
-    CorpusToolError,
-    build_corpus,
-)
+from clipsynth_platform.corpus import CorpusConfig, CorpusManifest, CorpusToolError, build_corpus
+from clipsynth_platform.corpus.config import INSTRUMENTS, LABEL_INDEX_FILE, MANIFEST_FILE, SPLIT_INDEX_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"

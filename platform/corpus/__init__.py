@@ -23,39 +23,16 @@ Building is idempotent: a second build with the same config hash checks the file
 rebuilds only missing or altered ones; an interrupted build resumes; a new config replaces the old files.
 """
 
-from .build import assign_splits, build_corpus, config_hash, plan_videos
-from .config import (
-    APT_PACKAGES,
-    DEFAULT_CLASSES,
-    DEFAULT_SOUNDFONT,
-    INSTRUMENTS,
-    LABEL_INDEX_FILE,
-    MANIFEST_FILE,
-    RENDER_DIR,
-    SPLIT_INDEX_FILE,
-    CorpusConfig,
-    CorpusManifest,
-    CorpusToolError,
-    CorpusVideo,
-    Instrument,
-)
+from .build import assign_splits, build_corpus, plan_videos
+from .config import CorpusConfig, CorpusManifest, CorpusToolError
 
+# The package's API is the build and its config, manifest and error; the file names, the instruments and the
+# other constants live in .config (import them from there).
 __all__ = [
-    "APT_PACKAGES",
-    "DEFAULT_CLASSES",
-    "DEFAULT_SOUNDFONT",
-    "INSTRUMENTS",
-    "LABEL_INDEX_FILE",
-    "MANIFEST_FILE",
-    "RENDER_DIR",
-    "SPLIT_INDEX_FILE",
     "CorpusConfig",
     "CorpusManifest",
     "CorpusToolError",
-    "CorpusVideo",
-    "Instrument",
     "assign_splits",
     "build_corpus",
-    "config_hash",
     "plan_videos",
 ]
