@@ -2,7 +2,8 @@
 
 Entry points (jobs/train_vggsound.py, jobs/train_music.py, jobs/train_hifigan.py) parse a config and call
 `run_diffusion_training` / `run_hifigan_training`; the worker loops live in diffusion_loop.py and
-hifigan_loop.py, data plumbing in data.py, MLflow glue in tracking.py.
+hifigan_loop.py (the step loop they share in steps.py, what their checkpoints hold in state.py), data plumbing
+in data.py, MLflow glue in tracking.py.
 
 Names are imported lazily: Ray Data tasks import `clipsynth_platform.train.data` for its transforms, and
 should not pay for torch and MLflow imports they never use.

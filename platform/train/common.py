@@ -25,6 +25,7 @@ from ..uri import fsspec_filesystem, join, strip_scheme
 from .config import C, TrainConfig, config_from_dict
 
 if TYPE_CHECKING:
+    from .state import TrainingState
     from .tracking import RunTracker
 
 RANK_FILE = "rank_{rank}.json"
@@ -50,22 +51,21 @@ class Resumption:
     step: int = 0
     train_seconds: float = 0.0  # of the time budget, spent before
     rank_info: dict[str, Any] = field(default_factory=dict)  # into every checkpoint report: the resumed digest
-    state: dict[str, Any] = field(default_factory=dict)  # what `load` returned (the loops' own extras)
+    state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's saved state (the loops' own extras)
 
 
-def resume(load: Callable[[Path], dict], model: nn.Module, rank: int, log: logging.Logger) -> Resumption:
-    """Load Ray Train's checkpoint, when it gives one, with `load(directory)` (which fills the worker's model and
-    optimizers and returns the saved state)."""
+def resume(state: TrainingState, device: torch.device, rank: int, log: logging.Logger) -> Resumption:
+    """Fill the loop's training state from Ray Train's checkpoint, when it gives one."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return Resumption()
-    state = restore(checkpoint, load)
-    step = int(state["step"])
+    saved = restore(checkpoint, lambda d: state.load(d, device))
+    step = int(saved["step"])
     log.info(f"rank {rank} resumed from the checkpoint at step {step}")
-    info = {"resumed_from_step": step, "resumed_digest": state_digest(model)}
-    return Resumption(step, float(state.get("train_seconds", 0.0)), info, state)
+    info = {"resumed_from_step": step, "resumed_digest": state_digest(state.model)}
+    return Resumption(step, float(saved.get("train_seconds", 0.0)), info, saved)
 
 
 def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, log: logging.Logger) -> RunTracker:

@@ -9,9 +9,7 @@ report; rank 0 writes the state). At the end, rank 0 registers the synthesizer b
 
 from __future__ import annotations
 
-import functools
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import cast
@@ -33,8 +31,6 @@ from clipsynth_core import (
     Synthesizer,
     SynthesizerConfig,
     UNetConfig,
-    load_training_state,
-    save_training_state,
 )
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
@@ -42,21 +38,17 @@ from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 from ..logs import get_logger
 from ..registry import log_bundle_model, set_alias
 from .common import (
-    Progress,
     TimeBudget,
     WorkerPlace,
-    fault_drill,
-    interval_metrics,
-    mean_across_ranks,
-    report_checkpoint,
     resume,
     run_worker,
     start_tracking,
-    state_digest,
     stream_seed,
 )
 from .config import DiffusionTrainConfig
-from .data import diffusion_examples, training_batches
+from .data import diffusion_examples
+from .state import TrainingState
+from .steps import StepParts, run_steps, worker_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import load_vocoder
 
@@ -128,6 +120,34 @@ def sample_mels(
     return x[:, 0].clamp(-1, 1)
 
 
+def _log_ema_samples(
+    tracker: RunTracker,
+    step: int,
+    *,
+    cfg: DiffusionTrainConfig,
+    names: list[str],
+    model: torch.nn.Module,
+    diffusion: GaussianDiffusion,
+    cond: torch.Tensor,
+    n_mels: int,
+    vocoder: torch.nn.Module,
+    vocoder_name: str,
+) -> None:
+    """The EMA model's samples of the fixed conditions (mels and audio) logged at a sample interval."""
+    mels = sample_mels(model, diffusion, cond, cfg.window_frames, n_mels, cfg.sample_seed)
+    with torch.no_grad():
+        waves = vocoder(mels.cpu()).clamp(-1.0, 1.0)
+    log_samples(
+        tracker,
+        step,
+        names=names,
+        mels=mels.cpu().numpy(),
+        waves=waves.numpy(),
+        sample_rate=16_000,
+        title=f"step {step}, EMA model, {cfg.sample_steps} DDPM steps, vocoder {vocoder_name}",
+    )
+
+
 def _examples(rows: dict, seed: int, *, variant: str, window_frames: int) -> dict[str, np.ndarray]:
     return diffusion_examples(rows, variant=variant, window_frames=window_frames, seed=seed)
 
@@ -157,56 +177,40 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
 
-    start = resume(
-        lambda d: load_training_state(d, model=model, ema=ema, optimizer=optimizer, map_location=device),
-        model,
-        rank,
-        log,
-    )
+    state = TrainingState(model, optimizer, ema=ema)
+    start = resume(state, device, rank, log)
     start_step, resumed = start.step, start.rank_info
     ddp_model = ray.train.torch.prepare_model(model)
 
     # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
     noise_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, rank, start_step))
-    batches = training_batches(
-        ray.train.get_dataset_shard("train"),
-        cached=job["cache_in_worker"],
-        make_examples=partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames),
-        batch_size=cfg.batch_size,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=stream_seed(cfg.seed, rank, start_step) + 1,  # the data's stream, beside the noise's
-        device=device,
-    )
+    examples = partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames)
+    batches = worker_batches(cfg, job, place, start_step, examples)
 
     tracker: RunTracker | None = None
-    vocoder: torch.nn.Module | None = None
+    sample = None
     if rank == 0:
         tracker = start_tracking(cfg, job, start, world, log)
+        vocoder: torch.nn.Module
         if cfg.vocoder:
             generator, _ = load_vocoder(cfg.vocoder)
             vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
         else:
             vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
         tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step) if resumed else "0"})
-    sample_diffusion = diffusion.respaced(cfg.sample_steps)
-    sample_cond = torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device)
+        sample = partial(
+            _log_ema_samples,
+            cfg=cfg,
+            names=job["sample_names"],
+            model=ema.model,
+            diffusion=diffusion.respaced(cfg.sample_steps),
+            cond=torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device),
+            n_mels=unet_config.input_height,
+            vocoder=vocoder,
+            vocoder_name=vocoder_name,
+        )
 
     budget = TimeBudget(cfg.train_seconds, start.train_seconds)
-
-    def write_state(d: Path, step: int) -> None:
-        save_training_state(
-            d,
-            model=ddp_model,
-            step=step,
-            ema=ema,
-            optimizer=optimizer,
-            extra={
-                "mlflow_run_id": tracker.run_id if tracker else None,
-                "kind": "diffusion",
-                "config": cfg.to_dict(),
-                "train_seconds": budget.spent(),
-            },
-        )
 
     step_fn = DiffusionStep(
         ddp_model,
@@ -219,77 +223,42 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         generator=noise_gen,
     )
 
-    progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
     # Running sums stay on the device (no host sync per step); they are read at log intervals.
     term_keys = ("loss", "mse", "vb", "grad_norm")
     sums = torch.zeros(len(term_keys), dtype=torch.float64, device=device)
-    data_wait = 0.0
-    count = 0
-    last_checkpoint = start_step
-    ddp_model.train()
-    out_of_time = budget.exhausted(start_step, device, force=True)  # a finished run, resumed: nothing to do
-    for step in range(start_step + 1, cfg.max_steps + 1):
-        if out_of_time:
-            break
-        fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
+
+    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if cfg.lr_schedule != "constant":
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, budget.fraction(step - 1, cfg.max_steps))
-        t_wait = time.perf_counter()
-        batch = next(batches)
-        data_wait += time.perf_counter() - t_wait
         mel = batch["mel"].unsqueeze(1).float()
         cond = batch["cond"].float()
         if on_gpu and cfg.channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
         terms = step_fn(mel, cond, step)
-        sums += torch.stack([terms[k] for k in term_keys]).double()
-        count += 1
-        out_of_time = budget.exhausted(step, device)
-        last = step == cfg.max_steps or out_of_time
+        sums.add_(torch.stack([terms[k] for k in term_keys]).double())
+        return terms
 
-        if step % cfg.log_every == 0 or last:
-            values = dict(zip(term_keys, (sums / count).tolist()))
-            means = mean_across_ranks({**values, "data_wait_s_per_step": data_wait / count}, device)
-            pace = progress.interval(step)
-            if tracker is not None:
-                tracker.log_metrics(
-                    interval_metrics(means, optimizer.param_groups[0]["lr"], budget, pace, world, device), step
-                )
-                log.info(
-                    f"step {step}/{cfg.max_steps} loss {means['loss']:.4f} mse {means['mse']:.4f} "
-                    f"vb {means['vb']:.4f} grad {means['grad_norm']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
-                    f"ETA {Progress.format_eta(pace['eta_s'])}"
-                )
-            sums.zero_()
-            data_wait, count = 0.0, 0
+    def interval_means(count: int) -> dict[str, float]:
+        means = dict(zip(term_keys, (sums / count).tolist()))
+        sums.zero_()
+        return means
 
-        if tracker is not None and vocoder is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last):
-            mels = sample_mels(
-                ema.model, sample_diffusion, sample_cond, cfg.window_frames, unet_config.input_height, cfg.sample_seed
-            )
-            with torch.no_grad():
-                waves = vocoder(mels.cpu()).clamp(-1.0, 1.0)
-            log_samples(
-                tracker,
-                step,
-                names=job["sample_names"],
-                mels=mels.cpu().numpy(),
-                waves=waves.numpy(),
-                sample_rate=16_000,
-                title=f"step {step}, EMA model, {cfg.sample_steps} DDPM steps, vocoder {vocoder_name}",
-            )
+    def describe(m: dict[str, float]) -> str:
+        return f"loss {m['loss']:.4f} mse {m['mse']:.4f} vb {m['vb']:.4f} grad {m['grad_norm']:.3f}"
 
-        if step % cfg.checkpoint_every == 0 or last:
-            rank_info = {"model_digest": state_digest(ddp_model), "ema_digest": state_digest(ema.model), **resumed}
-            report_checkpoint(
-                step,
-                {"step": step, "loss": float(terms["loss"].detach())},
-                rank,
-                functools.partial(write_state, step=step),
-                rank_info,
-            )
-            last_checkpoint = step
+    parts = StepParts(
+        update=update,
+        interval_means=interval_means,
+        describe=describe,
+        lr=lambda: optimizer.param_groups[0]["lr"],
+        checkpoint_metrics=lambda terms: {"loss": float(terms["loss"].detach())},
+        state=state,
+        kind="diffusion",
+        sample=sample,
+    )
+    ddp_model.train()
+    last_checkpoint = run_steps(cfg, job, place, start, budget, batches, parts, tracker, log)
 
     if tracker is not None:
         _finish(cfg, job, tracker, ema, unet_config, diffusion_config, last_checkpoint)

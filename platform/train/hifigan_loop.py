@@ -10,10 +10,8 @@ artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion jobs accep
 
 from __future__ import annotations
 
-import functools
 import json
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,28 +26,21 @@ from clipsynth_core import (
     HiFiGANStep,
     MelConfig,
     MelFrontend,
-    load_training_state,
-    save_training_state,
 )
 
 from ..logs import get_logger
 from ..registry import VOCODER_ARTIFACT
 from .common import (
-    Progress,
     TimeBudget,
     WorkerPlace,
-    fault_drill,
-    interval_metrics,
-    mean_across_ranks,
-    report_checkpoint,
     resume,
     run_worker,
     start_tracking,
-    state_digest,
-    stream_seed,
 )
 from .config import HiFiGANTrainConfig
-from .data import training_batches, vocoder_examples
+from .data import vocoder_examples
+from .state import TrainingState
+from .steps import StepParts, run_steps, worker_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
 
@@ -83,37 +74,21 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
 
-    start = resume(
-        lambda d: load_training_state(
-            d,
-            model=generator,
-            optimizer=opt_g,
-            modules={"discriminator": discriminator},
-            optimizers={"discriminator": opt_d},
-            map_location=device,
-        ),
-        generator,
-        rank,
-        log,
+    state = TrainingState(
+        generator, opt_g, modules={"discriminator": discriminator}, optimizers={"discriminator": opt_d}
     )
+    start = resume(state, device, rank, log)
     if start.state:
         sched_g.load_state_dict(start.state["scheduler_g"])
         sched_d.load_state_dict(start.state["scheduler_d"])
-    start_step, resumed = start.step, start.rank_info
+    start_step = start.step
 
     g_ddp = ray.train.torch.prepare_model(generator)
     d_ddp = ray.train.torch.prepare_model(discriminator)
     mel_frontend = MelFrontend(MelConfig()).to(device)
     step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
-    batches = training_batches(
-        ray.train.get_dataset_shard("train"),
-        cached=job["cache_in_worker"],
-        make_examples=partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length),
-        batch_size=cfg.batch_size,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=stream_seed(cfg.seed, rank, start_step) + 1,
-        device=device,
-    )
+    segments = partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length)
+    batches = worker_batches(cfg, job, place, start_step, segments)
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
 
     tracker = None
@@ -122,84 +97,50 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
     budget = TimeBudget(cfg.train_seconds, start.train_seconds)
 
-    def write_state(d: Path, step: int) -> None:
-        save_training_state(
-            d,
-            model=g_ddp,
-            step=step,
-            optimizer=opt_g,
-            modules={"discriminator": d_ddp},
-            optimizers={"discriminator": opt_d},
-            extra={
-                "mlflow_run_id": tracker.run_id if tracker else None,
-                "kind": "hifigan",
-                "scheduler_g": sched_g.state_dict(),
-                "scheduler_d": sched_d.state_dict(),
-                "config": cfg.to_dict(),
-                "train_seconds": budget.spent(),
-            },
-        )
+    def vocoder_file(step: int, d: Path) -> None:
         # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
-    progress = Progress(start_step, cfg.max_steps, cfg.batch_size * world)
-    sums = dict.fromkeys((*LOSS_KEYS, "data_wait_s_per_step"), 0.0)
-    count = 0
-    g_ddp.train()
-    d_ddp.train()
-    final_step = start_step
-    out_of_time = budget.exhausted(start_step, device, force=True)  # a finished run, resumed: nothing to do
-    for step in range(start_step + 1, cfg.max_steps + 1):
-        if out_of_time:
-            break
-        fault_drill(cfg.fail_at_step, step, rank, world, job["storage_path"], job["run_name"])
-        t_wait = time.perf_counter()
-        wave = next(batches)["audio"].float()
-        sums["data_wait_s_per_step"] += time.perf_counter() - t_wait
+    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+
+    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        wave = batch["audio"].float()
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
         losses = step_fn(mel, wave)
         for k in LOSS_KEYS:
             sums[k] += losses[k]
-        count += 1
         if step % steps_per_epoch == 0:
             sched_g.step()
             sched_d.step()
-        final_step = step
-        out_of_time = budget.exhausted(step, device)
-        last = step == cfg.max_steps or out_of_time
+        return losses
 
-        if step % cfg.log_every == 0 or last:
-            means = mean_across_ranks({k: v / count for k, v in sums.items()}, device)
-            pace = progress.interval(step)
-            if tracker is not None:
-                tracker.log_metrics(
-                    interval_metrics(means, opt_g.param_groups[0]["lr"], budget, pace, world, device), step
-                )
-                log.info(
-                    f"step {step}/{cfg.max_steps} mel-L1 {means['loss_mel']:.4f} G {means['loss_g']:.3f} "
-                    f"D {means['loss_d']:.3f} | {pace['samples_per_s']:.1f} samples/s | "
-                    f"ETA {Progress.format_eta(pace['eta_s'])}"
-                )
-            sums = dict.fromkeys(sums, 0.0)
-            count = 0
+    def interval_means(count: int) -> dict[str, float]:
+        means = {k: v / count for k, v in sums.items()}
+        sums.update(dict.fromkeys(LOSS_KEYS, 0.0))
+        return means
 
-        if tracker is not None and cfg.sample_every and (step % cfg.sample_every == 0 or last) and len(reference):
-            _log_reconstructions(tracker, step, generator, step_fn, reference, device)
+    def describe(m: dict[str, float]) -> str:
+        return f"mel-L1 {m['loss_mel']:.4f} G {m['loss_g']:.3f} D {m['loss_d']:.3f}"
 
-        if step % cfg.checkpoint_every == 0 or last:
-            rank_info = {
-                "model_digest": state_digest(g_ddp),
-                "discriminator_digest": state_digest(d_ddp),
-                **resumed,
-            }
-            report_checkpoint(
-                step,
-                {"step": step, "loss_mel": losses["loss_mel"]},
-                rank,
-                functools.partial(write_state, step=step),
-                rank_info,
-            )
+    def sample(tracker: RunTracker, step: int) -> None:
+        _log_reconstructions(tracker, step, generator, step_fn, reference, device)
+
+    parts = StepParts(
+        update=update,
+        interval_means=interval_means,
+        describe=describe,
+        lr=lambda: opt_g.param_groups[0]["lr"],
+        checkpoint_metrics=lambda losses: {"loss_mel": losses["loss_mel"]},
+        state=state,
+        kind="hifigan",
+        extra_state=lambda: {"scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict()},
+        checkpoint_files=vocoder_file,
+        sample=sample if len(reference) else None,
+    )
+    g_ddp.train()
+    d_ddp.train()
+    final_step = run_steps(cfg, job, place, start, budget, batches, parts, tracker, log)
 
     if tracker is not None:
         done = tracker.record.get("vocoder_step")
