@@ -47,9 +47,12 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+BF16_SETTINGS = ("auto", "on", "off")
+
+
 def resolve_bf16(setting: str, device: torch.device | str) -> bool:
     """ "on" | "off" | "auto" (on for CUDA, and for CPUs with native bf16) -> whether to autocast to bf16."""
-    if setting not in ("on", "off", "auto"):
+    if setting not in BF16_SETTINGS:
         raise ValueError(f"bf16 must be on, off or auto, got {setting!r}")
     if setting != "auto":
         return setting == "on"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .options import opt
+from .options import check_choices, opt
 
 SERVING_VOCODERS = ("hifigan", "griffin-lim")
 
@@ -50,6 +50,10 @@ class CpuRunConfig:
     eval_samples: int = opt(64, "generated samples per evaluation")
     eval_steps: int = opt(25, "sampling steps of evaluation")
     seed: int = opt(0, "seed of every stage (corpus, training, sampling, the gap prior)")
+
+    def check(self) -> None:
+        """Raise ValueError for a knob outside its declared choices (options.parse_config calls it)."""
+        check_choices(self)
 
     def _worker_settings(self) -> dict[str, Any]:
         """What both trainings take alike: the Train worker's CPUs and the seed."""

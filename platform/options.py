@@ -84,6 +84,16 @@ def field_flag(f: dataclasses.Field) -> str:
     return flag_name(f.metadata.get("flag", f.name))
 
 
+def check_choices(config: Any) -> None:
+    """Raise ValueError when a field declared with `choices=` holds another value: a config built in Python (a
+    preset, the demo's stage configs, a test) meets the same rule as one parsed from flags."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices is not None and value is not None and value not in choices:  # None: "the default" fields
+            raise ValueError(f"{field_flag(f)} must be one of {tuple(choices)}, got {value!r}")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, defaults: Mapping[str, Any] | None = None
 ) -> None:

@@ -58,7 +58,8 @@ class Table1Config(CpuRunConfig):
     fad_backbone: str = opt("auto", "VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)")
     fid_backbone: str = opt("inception", "FID network (absent, and tagged, without its weights)")
 
-    def check(self) -> Table1Config:
+    def check(self) -> None:
+        super().check()
         unknown = set(self.variants) - set(VARIANTS)
         if unknown or not self.variants:
             raise ValueError(f"variants must be among {VARIANTS}, got {self.variants}")
@@ -67,7 +68,6 @@ class Table1Config(CpuRunConfig):
         for name in ("diffusion_train_steps", "vocoder_train_steps", "eval_samples", "eval_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        return self
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,8 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     # the stages' own lines ("[evaluate] ...") go to the caller's callback when there is one, else to their default
     stage_log: dict[str, Any] = {"log": log} if log is not None else {}
     log = log or progress("table1")
-    c = config.check()
+    config.check()
+    c = config
     root = Path(c.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -65,9 +65,7 @@ class ClipEncoder:
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, bundle_dir, device = _prepare(config, config.encoder, "ClipEncoder")
-        self.encoder = load_query_encoder(
-            bundle_dir, load_bundle_config(bundle_dir), device, clip_pretrained=config.clip_pretrained or None
-        )
+        self.encoder = load_query_encoder(bundle_dir, device=device, clip_pretrained=config.clip_pretrained or None)
         self.gap = GapReducer.load(bundle_dir)  # None: the bundle has no gap statistics
         self.clip_pretrained = config.clip_pretrained
         self._encode_texts.set_max_batch_size(config.encoder_max_batch_size)

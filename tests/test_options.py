@@ -115,3 +115,18 @@ def test_fields_from_copies_the_same_named_attributes_then_the_overrides():
     assert fields_from(Stage, source, steps=3) == Stage(lr=0.5, steps=3)
     with pytest.raises(ValueError, match=r"unknown Stage fields: \['stepz'\]"):
         fields_from(Stage, source, stepz=3)
+
+
+def test_check_choices_holds_configs_built_in_python_to_their_declared_choices():
+    from clipsynth_platform.options import check_choices
+    from clipsynth_platform.train.config import DiffusionTrainConfig, HiFiGANTrainConfig
+
+    check_choices(Example("d"))  # the defaults are among the choices, and None stands for "the default"
+    with pytest.raises(ValueError, match=r"^--mode must be one of \('a', 'b'\), got 'c'$"):
+        check_choices(Example("d", mode="c"))
+    # the training configs' own check() runs it: a preset or a stage config that names no such value is refused
+    with pytest.raises(ValueError, match=r"--variant must be one of \('image', 'text', 'hybrid'\), got 'audio'"):
+        DiffusionTrainConfig(data="d", variant="audio").check()
+    with pytest.raises(ValueError, match="--placement-strategy must be one of .*got 'STRICT_PACK'"):
+        HiFiGANTrainConfig(data="d", placement_strategy="STRICT_PACK").check()
+    DiffusionTrainConfig(data="d").check()

@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import benchmark_parser
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "ingest_cpu.json"
 CHUNK_SAMPLES = 160_000
@@ -170,7 +173,7 @@ def growth_mb_per_file(rss: list[float]) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = benchmark_parser(__doc__)
     p.add_argument("--videos", type=int, default=6, help="distinct videos in the small corpus")
     p.add_argument("--scale", type=int, default=10, help="the large corpus is this many times the small one")
     p.add_argument("--seconds", type=int, default=30, help="length of each video")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from clipsynth_core.diffusion import SAMPLERS
 
-from ..options import opt, required
+from ..options import check_choices, opt, required
 from .embedders import VGGISH_ENV, VGGISH_WEIGHTS_FILE, VGGISH_WEIGHTS_URL
 from .inception_fid import FID_INCEPTION_ENV, FID_INCEPTION_FILE, FID_INCEPTION_URL
 from .mel_classifier import CONFIG_FILE
@@ -112,6 +112,7 @@ class EvalConfig:
 
     def check(self) -> None:
         """Raise ValueError for values no evaluation can run with (options.parse_config calls it)."""
+        check_choices(self)
         if not self.model:
             raise ValueError("--model is required (--hifigan-recon too: it uses the bundle's vocoder)")
         if not self.data:

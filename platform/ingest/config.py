@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 from clipsynth_core import ClipConfig, MelConfig
 
-from ..options import internal, opt
+from ..options import check_choices, internal, opt
 
 # Containers FFmpeg reads that in-the-wild video corpora use; anything else in the input tree is ignored.
 DEFAULT_VIDEO_EXTENSIONS = (
@@ -106,6 +106,7 @@ class IngestConfig:
 
     def validate(self) -> None:
         """Raise ValueError with a clear message for settings that cannot work."""
+        check_choices(self)  # frame sampling, label format: what `choices=` declares
         if not self.input:
             raise ValueError("--input is required (a local directory or an s3:// prefix)")
         if not self.output:
@@ -116,11 +117,9 @@ class IngestConfig:
                 "--chunk-seconds must hold one 4.16 s window (>= 4.16)",
             ),
             (0 < self.frames_per_second <= 30, "--fps must be in (0, 30]"),
-            (self.frame_sampling in FRAME_SAMPLING_MODES, f"--frame-sampling must be one of {FRAME_SAMPLING_MODES}"),
             (32 <= self.image_size <= 1024, "--image-size must be in [32, 1024]"),
             (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in [1, 100]"),
             (0.0 <= self.test_fraction < 1.0, "--test-fraction must be in [0, 1)"),
-            (self.labels_format in LABEL_FORMATS, f"--labels-format must be one of {LABEL_FORMATS}"),
             (self.num_gpus is None or self.num_gpus >= 0, "--num-gpus must be >= 0"),
             (self.num_cpus is None or self.num_cpus >= 1, "--num-cpus must be >= 1"),
             (self.decode_cpus > 0, "--decode-cpus must be > 0"),

@@ -17,9 +17,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
-from clipsynth_core.training import LR_SCHEDULES
+from clipsynth_core.training import BF16_SETTINGS, LR_SCHEDULES
 
-from ..options import build_parser, config_from_dict, opt, parse_config
+from ..options import build_parser, check_choices, config_from_dict, opt, parse_config
 
 __all__ = ["build_parser", "config_from_dict", "opt", "parse_config"]
 
@@ -101,6 +101,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError for values no run can use."""
+        check_choices(self)  # variant, lr schedule, model size, placement strategy: what `choices=` declares
         if not self.data:
             raise ValueError("--data is required: the URI of a preprocessed dataset")
         positive = ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
@@ -110,8 +111,6 @@ class TrainConfig:
         for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.placement_strategy not in ("PACK", "SPREAD"):
-            raise ValueError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
         if self.cache_max_mb < 0:
             raise ValueError(f"--cache-max-mb must be >= 0, got {self.cache_max_mb}")
         if self.windows_per_chunk < 1:
@@ -167,7 +166,7 @@ class DiffusionTrainConfig(TrainConfig):
     bf16: str = opt(
         "auto",
         "bf16 autocast: on, off, or auto (GPUs, and CPUs with native bf16: AMX or AVX512-BF16)",
-        choices=("auto", "on", "off"),
+        choices=BF16_SETTINGS,
     )
     channels_last: bool = opt(True, "channels_last memory format on GPU (ignored on CPU)")
     sample_steps: int = opt(25, "respaced diffusion steps for the periodic samples (the EMA model)")
@@ -202,12 +201,6 @@ class DiffusionTrainConfig(TrainConfig):
 
     def check(self) -> None:
         super().check()
-        if self.variant not in VARIANTS:
-            raise ValueError(f"--variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.model_size not in MODEL_SIZES:
-            raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError("--ema-decay must lie in [0, 1]")
         if not 0.0 <= self.cond_drop_prob < 1.0:
@@ -240,8 +233,6 @@ class HiFiGANTrainConfig(TrainConfig):
 
     def check(self) -> None:
         super().check()
-        if self.model_size not in MODEL_SIZES:
-            raise ValueError(f"--model-size must be one of {MODEL_SIZES}, got {self.model_size!r}")
         if self.segment_frames < 4:
             raise ValueError("--segment-frames must be >= 4")
         if not 0.0 < self.lr_decay <= 1.0:
