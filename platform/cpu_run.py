@@ -44,7 +44,7 @@ class CpuRunConfig:
         "protocol) or griffin-lim",
         choices=SERVING_VOCODERS,
     )
-    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of each Train worker")
+    cpus_per_worker: int = opt(2, "logical CPUs (torch threads) of each Train worker and of the evaluation's actor")
     ray_num_cpus: int = opt(6, "logical CPUs of the local Ray: more than the cores so data stages are never starved")
     classifier_epochs: int = opt(40, "epochs of the mel classifier (FID and relevance)")
     eval_samples: int = opt(64, "generated samples per evaluation")
@@ -85,7 +85,8 @@ class CpuRunConfig:
 
     def eval_settings(self) -> dict[str, Any]:
         """The EvalConfig fields these knobs set."""
-        return {"num_samples": self.eval_samples, "steps": self.eval_steps}
+        # the sampling actor's threads: one actor with 2 threads evaluates the demo in 53-59 s against 75 s with 1
+        return {"num_samples": self.eval_samples, "steps": self.eval_steps, "cpus_per_worker": self.cpus_per_worker}
 
     def local_ray_settings(self, tracking_uri: str) -> dict[str, Any]:
         """The LocalRay fields of the run's cluster, its workers pointed at the run's MLflow."""
