@@ -127,6 +127,6 @@ def test_check_choices_holds_configs_built_in_python_to_their_declared_choices()
     # the training configs' own check() runs it: a preset or a stage config that names no such value is refused
     with pytest.raises(ValueError, match=r"--variant must be one of \('image', 'text', 'hybrid'\), got 'audio'"):
         DiffusionTrainConfig(data="d", variant="audio").check()
-    with pytest.raises(ValueError, match="--placement-strategy must be one of .*got 'STRICT_PACK'"):
+    with pytest.raises(ValueError, match=r"--placement-strategy must be one of .*got 'STRICT_PACK'"):
         HiFiGANTrainConfig(data="d", placement_strategy="STRICT_PACK").check()
     DiffusionTrainConfig(data="d").check()
