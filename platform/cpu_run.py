@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clipsynth_core.training import LR_SCHEDULES
+
 from .options import check_choices, opt
 
 SERVING_VOCODERS = ("hifigan", "griffin-lim")
@@ -26,7 +28,7 @@ class CpuRunConfig:
     # benchmarks/learning, 360 s on the demo's data: cosine decay 0.67/0.64 (image/text relevance) vs constant
     # 0.62/0.50; constant is improved-diffusion's (the paper's protocol)
     lr_schedule: str = opt(
-        "cosine", "diffusion learning rate over the budget (constant or cosine)", choices=("constant", "cosine")
+        "cosine", "diffusion learning rate over the budget (constant or cosine)", choices=LR_SCHEDULES
     )
     ema_decay: float = opt(0.999, "EMA rate of the diffusion weights")
     # Each pass over the data restarts Ray Data's streaming split, a stall of several seconds on 2 cores: long

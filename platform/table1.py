@@ -138,17 +138,16 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     stage_log: dict[str, Any] = {"log": log} if log is not None else {}
     log = log or progress("table1")
     config.check()
-    c = config
-    root = Path(c.out).resolve()
+    root = Path(config.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     tracking = use_local_tracking(root)
     stages = Stages(root, log)
-    local = TABLE1.build(LocalRay, **c.local_ray_settings(tracking))
+    local = TABLE1.build(LocalRay, **config.local_ray_settings(tracking))
     log(f"on {connect_ray('local', local)}")
     shared = {
-        "data": c.data,
-        "experiment": c.experiment,
+        "data": config.data,
+        "experiment": config.experiment,
         "storage_path": str(root / "checkpoints"),
         "tracking_uri": tracking,
     }
@@ -156,35 +155,38 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     voc_cfg = TABLE1.build(
         HiFiGANTrainConfig,
         **shared,
-        **c.hifigan_settings(),
-        max_steps=c.vocoder_train_steps,
-        checkpoint_every=c.vocoder_train_steps,
-        sample_every=c.vocoder_train_steps,
+        **config.hifigan_settings(),
+        max_steps=config.vocoder_train_steps,
+        checkpoint_every=config.vocoder_train_steps,
+        sample_every=config.vocoder_train_steps,
     )
     voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
 
     models: dict[str, str] = {}
-    for variant in c.variants:
+    for variant in config.variants:
         cfg = TABLE1.build(
             DiffusionTrainConfig,
             **shared,
-            **c.diffusion_settings(),
+            **config.diffusion_settings(),
             run_name=f"table1-diffusion-{variant}",
             variant=variant,
-            max_steps=c.diffusion_train_steps,
-            cond_drop_prob=c.cond_drop_prob,
-            checkpoint_every=c.diffusion_train_steps,
-            sample_every=c.diffusion_train_steps,
+            max_steps=config.diffusion_train_steps,
+            cond_drop_prob=config.cond_drop_prob,
+            checkpoint_every=config.diffusion_train_steps,
+            sample_every=config.diffusion_train_steps,
             vocoder=voc.get("checkpoint_path") or "",
-            bundle_sampling_steps=c.eval_steps,
+            bundle_sampling_steps=config.eval_steps,
         )
         done = stages.run(f"train_{variant}", asdict(cfg), partial(_train, cfg))
         models[variant] = done["record"]["model_uri"]
 
-    classifier = c.mel_classifier
+    classifier = config.mel_classifier
     if not classifier:
         cls_cfg = MelClassifierTrainConfig(
-            data=c.data, out=str(root / "mel_classifier"), epochs=c.classifier_epochs, experiment=c.experiment
+            data=config.data,
+            out=str(root / "mel_classifier"),
+            epochs=config.classifier_epochs,
+            experiment=config.experiment,
         )
         stages.run("mel_classifier", asdict(cls_cfg), lambda: {"m": run_mel_classifier_job(cls_cfg, **stage_log)[1]})
         classifier = str(root / "mel_classifier")
@@ -193,25 +195,27 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         out = {}
         for variant, uri in models.items():
             bundle = _local_bundle(uri, root, variant)
-            fit_gap_job(GapFitJobConfig(data=c.data, bundle=str(bundle), prior_steps=c.prior_steps, seed=c.seed))
+            fit_gap_job(
+                GapFitJobConfig(data=config.data, bundle=str(bundle), prior_steps=config.prior_steps, seed=config.seed)
+            )
             out[variant] = str(bundle)
         return out
 
-    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": c.prior_steps}, prepare_bundles)
+    bundles = stages.run("gap_statistics", {"models": models, "prior_steps": config.prior_steps}, prepare_bundles)
 
     def evaluate() -> dict:
         base: dict[str, Any] = TABLE1.overrides(EvalConfig) | dict(
-            data=c.data,
-            dataset=c.dataset,
-            **c.eval_settings(),
-            fad_backbone=c.fad_backbone,
-            fid_backbone=c.fid_backbone,
+            data=config.data,
+            dataset=config.dataset,
+            **config.eval_settings(),
+            fad_backbone=config.fad_backbone,
+            fid_backbone=config.fid_backbone,
             mel_classifier=classifier,
-            experiment=c.experiment,
+            experiment=config.experiment,
             stats_cache=str(root / "stats_cache"),
-            seed=c.seed,
+            seed=config.seed,
         )
-        plans = [EvalConfig(model=bundles[v], queries="both", **base) for v in c.variants]
+        plans = [EvalConfig(model=bundles[v], queries="both", **base) for v in config.variants]
         if "image" in bundles:
             plans += [
                 EvalConfig(
@@ -221,12 +225,12 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
                     model_name=f"{DEFAULT_MODEL_NAMES['image']} + {m}",
                     **base,
                 )
-                for m in c.gap_methods
+                for m in config.gap_methods
             ]
-        first = bundles[c.variants[0]]
+        first = bundles[config.variants[0]]
         plans += [
             EvalConfig(model=first, queries="text", retriever=True, **base),
-            EvalConfig(model=first, hifigan_recon=True, model_name=RECON_ROWS[c.serving_vocoder], **base),
+            EvalConfig(model=first, hifigan_recon=True, model_name=RECON_ROWS[config.serving_vocoder], **base),
         ]
         out = {}
         for plan in plans:
@@ -235,12 +239,17 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
                 out[f"{name}/{r.test_query_type}"] = {"run_id": r.run_id, **r.metrics}
         return out
 
-    settings = {"bundles": bundles, "samples": c.eval_samples, "steps": c.eval_steps, "metrics": METRICS_VERSION}
+    settings = {
+        "bundles": bundles,
+        "samples": config.eval_samples,
+        "steps": config.eval_steps,
+        "metrics": METRICS_VERSION,
+    }
     metrics = stages.run("evaluate", settings, evaluate)
-    table = compare_experiment(c.experiment, root / "table")
+    table = compare_experiment(config.experiment, root / "table")
     summary = {
         "seconds": round(time.perf_counter() - t_start, 1),
-        "config": asdict(c),
+        "config": asdict(config),
         "mlflow_tracking_uri": tracking,
         "models": models,
         "bundles": bundles,

@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, benchmark_parser, emit, environment, save_figure
 
+from clipsynth_core.training import BF16_SETTINGS, LR_SCHEDULES
+
 # Variants: what each one changes against the default configuration (a measured choice each).
 VARIANTS = {
     "default": {},  # the paper's conditioning: c concatenated to every layer's output, nothing else
@@ -298,10 +300,10 @@ def main() -> None:
     p.add_argument(
         "--extra-ema-decays", default="", help="more EMA rates to evaluate on the default variant's run (e.g. 0.995)"
     )
-    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="of every variant")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="of every variant")
     p.add_argument("--grad-clip", type=float, default=0.0)
     p.add_argument("--diffusion-steps", type=int, default=1000)
-    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--bf16", default="auto", choices=BF16_SETTINGS)
     p.add_argument("--samples", type=int, default=64, help="evaluation queries per query type")
     p.add_argument("--eval-steps", type=int, default=25, help="sampling steps on the curve")
     p.add_argument("--eval-sampler", default="ddpm", choices=("ddpm", "ddim"))
