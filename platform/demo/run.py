@@ -141,8 +141,15 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
         return out
 
     fad = DEMO.overrides("EvalConfig")["fad_backbone"]
-    # the metrics' version too: a demo output evaluated by older metric code is evaluated again
-    settings = {"model": model_uri, "samples": config.eval_samples, "fad": fad, "metrics": METRICS_VERSION}
+    # the metrics' version and the judge's config too: a demo output evaluated by older metric code, or by a
+    # mel classifier of other settings (which the classifier stage then retrained), is evaluated again
+    settings = {
+        "model": model_uri,
+        "samples": config.eval_samples,
+        "fad": fad,
+        "metrics": METRICS_VERSION,
+        "judge": asdict(cls_cfg),
+    }
     metrics = stages.run("evaluate", settings, evaluate)
     tag_clip(config.experiment, clip)
 
