@@ -138,7 +138,8 @@ def train_offline_clip(
             dy, dx = (int(v) for v in rng.integers(-config.max_shift, config.max_shift + 1, 2))
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         text = tokens[rows, torch.from_numpy(rng.integers(0, tokens.shape[1], len(rows)))]
-        loss = grouped_clip_loss(loss_fn, *model(x, text), groups=groups)
+        image_features, text_features, logit_scale = model(x, text)
+        loss = grouped_clip_loss(loss_fn, image_features, text_features, logit_scale, groups=groups)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
