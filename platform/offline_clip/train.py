@@ -91,10 +91,7 @@ def grouped_clip_loss(
     n, rest = divmod(len(image_features), groups)
     if rest or len(text_features) != len(image_features):
         raise ValueError(f"{len(image_features)} images and {len(text_features)} texts do not split in {groups} groups")
-    parts = [
-        loss_fn(image_features[g * n : (g + 1) * n], text_features[g * n : (g + 1) * n], logit_scale)
-        for g in range(groups)
-    ]
+    parts = [loss_fn(i, t, logit_scale) for i, t in zip(image_features.split(n), text_features.split(n))]
     return torch.stack(parts).mean()
 
 
