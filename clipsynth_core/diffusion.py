@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+# one generator for the batch, or one per example (a sample then depends only on its own seed)
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def cosine_alpha_bar(t: Tensor | float, s: float = 0.008) -> Tensor:
@@ -355,84 +357,49 @@ class GaussianDiffusion:
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
 
     @torch.no_grad()
-    def p_sample_loop(
-        self,
-        model: ModelFn,
-        shape: Sequence[int],
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        device: torch.device | str = "cpu",
-        noise: Tensor | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Tensor:
-        """Ancestral sampling x_T -> x_0 over this process's steps."""
-
-        def step(x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor]) -> Tensor:
-            if i == 0:
-                return pm["mean"]
-            return pm["mean"] + torch.exp(0.5 * pm["logvar"]) * self._noise(x.shape, generator, x.device, x.dtype)
-
-        return self._reverse_loop(model, shape, generator, device, noise, progress, step)
-
-    @torch.no_grad()
-    def ddim_sample_loop(
-        self,
-        model: ModelFn,
-        shape: Sequence[int],
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
-        device: torch.device | str = "cpu",
-        eta: float = 0.0,
-        noise: Tensor | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> Tensor:
-        """DDIM (Song et al., 2021) over this process's steps; eta = 0 is deterministic given x_T."""
-
-        def step(x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor]) -> Tensor:
-            eps = self.predict_eps_from_x0(x, t, pm["pred_x0"])
-            abar = _extract(self.alphas_cumprod, t, x.shape, x.dtype)
-            abar_prev = _extract(self.alphas_cumprod_prev, t, x.shape, x.dtype)
-            sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-            mean = pm["pred_x0"] * abar_prev.sqrt() + torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0)) * eps
-            if i > 0 and eta > 0:
-                return mean + sigma * self._noise(x.shape, generator, x.device, x.dtype)
-            return mean
-
-        return self._reverse_loop(model, shape, generator, device, noise, progress, step)
-
-    def _reverse_loop(
-        self,
-        model: ModelFn,
-        shape: Sequence[int],
-        generator: torch.Generator | Sequence[torch.Generator] | None,
-        device: torch.device | str,
-        noise: Tensor | None,
-        progress: Callable[[int, int], None] | None,
-        step: Callable[[Tensor, Tensor, int, dict[str, Tensor]], Tensor],
-    ) -> Tensor:
-        """x_T (given, or drawn) through every step of this process: `step(x, t, i, model_output)` -> x_{t-1}."""
-        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
-        n = x.shape[0]
-        for k, i in enumerate(reversed(range(self.num_timesteps))):
-            t = torch.full((n,), i, device=x.device, dtype=torch.long)
-            x = step(x, t, i, self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t))
-            if progress is not None:
-                progress(k + 1, self.num_timesteps)
-        return x
-
     def sample(
         self,
         model: ModelFn,
         shape: Sequence[int],
         sampler: str = "ddpm",
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        generator: Generators = None,
         device: torch.device | str = "cpu",
         eta: float = 0.0,
         noise: Tensor | None = None,
     ) -> Tensor:
-        if sampler == "ddpm":
-            return self.p_sample_loop(model, shape, generator=generator, device=device, noise=noise)
-        if sampler == "ddim":
-            return self.ddim_sample_loop(model, shape, generator=generator, device=device, eta=eta, noise=noise)
-        raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+        """x_T (given, or drawn) -> x_0 through every step of this process, by ancestral sampling ("ddpm", the
+        paper's) or DDIM (Song et al., 2021; eta = 0 is deterministic given x_T)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
+        n = x.shape[0]
+        for i in reversed(range(self.num_timesteps)):
+            t = torch.full((n,), i, device=x.device, dtype=torch.long)
+            pm = self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t)
+            if sampler == "ddpm":
+                x = self._ddpm_step(x, i, pm, generator)
+            else:
+                x = self._ddim_step(x, t, i, pm, generator, eta)
+        return x
+
+    def _ddpm_step(self, x: Tensor, i: int, pm: dict[str, Tensor], generator: Generators) -> Tensor:
+        """x_{t-1} ~ N(mean, exp(logvar)); the mean itself at the last step."""
+        if i == 0:
+            return pm["mean"]
+        return pm["mean"] + torch.exp(0.5 * pm["logvar"]) * self._noise(x.shape, generator, x.device, x.dtype)
+
+    def _ddim_step(
+        self, x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor], generator: Generators, eta: float
+    ) -> Tensor:
+        """DDIM's x_{t-1} from the predicted x_0 and the eps it implies; noise of scale sigma(eta) when eta > 0."""
+        eps = self.predict_eps_from_x0(x, t, pm["pred_x0"])
+        abar = _extract(self.alphas_cumprod, t, x.shape, x.dtype)
+        abar_prev = _extract(self.alphas_cumprod_prev, t, x.shape, x.dtype)
+        sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+        mean = pm["pred_x0"] * abar_prev.sqrt() + torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0)) * eps
+        if i > 0 and eta > 0:
+            return mean + sigma * self._noise(x.shape, generator, x.device, x.dtype)
+        return mean
 
 
 # The samplers `GaussianDiffusion.sample` runs: ancestral (the paper's) and DDIM.

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
+from .model_presets import config_from_preset
+
 
 @dataclass(frozen=True)
 class HiFiGANConfig:
@@ -75,9 +77,7 @@ HIFIGAN_PRESETS: dict[str, dict] = {
 
 
 def hifigan_config(preset: str = "paper", **overrides) -> HiFiGANConfig:
-    if preset not in HIFIGAN_PRESETS:
-        raise ValueError(f"unknown HiFi-GAN preset {preset!r}; choose from {sorted(HIFIGAN_PRESETS)}")
-    return HiFiGANConfig(**{**HIFIGAN_PRESETS[preset], **overrides})
+    return config_from_preset(HiFiGANConfig, HIFIGAN_PRESETS, preset, "HiFi-GAN", **overrides)
 
 
 LRELU = 0.1

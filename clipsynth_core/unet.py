@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .model_presets import config_from_preset
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -80,9 +82,7 @@ UNET_PRESETS: dict[str, dict] = {
 
 
 def unet_config(preset: str = "paper", **overrides) -> UNetConfig:
-    if preset not in UNET_PRESETS:
-        raise ValueError(f"unknown U-Net preset {preset!r}; choose from {sorted(UNET_PRESETS)}")
-    return UNetConfig(**{**UNET_PRESETS[preset], **overrides})
+    return config_from_preset(UNetConfig, UNET_PRESETS, preset, "U-Net", **overrides)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

@@ -18,19 +18,10 @@ from ray import serve
 
 from clipsynth_core.modality_gap import GapReducer
 from clipsynth_core.query_blend import encode_queries
+from clipsynth_platform import serving
 from clipsynth_platform.devices import resolve_device
 from clipsynth_platform.logs import configure_logging, get_logger
 from clipsynth_platform.registry import resolve_bundle
-from clipsynth_platform.serving import (
-    SampleSpec,
-    load_bundle_config,
-    load_mel_sampler,
-    load_query_encoder,
-    load_vocoder,
-    model_info,
-    sample_batch,
-    vocode_batch,
-)
 
 from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig, redact_uri
 
@@ -65,7 +56,9 @@ class ClipEncoder:
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, bundle_dir, device = _prepare(config, config.encoder, "ClipEncoder")
-        self.encoder = load_query_encoder(bundle_dir, device=device, clip_pretrained=config.clip_pretrained or None)
+        self.encoder = serving.load_query_encoder(
+            bundle_dir, device=device, clip_pretrained=config.clip_pretrained or None
+        )
         self.gap = GapReducer.load(bundle_dir)  # None: the bundle has no gap statistics
         self.clip_pretrained = config.clip_pretrained
         self._encode_texts.set_max_batch_size(config.encoder_max_batch_size)
@@ -116,7 +109,7 @@ class DiffusionSampler:
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, self.bundle_dir, device = _prepare(config, config.sampler, "DiffusionSampler")
-        self.synthesizer = load_mel_sampler(self.bundle_dir, device=device)
+        self.synthesizer = serving.load_mel_sampler(self.bundle_dir, device=device)
         self._sample_batch.set_max_batch_size(config.sampler_max_batch_size)
         self._sample_batch.set_batch_wait_timeout_s(config.sampler_batch_wait_s)
         self.batches = 0
@@ -125,9 +118,9 @@ class DiffusionSampler:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def _sample_batch(self, requests: list[dict]) -> list[dict]:
-        specs = [SampleSpec(r["steps"], r["seconds"], r["sampler"], r["seed"], r["guidance"]) for r in requests]
+        specs = [serving.SampleSpec(r["steps"], r["seconds"], r["sampler"], r["seed"], r["guidance"]) for r in requests]
         conds = np.stack([np.asarray(r["cond"], dtype=np.float32) for r in requests])
-        outs = await asyncio.to_thread(sample_batch, self.synthesizer, conds, specs)
+        outs = await asyncio.to_thread(serving.sample_batch, self.synthesizer, conds, specs)
         self.batches += 1
         self.requests += len(requests)
         self.largest_batch = max(self.largest_batch, len(requests))
@@ -139,7 +132,7 @@ class DiffusionSampler:
 
     def info(self) -> dict:
         return {
-            **model_info(self.synthesizer, self.model_uri, self.bundle_dir),
+            **serving.model_info(self.synthesizer, self.model_uri, self.bundle_dir),
             "batches": self.batches,
             "requests": self.requests,
             "largest_batch": self.largest_batch,
@@ -153,14 +146,14 @@ class Vocoder:
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, bundle_dir, device = _prepare(config, config.vocoder, "Vocoder")
-        self.config = load_bundle_config(bundle_dir)
-        self.vocoder = load_vocoder(bundle_dir, self.config, device=device)
+        self.config = serving.load_bundle_config(bundle_dir)
+        self.vocoder = serving.load_vocoder(bundle_dir, self.config, device=device)
         self._vocode_batch.set_max_batch_size(config.vocoder_max_batch_size)
         self._vocode_batch.set_batch_wait_timeout_s(config.vocoder_batch_wait_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _vocode_batch(self, mels: list[np.ndarray]) -> list[np.ndarray]:
-        return await asyncio.to_thread(vocode_batch, self.vocoder, mels)
+        return await asyncio.to_thread(serving.vocode_batch, self.vocoder, mels)
 
     async def vocode(self, mel: np.ndarray) -> np.ndarray:
         return await self._vocode_batch(mel)

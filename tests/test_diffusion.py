@@ -174,13 +174,30 @@ def test_sampling_is_seeded_and_batch_independent():
     def gens(seeds):
         return [torch.Generator().manual_seed(s) for s in seeds]
 
-    a = d.p_sample_loop(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
-    b = d.p_sample_loop(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
+    a = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
+    b = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
     assert torch.equal(a, b)
-    single = d.p_sample_loop(model, (1, 1, 4, 4), generator=gens([2]))
+    single = d.sample(model, (1, 1, 4, 4), generator=gens([2]))
     torch.testing.assert_close(single[0], a[1])
-    c = d.p_sample_loop(model, (3, 1, 4, 4), generator=gens([1, 2, 4]))
+    c = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 4]))
     assert torch.equal(c[:2], a[:2]) and not torch.equal(c[2], a[2])
+
+
+def test_ddim_draws_noise_only_when_eta_is_positive():
+    d = GaussianDiffusion.from_config(DiffusionConfig(num_steps=200)).respaced(10)
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def model(x, t):
+        return torch.cat([0.5 * x, torch.zeros_like(x)], 1)
+
+    def run(eta, seed):
+        return d.sample(model, x_T.shape, "ddim", torch.Generator().manual_seed(seed), eta=eta, noise=x_T)
+
+    # eta = 0: a function of x_T alone; eta = 1: the generator's draws enter every step but the last
+    assert torch.equal(run(0.0, 1), run(0.0, 2))
+    assert torch.equal(run(1.0, 1), run(1.0, 1)) and not torch.allclose(run(1.0, 1), run(1.0, 2))
+    with pytest.raises(ValueError, match=r"unknown sampler 'plms'; use one of \('ddpm', 'ddim'\)"):
+        d.sample(model, x_T.shape, "plms")
 
 
 def test_full_bound_is_finite_and_smaller_for_the_oracle():

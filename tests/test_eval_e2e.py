@@ -17,12 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from clipsynth_core import (
-    MelFrontend,
-    Synthesizer,
-    SynthesizerConfig,
-    unet_config,
-)
+from clipsynth_core import MelFrontend, Synthesizer, SynthesizerConfig, unet_config
 from clipsynth_core.metrics import embedding_statistics, frechet_distance_features
 from clipsynth_platform.evaluation import embedders, inception_fid
 from clipsynth_platform.evaluation.compare import compare_experiment, format_value

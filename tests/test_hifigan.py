@@ -18,6 +18,16 @@ def test_upsampling_factors_multiply_to_the_hop(preset):
     assert math.prod(cfg.upsample_rates) == 1024 == cfg.hop_length
 
 
+def test_presets_take_overrides_and_reject_unknown_names():
+    tiny = hifigan_config("tiny", disc_channels=8)
+    # the override wins over the preset's 32; the preset's other fields stay
+    assert tiny.disc_channels == 8 and tiny.upsample_initial_channel == 32 and tiny.msd_scales == 2
+    with pytest.raises(
+        ValueError, match=r"unknown HiFi-GAN preset 'huge'; choose from \['cpu', 'paper', 'small', 'tiny'\]"
+    ):
+        hifigan_config("huge")
+
+
 @pytest.mark.parametrize("frames", [1, 16, 64, 129])
 def test_output_length_is_frames_times_1024(frames):
     g = HiFiGANGenerator(hifigan_config("tiny"))

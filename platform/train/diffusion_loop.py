@@ -116,7 +116,7 @@ def sample_mels(
     device = cond.device
     gens = make_generators([seed + i for i in range(cond.shape[0])], "cpu")
     shape = (cond.shape[0], 1, n_mels, frames)
-    x = diffusion.p_sample_loop(lambda x, t: model(x, t, cond, None), shape, generator=gens, device=device)
+    x = diffusion.sample(lambda x, t: model(x, t, cond, None), shape, generator=gens, device=device)
     return x[:, 0].clamp(-1, 1)
 
 
