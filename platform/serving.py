@@ -106,7 +106,7 @@ def load_mel_sampler(
 
 
 @dataclass(frozen=True)
-class SampleSpec:
+class SamplingRequest:
     """One request's sampling parameters, already validated and with defaults filled in."""
 
     steps: int
@@ -134,7 +134,7 @@ class SampleOutput:
 
 
 def sample_batch(
-    synthesizer: Synthesizer, conds: Tensor | np.ndarray, specs: Sequence[SampleSpec]
+    synthesizer: Synthesizer, conds: Tensor | np.ndarray, specs: Sequence[SamplingRequest]
 ) -> list[SampleOutput]:
     """Mels for a batch of independent requests: conds[i] ([B, D]) sampled with specs[i]."""
     conds = torch.as_tensor(np.asarray(conds), dtype=torch.float32)

@@ -29,8 +29,8 @@ from typing import Any
 from .cpu_run import CpuRunConfig
 from .logs import LogFn, progress
 from .options import opt, required
+from .train.config import VARIANTS
 
-VARIANTS = ("image", "text", "hybrid")
 RECON_ROWS = {"griffin-lim": "Griffin-Lim reconstructions", "hifigan": "HiFi-GAN reconstructions"}
 
 

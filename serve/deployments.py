@@ -118,7 +118,9 @@ class DiffusionSampler:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
     async def _sample_batch(self, requests: list[dict]) -> list[dict]:
-        specs = [serving.SampleSpec(r["steps"], r["seconds"], r["sampler"], r["seed"], r["guidance"]) for r in requests]
+        specs = [
+            serving.SamplingRequest(r["steps"], r["seconds"], r["sampler"], r["seed"], r["guidance"]) for r in requests
+        ]
         conds = np.stack([np.asarray(r["cond"], dtype=np.float32) for r in requests])
         outs = await asyncio.to_thread(serving.sample_batch, self.synthesizer, conds, specs)
         self.batches += 1

@@ -19,7 +19,7 @@ from clipsynth_core import (
     SynthesizerConfig,
 )
 from clipsynth_platform.serving import (
-    SampleSpec,
+    SamplingRequest,
     group_indices,
     load_bundle_config,
     load_mel_sampler,
@@ -245,10 +245,10 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
     encoder = load_query_encoder(bundle)
     conds = encoder.encode_text(["violin", "dog", "violin", "rain"])
     specs = [
-        SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=5),
-        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=6),
-        SampleSpec(steps=2, seconds=4.16, sampler="ddpm", seed=7),
-        SampleSpec(steps=1, seconds=8.32, sampler="ddim", seed=5),
+        SamplingRequest(steps=2, seconds=4.16, sampler="ddpm", seed=5),
+        SamplingRequest(steps=1, seconds=4.16, sampler="ddpm", seed=6),
+        SamplingRequest(steps=2, seconds=4.16, sampler="ddpm", seed=7),
+        SamplingRequest(steps=1, seconds=8.32, sampler="ddim", seed=5),
     ]
     outs = sample_batch(sampler, conds, specs)
     assert [o.group_size for o in outs] == [2, 1, 2, 1]
@@ -267,7 +267,7 @@ def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
     waves = vocode_batch(load_vocoder(bundle), [o.mel for o in outs])
     assert [w.shape[0] for w in waves] == [66_560, 66_560, 66_560, 132_096]
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample_batch(sampler, conds[:1], [SampleSpec(steps=2, seconds=4.16, sampler="euler", seed=1)])
+        sample_batch(sampler, conds[:1], [SamplingRequest(steps=2, seconds=4.16, sampler="euler", seed=1)])
 
 
 # ------------------------------------------------------------------------------------------- deploy config
@@ -302,9 +302,9 @@ def test_guided_and_unguided_requests_never_share_a_sampling_loop():
     synth = Synthesizer.untrained(tiny_config(cond_drop_prob=0.1), seed=1)
     conds = synth.encode(["flute", "flute", "drum"])
     specs = [
-        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=0.0),
-        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=3.0),
-        SampleSpec(steps=1, seconds=4.16, sampler="ddpm", seed=4, guidance=1.5),
+        SamplingRequest(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=0.0),
+        SamplingRequest(steps=1, seconds=4.16, sampler="ddpm", seed=3, guidance=3.0),
+        SamplingRequest(steps=1, seconds=4.16, sampler="ddpm", seed=4, guidance=1.5),
     ]
     outs = sample_batch(synth, conds, specs)
     assert [o.group_size for o in outs] == [1, 2, 2]
