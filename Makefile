@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fast demo rehearsal table1 bootstrap lint typecheck format
+.PHONY: test test-fast demo rehearsal table1 vocoder bootstrap lint typecheck format
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -31,6 +31,12 @@ demo: bootstrap
 # the README's commands, a node and a Serve replica killed; the result goes to benchmarks/results/rehearsal.json.
 rehearsal: bootstrap
 	$(PY) infra/rehearsal/run.py --out benchmarks/results/rehearsal.json
+
+# The demo's HiFi-GAN trained to the CPU recipe (20 minutes of training on 2 cores; benchmarks/vocoder measured
+# it), compared with Griffin-Lim on the same mels, its bundle registered as clipsynth-demo-hifigan: jobs/vocoder.py.
+vocoder: bootstrap
+	test -f demo_output/demo_summary.json || $(PY) jobs/demo.py
+	$(PY) jobs/vocoder.py --out demo_output
 
 # Table 1 on the built-in corpus: the demo's shards and mel classifier (`make demo` builds them first; a
 # finished demo is reused), three variants x 1,200 steps (an estimate from the ~4 steps/s measured in-process:

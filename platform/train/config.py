@@ -229,12 +229,22 @@ class HiFiGANTrainConfig(TrainConfig):
     weight_decay: float = opt(0.01, "AdamW weight decay (AdamW's default, which HiFi-GAN keeps)")
     lr_decay: float = opt(0.999, "learning-rate decay per epoch (a pass over the training chunks)")
     segment_frames: int = opt(32, "mel frames per training segment (x 1024 samples)")
+    warmup_steps: int = opt(
+        0, "first steps on the mel L1 alone, before the discriminators join (0: adversarial from the start, as V1)"
+    )
+    bf16: str = opt(
+        "auto",
+        "bf16 autocast of generator and discriminators: on, off, or auto (GPUs, and CPUs with native bf16)",
+        choices=BF16_SETTINGS,
+    )
     num_samples: int = opt(2, "fixed reference segments reconstructed at each sample interval")
 
     def check(self) -> None:
         super().check()
         if self.segment_frames < 4:
             raise ValueError("--segment-frames must be >= 4")
+        if self.warmup_steps < 0:
+            raise ValueError("--warmup-steps must be >= 0")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError("--lr-decay must lie in (0, 1]")
         if not (0.0 <= self.adam_b1 < 1.0 and 0.0 <= self.adam_b2 < 1.0):

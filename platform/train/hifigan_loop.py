@@ -3,9 +3,13 @@
 Per step: a batch of random waveform segments (segment_frames x 1024 samples) from this worker's shard;
 their mels are computed on the worker's device with the platform's mel function, padded as core
 HiFiGANStep.mel_of pads, so a segment of T x 1024 samples gives exactly T frames; then one discriminator
-and one generator update (core HiFiGANStep) through DDP. The learning rates decay by `lr_decay` per epoch
-(a pass over the training chunks), as in HiFi-GAN. At the end rank 0 logs the generator as the MLflow
-artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion jobs accepts as runs:/RUN_ID/vocoder.
+and one generator update (core HiFiGANStep) through DDP (the generator's alone during --warmup-steps). The
+learning rates decay by `lr_decay` per epoch (a pass over the training chunks), as in HiFi-GAN. At the end
+rank 0 logs the generator as the MLflow artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion
+jobs accepts as runs:/RUN_ID/vocoder.
+
+On a GPU: bf16 autocast (--bf16 auto), cudnn.benchmark (the segments have one shape), fused AdamW; the loss
+sums stay on the device and are read at log intervals only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from clipsynth_core import (
     MelConfig,
     MelFrontend,
 )
+from clipsynth_core.hifigan_step import LOSS_KEYS
+from clipsynth_core.training import resolve_bf16
 
 from ..logs import get_logger
 from ..registry import VOCODER_ARTIFACT
@@ -45,7 +51,12 @@ from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
 
 log = get_logger("hifigan")
-LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether torch (2.4 on) has a fused AdamW kernel for this device type: one kernel per step instead of a
+    few per parameter tensor."""
+    return device.type in ("cuda", "cpu")
 
 
 def _segments(rows: dict, seed: int, *, segment_samples: int) -> dict[str, np.ndarray]:
@@ -65,10 +76,17 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     rank, world, device = place.rank, place.world, place.device
     hcfg = HiFiGANConfig.from_dict(job["hifigan"])
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: the fastest kernels, once found
     torch.manual_seed(cfg.seed)
     generator = HiFiGANGenerator(hcfg).to(device)
     discriminator = HiFiGANDiscriminator(hcfg).to(device)
-    adam: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
+    adam: dict[str, Any] = {
+        "lr": cfg.lr,
+        "betas": (cfg.adam_b1, cfg.adam_b2),
+        "weight_decay": cfg.weight_decay,
+        "fused": fused_adamw_supported(device),
+    }
     opt_g = torch.optim.AdamW(generator.parameters(), **adam)
     opt_d = torch.optim.AdamW(discriminator.parameters(), **adam)
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
@@ -86,7 +104,17 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     g_ddp = ray.train.torch.prepare_model(generator)
     d_ddp = ray.train.torch.prepare_model(discriminator)
     mel_frontend = MelFrontend(MelConfig()).to(device)
-    step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
+    step_fn = HiFiGANStep(
+        g_ddp,
+        d_ddp,
+        mel_frontend,
+        hcfg,
+        opt_g,
+        opt_d,
+        grad_clip=None,
+        bf16=resolve_bf16(cfg.bf16, device),
+        warmup_steps=cfg.warmup_steps,
+    )
     segments = partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length)
     batches = worker_batches(cfg, job, place, start_step, segments)
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
@@ -101,23 +129,23 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
-    sums = dict.fromkeys(LOSS_KEYS, 0.0)
+    # Running sums stay on the device (no host sync per step); they are read at log intervals.
+    sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
 
-    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         wave = batch["audio"].float()
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
-        losses = step_fn(mel, wave)
-        for k in LOSS_KEYS:
-            sums[k] += losses[k]
+        losses = step_fn(mel, wave, step)
+        sums.add_(torch.stack([losses[k] for k in LOSS_KEYS]).double())
         if step % steps_per_epoch == 0:
             sched_g.step()
             sched_d.step()
         return losses
 
     def interval_means(count: int) -> dict[str, float]:
-        means = {k: v / count for k, v in sums.items()}
-        sums.update(dict.fromkeys(LOSS_KEYS, 0.0))
+        means = dict(zip(LOSS_KEYS, (sums / count).tolist()))
+        sums.zero_()
         return means
 
     def describe(m: dict[str, float]) -> str:
@@ -131,7 +159,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         interval_means=interval_means,
         describe=describe,
         lr=lambda: opt_g.param_groups[0]["lr"],
-        checkpoint_metrics=lambda losses: {"loss_mel": losses["loss_mel"]},
+        checkpoint_metrics=lambda losses: {"loss_mel": float(losses["loss_mel"])},
         state=state,
         kind="hifigan",
         extra_state=lambda: {"scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict()},
