@@ -40,10 +40,12 @@ vocoder: bootstrap
 
 # Table 1 on the built-in corpus: the demo's shards and mel classifier (`make demo` builds them first; a
 # finished demo is reused), three variants x 1,200 steps (an estimate from the ~4 steps/s measured in-process:
-# 15 minutes of training plus evaluation; `make table1` itself has not been timed yet).
+# 15 minutes of training plus evaluation; `make table1` itself has not been timed yet); with `make vocoder`'s
+# HiFi-GAN when it is there (every bundle carries it; its reconstruction row beside Griffin-Lim's).
 table1: bootstrap
 	test -d demo_output/shards || $(PY) jobs/demo.py
-	$(PY) jobs/table1.py --data demo_output/shards --mel-classifier demo_output/mel_classifier --out table1_output
+	$(PY) jobs/table1.py --data demo_output/shards --mel-classifier demo_output/mel_classifier --out table1_output \
+		$(if $(wildcard demo_output/bundles/hifigan/bundle.json),--vocoder demo_output/bundles/hifigan)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -168,16 +168,18 @@ def _note(f0: float, seconds: float, rng: np.random.Generator) -> np.ndarray:
 
 @pytest.mark.slow
 def test_a_short_training_lowers_the_mel_l1_of_held_out_audio():
-    """The CPU recipe's settings (lr 2e-3 warm-up of mel L1 alone, then the paper's three losses) on notes of
-    other pitches than the held-out ones: the reconstruction's ln-mel L1 falls well below the untrained one's."""
+    """The CPU recipe's shape (a mel-L1 warm-up, then the paper's three losses; the tiny preset, 8-frame segments)
+    on notes of other pitches than the held-out ones: the reconstruction's ln-mel L1 on the held-out notes falls
+    well below the untrained generator's."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     train = [_note(f0, 2.0, rng) for f0 in rng.uniform(110, 880, 24)]
     held_out = torch.from_numpy(np.stack([_note(f0, 66_560 / 16_000, rng) for f0 in (147.0, 262.0, 523.0)]))
     cfg = hifigan_config("tiny")
     gen, disc, fe = HiFiGANGenerator(cfg), HiFiGANDiscriminator(cfg), MelFrontend()
-    adam = {"lr": 2e-3, "betas": (0.8, 0.99), "weight_decay": 0.01}
+    # 120 mel-only steps (about 0.09 CPU seconds each here) and 2 with the discriminators (about 2 s each): ~17 CPU s
+    adam = {"lr": 3e-3, "betas": (0.8, 0.99), "weight_decay": 0.01}
+    warmup, steps = 120, 122
     step = HiFiGANStep(
         gen,
         disc,
@@ -185,7 +187,7 @@ def test_a_short_training_lowers_the_mel_l1_of_held_out_audio():
         cfg,
         torch.optim.AdamW(gen.parameters(), **adam),
         torch.optim.AdamW(disc.parameters(), **adam),
-        warmup_steps=150,
+        warmup_steps=warmup,
     )
     vocoder = HiFiGANVocoder(gen)
     held_out_mel = fe(held_out)
@@ -195,12 +197,12 @@ def test_a_short_training_lowers_the_mel_l1_of_held_out_audio():
             return float((fe.log_mel(vocoder(held_out_mel)) - fe.log_mel(held_out)).abs().mean())
 
     before = held_out_l1()
-    t0, n = time.perf_counter(), 0
-    segment = 8 * 1024
-    while n < 200:
-        starts = rng.integers(0, len(train[0]) - segment, 8)
-        wave = torch.from_numpy(np.stack([train[i][s : s + segment] for i, s in zip(rng.integers(0, 24, 8), starts)]))
-        n += 1
-        step(step.mel_of(wave), wave, n)
+    t0 = time.perf_counter()
+    segment, batch = 8 * 1024, 8
+    for n in range(1, steps + 1):
+        rows, starts = rng.integers(0, len(train), batch), rng.integers(0, len(train[0]) - segment, batch)
+        wave = torch.from_numpy(np.stack([train[i][s : s + segment] for i, s in zip(rows, starts)]))
+        losses = step(step.mel_of(wave), wave, n)
+    assert float(losses["loss_d"]) > 0  # the discriminators joined after the warm-up
     after = held_out_l1()
-    assert after < 0.6 * before, (before, after, time.perf_counter() - t0)
+    assert after < 0.7 * before, (before, after, time.perf_counter() - t0)  # 2.56 -> 1.53 after the warm-up here

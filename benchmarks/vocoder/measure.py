@@ -62,9 +62,12 @@ class BenchmarkInputs:
         if not train:
             raise SystemExit(f"{data} has no train audio (run `make demo` first)")
         reference = reference_windows(data, "test", windows_per_chunk)
-        generated, intended = cached_generated_mels(
-            bundle_uri, list(judge.config.labels), cache_dir, per_class=per_class, steps=steps, seed=seed, log=log
-        )
+        if bundle_uri:
+            generated, intended = cached_generated_mels(
+                bundle_uri, list(judge.config.labels), cache_dir, per_class=per_class, steps=steps, seed=seed, log=log
+            )
+        else:  # a recipe probe before the demo's diffusion model exists: the real-audio figures only
+            generated, intended = torch.zeros(0, 64, 64), []
         return cls(train, reference, generated, intended, judge)
 
     def score(self, vocode: Vocode) -> VocoderQuality:
@@ -73,6 +76,7 @@ class BenchmarkInputs:
     def judge_mels(self) -> dict[str, float]:
         """The judge on the mels themselves, no vocoder: the ceiling of the relevance columns."""
         features = ClassifierFeatures(self.judge, "judge", "cpu")
+        nan = float("nan")
         labels = list(self.judge.config.labels)
 
         def accuracy(mels: torch.Tensor, intended: list[str]) -> float:
@@ -80,7 +84,7 @@ class BenchmarkInputs:
             return float(np.mean([labels[int(p.argmax())] == want for p, want in zip(probs, intended)]))
 
         return {
-            "generated_mels": accuracy(self.generated_mels, self.generated_labels),
+            "generated_mels": accuracy(self.generated_mels, self.generated_labels) if self.generated_labels else nan,
             "real_test_mels": accuracy(self.reference.mels, self.reference.labels),
         }
 

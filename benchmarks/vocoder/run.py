@@ -6,17 +6,20 @@
         --segment-frames 32 --budgets 600,1800,3600                              # a GPU, HiFi-GAN V1's settings
 
 It needs `make demo`'s outputs: the shards (train audio to learn from, test audio to measure on), the mel
-classifier (the judge) and the diffusion bundle (the generated mels to vocode); benchmarks/vocoder/measure.py
-says what is measured. In one process (no Ray: the core HiFiGANStep the Ray Train worker runs, in a plain loop),
-it trains the HiFi-GAN of --preset from scratch on random segments of the train audio with the paper's losses
-(least-squares adversarial, feature matching x 2, mel L1 x 45; --warmup-steps of mel L1 alone first, if asked)
-and scores it at 0 s and at each of --budgets (training seconds; the scoring is not counted). Griffin-Lim (32
+classifier (the judge) and the diffusion bundle (the generated mels to vocode); clipsynth_platform.evaluation.
+vocoder_quality says what is measured. In one process (no Ray: the core HiFiGANStep the Ray Train worker runs,
+in a plain loop), it trains the HiFi-GAN of --preset from scratch on random segments of the train audio with the
+paper's losses (least-squares adversarial, feature matching x 2, mel L1 x 45; --warmup-steps of mel L1 alone
+first, if asked) and scores it at 0 and at each of --budgets (training seconds, steps, or CPU seconds of the
+training: on a shared machine the work done whatever the load; the scoring is not counted). Griffin-Lim (32
 iterations, what the service runs) is scored once: the reference line. The goal (issue 30): the HiFi-GAN's
-audio heard as its class at least as often as Griffin-Lim's, and a lower spectral distance to the real audio.
+audio heard as its class at least as often as Griffin-Lim's, and a lower log-spectral distance to the real audio.
 
-Prints JSON and a one-line summary; writes benchmarks/results/vocoder_<device>_<preset>.json (--out) and a PNG
-of its curves beside it (benchmarks/vocoder/plot.py draws several runs in one figure). --save DIR writes the
-final generator as a vocoder directory (what --vocoder of the training jobs and make_vocoder_bundle take).
+Prints JSON and a one-line summary; writes benchmarks/results/vocoder_<device>_<label>.json (--out) and a PNG
+of its curves beside it (benchmarks/vocoder/plot.py draws several runs in one figure). --save DIR keeps the
+generator of every point (DIR/step_N, vocoder directories: what --vocoder of the jobs takes), and --rescore
+scores a saved run again, on generated mels that did not exist when it trained (--bundle none: a probe that
+measures on real audio only).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +62,18 @@ class Recipe:
     fused_adamw: bool
 
 
-def train_and_score(recipe: Recipe, inputs: BenchmarkInputs, budgets: list[float], device, seed: int, save: str):
-    """Train from scratch; score at 0 s and at each budget (training seconds). Returns the curve."""
+def train_and_score(
+    recipe: Recipe,
+    inputs: BenchmarkInputs,
+    budgets: list[float],
+    unit: str,
+    device,
+    seed: int,
+    save: str,
+    init_from: str = "",
+):
+    """Train from scratch; score at 0 s and at each budget (training seconds, steps or CPU seconds: runs on a
+    shared machine then compare at equal work, their wall seconds recorded beside). Returns the curve."""
     from clipsynth_core import HiFiGANDiscriminator, HiFiGANGenerator, HiFiGANStep, HiFiGANVocoder, MelFrontend
     from clipsynth_core.hifigan import hifigan_config
     from clipsynth_core.training import resolve_bf16
@@ -71,6 +84,13 @@ def train_and_score(recipe: Recipe, inputs: BenchmarkInputs, budgets: list[float
         torch.backends.cudnn.benchmark = True
     config = hifigan_config(recipe.preset, lambda_mel=recipe.lambda_mel, lambda_fm=recipe.lambda_fm)
     generator, discriminator = HiFiGANGenerator(config).to(device), HiFiGANDiscriminator(config).to(device)
+    if init_from:  # a generator trained before (a probe continued: its step count and optimiser state start anew)
+        from clipsynth_platform.train.vocoder import load_vocoder_dir
+
+        trained, _ = load_vocoder_dir(init_from)
+        if replace(trained.config, lambda_mel=config.lambda_mel, lambda_fm=config.lambda_fm) != config:
+            raise SystemExit(f"{init_from} holds another HiFi-GAN configuration than --preset {recipe.preset}")
+        generator.load_state_dict(trained.state_dict())
     adam = {"betas": (recipe.adam_b1, recipe.adam_b2), "weight_decay": recipe.weight_decay}
     opt_g = torch.optim.AdamW(generator.parameters(), lr=recipe.lr, fused=recipe.fused_adamw, **adam)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=recipe.lr_d, fused=recipe.fused_adamw, **adam)
@@ -91,9 +111,13 @@ def train_and_score(recipe: Recipe, inputs: BenchmarkInputs, budgets: list[float
 
     def score(spent: float, step: int, losses: dict[str, float]) -> dict:
         generator.eval()
-        point = {"train_seconds": round(spent, 1), "step": step, **losses}
+        point = {"train_seconds": round(spent, 1), "train_cpu_seconds": round(cpu, 1), "step": step, **losses}
         point.update(inputs.score(lambda m: vocoder(m.to(device)).cpu()).to_dict())
         generator.train()
+        if save:  # every scored generator, to score again later (--rescore)
+            from clipsynth_platform.train.vocoder import save_vocoder
+
+            point["generator"] = str(save_vocoder(Path(save) / f"step_{step:06d}", generator, config, step))
         print(json.dumps(point), flush=True)
         return point
 
@@ -103,11 +127,11 @@ def train_and_score(recipe: Recipe, inputs: BenchmarkInputs, budgets: list[float
         f"[vocoder] {recipe.preset}: generator {g_params / 1e6:.2f} M, discriminators {d_params / 1e6:.2f} M",
         flush=True,
     )
-    curve = [score(0.0, 0, {})]
+    spent, cpu, step, since, pending = 0.0, 0.0, 0, 0, sorted(budgets)
+    curve = [score(spent, step, {})]
     sums = torch.zeros(5, dtype=torch.float64, device=device)
-    spent, step, since, pending = 0.0, 0, 0, sorted(budgets)
     while pending:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows = rng.choice(len(inputs.train_audio), recipe.batch_size)
         batch = vocoder_examples(
             {"audio": [inputs.train_audio[i] for i in rows]}, segment_samples=segment, seed=int(rng.integers(2**31))
@@ -126,17 +150,13 @@ def train_and_score(recipe: Recipe, inputs: BenchmarkInputs, budgets: list[float
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         spent += time.perf_counter() - t0
-        if spent >= pending[0]:
+        cpu += time.process_time() - c0
+        if {"steps": step, "seconds": spent, "cpu-seconds": cpu}[unit] >= pending[0]:
             pending.pop(0)
             means = dict(zip(losses, (sums / since).tolist()))
             sums.zero_()
             since = 0
             curve.append(score(spent, step, means))
-    if save:
-        from clipsynth_platform.train.vocoder import save_vocoder
-
-        save_vocoder(save, generator, config, step)
-        print(f"[vocoder] saved the generator (step {step}) to {save}", flush=True)
     return curve, {"generator_params": g_params, "discriminator_params": d_params}
 
 
@@ -145,10 +165,20 @@ def main() -> None:
     p.add_argument("--data", default="demo_output/shards", help="preprocessed dataset (train/ and test/, with audio)")
     p.add_argument("--classifier", default="demo_output/mel_classifier", help="the judge: a mel classifier directory")
     p.add_argument(
-        "--bundle", default="", help="diffusion bundle (path or MLflow URI); default: the demo's (demo_summary.json)"
+        "--bundle",
+        default="",
+        help='diffusion bundle (path or MLflow URI); default: the demo\'s (demo_summary.json); "none": no generated '
+        "mels (a recipe probe: the real-audio figures only)",
     )
     p.add_argument("--preset", default="tiny", help="HiFi-GAN size (clipsynth_core.hifigan.HIFIGAN_PRESETS)")
     p.add_argument("--budgets", default="60,120,300,600,900,1200", help="training seconds at which to score")
+    p.add_argument(
+        "--budget-unit",
+        default="seconds",
+        choices=("seconds", "steps", "cpu-seconds"),
+        help="what --budgets count: training seconds, steps, or the CPU seconds of the training (all threads: on a "
+        "shared machine, the work done whatever the load)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="segments per step (V1: 16)")
     p.add_argument("--segment-frames", type=int, default=32, help="mel frames per segment, x 1024 samples (V1: 32)")
     p.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate of the generator (V1: 2e-4)")
@@ -170,18 +200,25 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default="", help="write the final generator here as a vocoder directory")
+    p.add_argument(
+        "--save", default="", help="a directory: the generator of every scored point as a vocoder directory step_N"
+    )
+    p.add_argument(
+        "--rescore",
+        default="",
+        help="a result JSON of a run with --save: score its saved generators again (on the bundle's generated mels, "
+        "say, when the run had none) and rewrite it",
+    )
+    p.add_argument("--init-from", default="", help="start the generator from this vocoder directory's weights")
     p.add_argument("--label", default="", help="this run's name in plots (default: the preset)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-
-    from clipsynth_core import GriffinLimVocoder
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    bundle = args.bundle or demo_bundle(Path(args.data).parent)
+    bundle = "" if args.bundle == "none" else args.bundle or demo_bundle(Path(args.data).parent)
     inputs = BenchmarkInputs.load(
         args.data,
         args.classifier,
@@ -192,73 +229,110 @@ def main() -> None:
         steps=args.generated_steps,
         seed=args.seed,
     )
-    ceiling = inputs.judge_mels()
-    griffin_lim = inputs.score(GriffinLimVocoder(n_iter=args.griffin_lim_iters)).to_dict()
-    print(f"[vocoder] the judge on the mels themselves: {json.dumps(ceiling)}", flush=True)
-    print(f"[vocoder] Griffin-Lim ({args.griffin_lim_iters} iterations): {json.dumps(griffin_lim)}", flush=True)
-
-    fused = {"on": True, "off": False}.get(args.fused_adamw, device.type in ("cuda", "cpu"))
-    recipe = Recipe(
-        preset=args.preset,
-        batch_size=args.batch_size,
-        segment_frames=args.segment_frames,
-        lr=args.lr,
-        lr_d=args.lr_d or args.lr,
-        adam_b1=args.adam_b1,
-        adam_b2=args.adam_b2,
-        weight_decay=args.weight_decay,
-        lr_decay=args.lr_decay,
-        warmup_steps=args.warmup_steps,
-        lambda_mel=args.lambda_mel,
-        lambda_fm=args.lambda_fm,
-        bf16=args.bf16,
-        fused_adamw=fused,
+    references = reference_lines(inputs, args.griffin_lim_iters)
+    if args.rescore:
+        out = Path(args.rescore)
+        result = rescore(json.loads(out.read_text()), inputs, device)
+    else:
+        fused = {"on": True, "off": False}.get(args.fused_adamw, device.type in ("cuda", "cpu"))
+        recipe = Recipe(
+            preset=args.preset,
+            batch_size=args.batch_size,
+            segment_frames=args.segment_frames,
+            lr=args.lr,
+            lr_d=args.lr_d or args.lr,
+            adam_b1=args.adam_b1,
+            adam_b2=args.adam_b2,
+            weight_decay=args.weight_decay,
+            lr_decay=args.lr_decay,
+            warmup_steps=args.warmup_steps,
+            lambda_mel=args.lambda_mel,
+            lambda_fm=args.lambda_fm,
+            bf16=args.bf16,
+            fused_adamw=fused,
+        )
+        print(f"[vocoder] recipe {json.dumps(asdict(recipe))}", flush=True)
+        budgets = [float(b) for b in args.budgets.split(",") if b]
+        curve, sizes = train_and_score(
+            recipe, inputs, budgets, args.budget_unit, device, args.seed, args.save, args.init_from
+        )
+        label = args.label or args.preset
+        result = {
+            "benchmark": "vocoder",
+            "label": label,
+            "environment": environment(device),
+            "data": args.data,
+            "train_chunks": len(inputs.train_audio),
+            "recipe": asdict(recipe),
+            "budget_unit": args.budget_unit,
+            "init_from": args.init_from,
+            **sizes,
+            "curve": curve,
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+        out = Path(args.out) if args.out else RESULTS / f"vocoder_{device.type}_{label}.json"
+    result.update(
+        bundle=bundle,
+        test_windows=len(inputs.reference.labels),
+        generated_mels=len(inputs.generated_labels),
+        **references,
+        **goal(result["curve"], references["griffin_lim"]),
     )
-    print(f"[vocoder] recipe {json.dumps(asdict(recipe))}", flush=True)
-    budgets = [float(b) for b in args.budgets.split(",") if b]
-    curve, sizes = train_and_score(recipe, inputs, budgets, device, args.seed, args.save)
-
-    last = curve[-1]
-    beats = last["relevance"] >= griffin_lim["relevance"] and last["lsd_db"] < griffin_lim["lsd_db"]
-    first_beat = next(
-        (
-            p["train_seconds"]
-            for p in curve
-            if p["relevance"] >= griffin_lim["relevance"] and p["lsd_db"] < griffin_lim["lsd_db"]
-        ),
-        None,
-    )
-    label = args.label or args.preset
-    result = {
-        "benchmark": "vocoder",
-        "label": label,
-        "environment": environment(device),
-        "data": args.data,
-        "bundle": bundle,
-        "train_chunks": len(inputs.train_audio),
-        "test_windows": len(inputs.reference.labels),
-        "generated_mels": len(inputs.generated_labels),
-        "recipe": asdict(recipe),
-        **sizes,
-        "judge_on_mels": ceiling,
-        "griffin_lim": {"n_iter": args.griffin_lim_iters, **griffin_lim},
-        "curve": curve,
-        "goal_met_at_end": beats,
-        "goal_first_met_at_seconds": first_beat,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    name = f"vocoder_{device.type}_{label}"
-    out = Path(args.out) if args.out else RESULTS / f"{name}.json"
     plot_runs([result], out.with_suffix(".png"))
-    emit(
-        result,
-        name,
-        f"{label} after {last['train_seconds']:.0f} s ({last['step']} steps): relevance {last['relevance']:.2f} "
-        f"(Griffin-Lim {griffin_lim['relevance']:.2f}, the mels {ceiling['generated_mels']:.2f}), LSD "
-        f"{last['lsd_db']:.2f} dB (Griffin-Lim {griffin_lim['lsd_db']:.2f}), MR-STFT {last['mrstft']:.3f} "
-        f"({griffin_lim['mrstft']:.3f}), mel L1 {last['mel_l1']:.3f} ({griffin_lim['mel_l1']:.3f}); goal "
-        + (f"met from {first_beat:.0f} s" if first_beat is not None else "not met"),
-        str(out),
+    emit(result, out.stem, summary_line(result), str(out))
+
+
+def reference_lines(inputs: BenchmarkInputs, griffin_lim_iters: int) -> dict:
+    """Griffin-Lim's figures (the line to beat) and the judge on the mels themselves (the ceiling)."""
+    from clipsynth_core import GriffinLimVocoder
+
+    ceiling = inputs.judge_mels()
+    griffin_lim = inputs.score(GriffinLimVocoder(n_iter=griffin_lim_iters)).to_dict()
+    print(f"[vocoder] the judge on the mels themselves: {json.dumps(ceiling)}", flush=True)
+    print(f"[vocoder] Griffin-Lim ({griffin_lim_iters} iterations): {json.dumps(griffin_lim)}", flush=True)
+    return {"judge_on_mels": ceiling, "griffin_lim": {"n_iter": griffin_lim_iters, **griffin_lim}}
+
+
+def goal(curve: list[dict], griffin_lim: dict) -> dict:
+    """Issue 30's goal at each point: heard as its class at least as often as Griffin-Lim's audio, and a lower
+    log-spectral distance to the real audio."""
+
+    def met(p: dict) -> bool:
+        return p["relevance"] >= griffin_lim["relevance"] and p["lsd_db"] < griffin_lim["lsd_db"]
+
+    first = next((p for p in curve if met(p)), None)
+    return {
+        "goal_met_at_end": met(curve[-1]),
+        "goal_first_met": {k: first[k] for k in ("step", "train_seconds", "train_cpu_seconds") if k in first}
+        if first
+        else None,
+    }
+
+
+def rescore(result: dict, inputs: BenchmarkInputs, device) -> dict:
+    """The saved generator of every point scored again on these inputs (the training figures kept)."""
+    from clipsynth_core import HiFiGANVocoder
+    from clipsynth_platform.train.vocoder import load_vocoder_dir
+
+    for point in result["curve"]:
+        if "generator" not in point:
+            raise SystemExit(f"point at step {point['step']} has no saved generator: run with --save to rescore")
+        generator, _ = load_vocoder_dir(point["generator"])
+        vocoder = HiFiGANVocoder(generator.to(device).eval())
+        point.update(inputs.score(lambda m, v=vocoder: v(m.to(device)).cpu()).to_dict())
+        print(json.dumps(point), flush=True)
+    return result
+
+
+def summary_line(result: dict) -> str:
+    last, gl, ceiling = result["curve"][-1], result["griffin_lim"], result["judge_on_mels"]
+    met = result["goal_first_met"]
+    return (
+        f"{result['label']} after {last['train_seconds']:.0f} s ({last.get('train_cpu_seconds', float('nan')):.0f} "
+        f"CPU s, {last['step']} steps): relevance {last['relevance']:.2f} (Griffin-Lim {gl['relevance']:.2f}, the "
+        f"mels {ceiling['generated_mels']:.2f}), LSD {last['lsd_db']:.2f} dB (Griffin-Lim {gl['lsd_db']:.2f}), "
+        f"MR-STFT {last['mrstft']:.3f} ({gl['mrstft']:.3f}), mel L1 {last['mel_l1']:.3f} ({gl['mel_l1']:.3f}); goal "
+        + (f"met from step {met['step']}" if met else "not met")
     )
 
 

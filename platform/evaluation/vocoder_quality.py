@@ -110,19 +110,21 @@ def score_vocoder(
     intended: Sequence[str],
     reference: ReferenceWindows,
 ) -> VocoderQuality:
-    """The vocoder's quality on generated mels and on the reference windows (see the module docstring)."""
+    """The vocoder's quality on generated mels and on the reference windows (see the module docstring). With no
+    generated mels (a run that has no diffusion model yet) their two figures are NaN."""
     t0 = time.perf_counter()
-    heard_waves = _vocoded(vocode, generated)
+    heard_waves = _vocoded(vocode, generated) if len(generated) else torch.zeros(0, reference.audio.shape[-1])
     recon_waves = _vocoded(vocode, reference.mels)
     seconds = time.perf_counter() - t0
-    heard = judge_waveforms(judge, list(heard_waves.numpy()), list(intended))
+    nan = float("nan")
+    heard = judge_waveforms(judge, list(heard_waves.numpy()), list(intended)) if len(generated) else None
     recon = judge_waveforms(judge, list(recon_waves.numpy()), reference.labels)
     frontend = MelFrontend()
     with torch.no_grad():
         mel_l1 = (frontend.log_mel(recon_waves) - frontend.log_mel(reference.audio)).abs().mean()
     return VocoderQuality(
-        relevance=heard.relevance,
-        relevance_prob=heard.mean_intended_probability,
+        relevance=heard.relevance if heard else nan,
+        relevance_prob=heard.mean_intended_probability if heard else nan,
         lsd_db=float(log_spectral_distance(recon_waves, reference.audio).mean()),
         mrstft=float(multi_resolution_stft_distance(recon_waves, reference.audio).mean()),
         mel_l1=float(mel_l1),
