@@ -220,7 +220,9 @@ class HiFiGANTrainConfig(TrainConfig):
     """HiFi-GAN from scratch on the dataset's audio: random aligned (mel, waveform) segments."""
 
     experiment: str = opt("clipsynth-hifigan", "MLflow experiment name")
-    model_size: str = opt("paper", "HiFi-GAN size: paper (V1), small, tiny (tests)", choices=MODEL_SIZES)
+    model_size: str = opt(
+        "paper", "HiFi-GAN size: paper (V1), small, cpu and tiny (benchmarks/vocoder)", choices=MODEL_SIZES
+    )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K)")
     batch_size: int = opt(16, "segments per worker per step (HiFi-GAN V1)")
     lr: float = opt(2e-4, "AdamW learning rate of generator and discriminator (HiFi-GAN V1)")
