@@ -10,7 +10,7 @@ Missing weights raise `ClipWeightsError` with the ways to provide them.
 
 Besides open_clip's registry, two small CLIPs are defined here (`LOCAL_CLIP_CONFIGS`): "tiny" for unit tests,
 and "toy", the encoder the offline demo trains on synthetic captioned pictures when no pretrained CLIP is at
-hand (clipsynth_platform.offline_clip). They have no published weights, so a synthesizer bundle carries theirs.
+hand (clipsynth_platform.experiments.offline_clip). They have no published weights, so a synthesizer bundle carries theirs.
 """
 
 from __future__ import annotations

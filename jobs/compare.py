@@ -11,9 +11,9 @@ and runs with random backbones are never tabled beside real ones (--exclude-rand
 import sys
 from collections.abc import Sequence
 
-from clipsynth_platform.logs import configure_logging
-from clipsynth_platform.options import parse_config
-from clipsynth_platform.table1 import CompareConfig, compare_runs
+from clipsynth_platform.experiments.table1 import CompareConfig, compare_runs
+from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.options import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,9 +38,9 @@ model's training run; jobs/compare.py makes Table 1 from them.
 import sys
 
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
-from clipsynth_platform.logs import configure_logging, get_logger
-from clipsynth_platform.options import build_parser, parse_config
-from clipsynth_platform.registry import set_alias
+from clipsynth_platform.runtime.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.options import build_parser, parse_config
+from clipsynth_platform.tracking.registry import set_alias
 
 
 def main(argv: list[str] | None = None) -> int:

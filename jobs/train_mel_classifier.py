@@ -14,9 +14,9 @@ import sys
 import mlflow
 
 from clipsynth_platform.evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
-from clipsynth_platform.logs import configure_logging
-from clipsynth_platform.options import parse_config
-from clipsynth_platform.registry import default_tracking_uri
+from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.options import parse_config
+from clipsynth_platform.tracking.registry import default_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:

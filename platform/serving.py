@@ -33,7 +33,7 @@ from clipsynth_core import (
 from clipsynth_core.diffusion import SAMPLERS
 from clipsynth_core.synthesizer import load_bundle_encoder, load_bundle_unet, load_bundle_vocoder, read_bundle_config
 
-from .batching import apply_by_group, group_indices
+from .runtime.batching import apply_by_group, group_indices
 
 
 def load_bundle_config(bundle_dir: str | os.PathLike) -> SynthesizerConfig:

@@ -27,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsynth_platform.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.logs import configure_logging, get_logger
 
 from .config import ServeConfig
 from .schemas import RequestError, parse_form_options, parse_json_request, resolve_gap, resolve_spec

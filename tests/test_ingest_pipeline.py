@@ -24,11 +24,7 @@ from media import build_corpus, ffmpeg_audio_16k_mono, luma_at, rgb_gray_of_luma
 from PIL import Image
 
 from clipsynth_core import MelFrontend
-from clipsynth_platform.ingest import IngestConfig, hashed_split, run_ingest
-from clipsynth_platform.ingest.config import TEST_EXIT_AFTER_COMMITS_ENV, TEST_HOOKS_ENV
-from clipsynth_platform.ingest.decode import chunk_bounds
-from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGING_DIR
-from clipsynth_platform.schema import (
+from clipsynth_platform.datasets.schema import (
     FAILURE_SCHEMA,
     FAILURES_FILE,
     SUMMARY_FILE,
@@ -39,7 +35,11 @@ from clipsynth_platform.schema import (
     text_embedding_of,
     validate_table,
 )
-from clipsynth_platform.uri import pyarrow_filesystem
+from clipsynth_platform.ingest import IngestConfig, hashed_split, run_ingest
+from clipsynth_platform.ingest.config import TEST_EXIT_AFTER_COMMITS_ENV, TEST_HOOKS_ENV
+from clipsynth_platform.ingest.decode import chunk_bounds
+from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGING_DIR
+from clipsynth_platform.runtime.uri import pyarrow_filesystem
 
 pytestmark = pytest.mark.ray
 

@@ -18,9 +18,10 @@ from media import ffmpeg_audio_16k_mono, luma_at, rgb_gray_of_luma, run_ffmpeg, 
 from PIL import Image
 
 from clipsynth_core import MelFrontend
+from clipsynth_platform.datasets.schema import CHUNK_SCHEMA, audio_of, mel_of, pcm16
 from clipsynth_platform.ingest import IngestConfig, hashed_split, plan_sources, video_id_of
 from clipsynth_platform.ingest.config import TEST_HOOKS_ENV
-from clipsynth_platform.ingest.decode import DecodeSettings, chunk_bounds, frame_targets, process_video
+from clipsynth_platform.ingest.decode import chunk_bounds, frame_targets, process_video
 from clipsynth_platform.ingest.failures import short_error
 from clipsynth_platform.ingest.frames import frame_size, select_frames
 from clipsynth_platform.ingest.labels import (
@@ -31,8 +32,8 @@ from clipsynth_platform.ingest.labels import (
     parse_vggsound_csv,
 )
 from clipsynth_platform.ingest.records import to_chunk_table
+from clipsynth_platform.ingest.settings import DecodeSettings
 from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGING_DIR, OutputStore, VideoOutcome
-from clipsynth_platform.schema import CHUNK_SCHEMA, audio_of, mel_of, pcm16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -390,7 +391,7 @@ def _load_job():
 
 def test_cli_parses_every_option_into_the_config(monkeypatch):
     from clipsynth_platform.ingest.job import main, parse
-    from clipsynth_platform.options import build_parser
+    from clipsynth_platform.runtime.options import build_parser
 
     monkeypatch.delenv(TEST_HOOKS_ENV, raising=False)
     job = _load_job()

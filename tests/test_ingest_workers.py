@@ -15,7 +15,7 @@ from media import run_ffmpeg, time_coded_input, tone_input
 
 from clipsynth_platform.ingest import IngestConfig
 from clipsynth_platform.ingest.commit import LOST_REASON, Committer, RunStats
-from clipsynth_platform.ingest.decode import DecodeSettings, decode_videos, process_video
+from clipsynth_platform.ingest.decode import decode_videos, process_video
 from clipsynth_platform.ingest.records import (
     CRASHED_REASON,
     RECORD_CHUNK,
@@ -25,6 +25,7 @@ from clipsynth_platform.ingest.records import (
     record_table,
     video_row,
 )
+from clipsynth_platform.ingest.settings import DecodeSettings
 from clipsynth_platform.ingest.sources import VideoSource
 from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGED_DIR, OutputStore
 from clipsynth_platform.ingest.write import BOOKKEEPING, rewrite_without, write_staged

@@ -7,7 +7,7 @@ import os
 import pytest
 import ray
 
-from clipsynth_platform.ray_cluster import LocalRay, connect_ray
+from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
 
 
 @pytest.fixture

@@ -100,7 +100,7 @@ def registered_model(tiny_bundle, tmp_path_factory) -> tuple[str, str]:
     """The tiny bundle registered as version 1 of a model in a temporary SQLite MLflow."""
     import mlflow
 
-    from clipsynth_platform.registry import ensure_experiment, log_bundle_model
+    from clipsynth_platform.tracking.registry import ensure_experiment, log_bundle_model
 
     root = tmp_path_factory.mktemp("mlflow")
     tracking = f"sqlite:///{root / 'mlflow.db'}"
@@ -111,7 +111,7 @@ def registered_model(tiny_bundle, tmp_path_factory) -> tuple[str, str]:
 
 
 def test_the_registered_model_resolves_to_the_same_bundle(registered_model, tiny_bundle, tmp_path):
-    from clipsynth_platform.registry import resolve_bundle
+    from clipsynth_platform.tracking.registry import resolve_bundle
 
     tracking, model_uri = registered_model
     with mlflow_tracking(tracking):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipsynth_core import EMA
+from clipsynth_core import EMA, state_digest
 from clipsynth_platform.train import steps
-from clipsynth_platform.train.common import Resumption, TimeBudget, WorkerPlace, state_digest
+from clipsynth_platform.train.common import Resumption, TimeBudget, WorkerPlace
 from clipsynth_platform.train.config import HiFiGANTrainConfig
 from clipsynth_platform.train.state import TrainingState
 

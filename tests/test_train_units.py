@@ -24,14 +24,15 @@ from clipsynth_core import (
     SynthesizerConfig,
     diffusion_losses,
     hifigan_config,
+    state_digest,
     unet_config,
 )
 from clipsynth_core.training import scheduled_lr
-from clipsynth_platform.logs import configure_logging
-from clipsynth_platform.preflight import ClusterView
-from clipsynth_platform.synthetic import write_synthetic_dataset
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
+from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.preflight import ClusterView
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
-from clipsynth_platform.train.common import TimeBudget, fault_drill, state_digest
+from clipsynth_platform.train.common import TimeBudget, fault_drill
 from clipsynth_platform.train.config import config_from_dict, parse_config
 from clipsynth_platform.train.data import (
     column_bytes,
@@ -39,7 +40,7 @@ from clipsynth_platform.train.data import (
 from clipsynth_platform.train.diffusion_loop import build_bundle
 from clipsynth_platform.train.runner import check_cluster_resources, prepare_diffusion, prepare_hifigan
 from clipsynth_platform.train.tracking import RunTracker, read_run_record, run_record_uri, write_samples
-from clipsynth_platform.train.vocoder import load_vocoder, load_vocoder_dir, save_vocoder
+from clipsynth_platform.train.vocoder import load_hifigan, load_hifigan_dir, save_vocoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,17 +240,17 @@ def test_vocoder_directories_round_trip(tmp_path):
     generator = HiFiGANGenerator(hifigan_config("tiny"))
     mel = torch.rand(1, 64, 8) * 2 - 1
     save_vocoder(tmp_path / "voc", generator, hifigan_config("tiny"), step=12)
-    loaded, manifest = load_vocoder(str(tmp_path / "voc"))
+    loaded, manifest = load_hifigan(str(tmp_path / "voc"))
     assert manifest["step"] == 12
     with torch.no_grad():
         assert torch.equal(loaded(mel), generator.eval()(mel))
         assert loaded(mel).shape == (1, 8 * 1024)
     synth = Synthesizer(SynthesizerConfig.tiny(diffusion=DiffusionConfig(num_steps=10)), hifigan=generator)
     synth.save(tmp_path / "bundle")
-    from_bundle, _ = load_vocoder_dir(tmp_path / "bundle")
+    from_bundle, _ = load_hifigan_dir(tmp_path / "bundle")
     assert state_digest(from_bundle) == state_digest(generator)
     with pytest.raises(FileNotFoundError, match=r"neither vocoder\.json"):
-        load_vocoder_dir(tmp_path)
+        load_hifigan_dir(tmp_path)
 
 
 def test_bundle_carries_the_given_weights(tmp_path):

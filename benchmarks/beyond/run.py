@@ -6,7 +6,7 @@
     nice -n 19 .venv/bin/python benchmarks/beyond/run.py --base $E --init $E --steps 200  # the demo's model
 
 What it does, in one process (no Ray), on fixed STEP budgets so that runs are reproducible on a busy machine:
-  1. fits the gap statistics (platform/modality_gap.py: the shift and the prior) on the train split, with the
+  1. fits the gap statistics (platform/train/modality_gap.py: the shift and the prior) on the train split, with the
      evaluation's phrasing "playing {name}" held out of the texts they see (cached in --cache);
   2. --base: a trained U-Net (no condition dropout) measured as it is;
   3. trains the cpu U-Net (image-trained CLIPSynth, the learning benchmark's recipe) for --steps steps with
@@ -147,7 +147,7 @@ def blend_table(
 ) -> dict:
     """Per pair (a, b): the judge's mean p(a), p(b) for a alone, b alone, a + b, a*0.7 + b*0.3."""
     from clipsynth_core.query_blend import blend
-    from clipsynth_platform.offline_clip import class_name
+    from clipsynth_platform.datasets.captions import class_name
 
     names = [f"playing {class_name(label)}" for label in labels]
     text = reducer(encoder.encode_text(names), method)
@@ -246,7 +246,7 @@ def main() -> None:
     from clipsynth_core import ClipConfig, ClipQueryEncoder, DiffusionConfig, GaussianDiffusion
     from clipsynth_core.modality_gap import GapReducer, PriorConfig
     from clipsynth_platform.evaluation.mel_classifier import MelClassifier
-    from clipsynth_platform.modality_gap import GapFitConfig, fit_gap_reducer
+    from clipsynth_platform.train.modality_gap import GapFitConfig, fit_gap_reducer
 
     device = torch.device(args.device)
     t_start = time.perf_counter()

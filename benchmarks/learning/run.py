@@ -75,7 +75,7 @@ class Setup:
 
 
 def load_split(data: str, split: str) -> list[dict]:
-    from clipsynth_platform.evaluation.data import iter_split_rows
+    from clipsynth_platform.datasets.splits import iter_split_rows
 
     cols = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "label", "clip_model"]
     return [r for r in iter_split_rows(data, split, cols) if r["label"] is not None]
@@ -89,7 +89,7 @@ class Queries:
     """The fixed evaluation queries: test rows drawn with a seed, one frame each, and their labels' texts."""
 
     def __init__(self, test: list[dict], labels: list[str], encoder, count: int, seed: int = 0) -> None:
-        from clipsynth_platform.offline_clip import class_name
+        from clipsynth_platform.datasets.captions import class_name
 
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(test), count)
@@ -324,7 +324,7 @@ def main() -> None:
         MelClassifierTrainConfig,
         train_mel_classifier,
     )
-    from clipsynth_platform.options import fields_from
+    from clipsynth_platform.runtime.options import fields_from
 
     device = torch.device(args.device)
     if args.threads:

@@ -36,13 +36,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import clipsynth_core.mel as core_mel
-from clipsynth_core import MelConfig, MelFrontend
+from clipsynth_core import MelConfig, MelFrontend, state_digest
 from clipsynth_core.training import BF16_SETTINGS, autocast_context, resolve_bf16
+from clipsynth_platform.datasets.splits import iter_split_rows
+from clipsynth_platform.runtime.devices import resolve_device
+from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.options import opt, required
 
-from ..devices import resolve_device
-from ..logs import LogFn, progress
-from ..options import opt, required
-from .data import iter_split_rows
 from .embedders import source_digest
 from .frozen_network import FrozenNetwork, float_tensor
 
@@ -176,14 +176,6 @@ class MelClassifier(nn.Module):
         return model.eval()
 
 
-def state_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class ClassifierFeatures(FrozenNetwork):
     """MelFeatureExtractor (and relevance scorer) over a MelClassifier."""
 
@@ -284,7 +276,7 @@ def build_mel_feature_extractor(
     p = Path(spec).expanduser()
     if p.is_dir() or os.sep in spec:
         model = MelClassifier.load(p)
-        return ClassifierFeatures(model, f"mel-classifier/{state_digest(model)}", device)
+        return ClassifierFeatures(model, f"mel-classifier/{state_digest(model)[:16]}", device)
     if ":" in spec:
         module_name, attr = spec.split(":", 1)
         try:
@@ -430,7 +422,7 @@ def run_mel_classifier_job(
     """
     import mlflow
 
-    from ..registry import ensure_experiment
+    from clipsynth_platform.tracking.registry import ensure_experiment
 
     log = log or progress("mel-classifier")
     log("config " + json.dumps(asdict(config)))

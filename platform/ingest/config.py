@@ -1,5 +1,5 @@
 """The ingestion job's configuration: one typed dataclass with the paper's defaults; each field is one option of
-jobs/preprocess.py (clipsynth_platform.options)."""
+jobs/preprocess.py (clipsynth_platform.runtime.options)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from clipsynth_core import ClipConfig, MelConfig
-
-from ..options import check_choices, internal, opt
+from clipsynth_platform.runtime.options import check_choices, internal, opt
 
 # Containers FFmpeg reads that in-the-wild video corpora use; anything else in the input tree is ignored.
 DEFAULT_VIDEO_EXTENSIONS = (
@@ -138,7 +137,7 @@ class IngestConfig:
                 raise ValueError(message)
 
     def check(self) -> None:
-        """What clipsynth_platform.options runs after parsing (a bad value exits with the usage line)."""
+        """What clipsynth_platform.runtime.options runs after parsing (a bad value exits with the usage line)."""
         self.validate()
 
     @property

@@ -9,7 +9,7 @@ sampling per video in the manifests and the summary; the seconds each stage took
 
 Everything that goes wrong with one file becomes a "failed" video row with a stage and a clear reason, so a
 bad file never fails the job. A native crash cannot be caught in-process: decode_videos runs each video in a
-child process (isolated.py) and records a crash there as that video's failure.
+child process (isolated.py, decode_child.py) and records a crash there as that video's failure.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
-from ..batching import apply_by_group
-from ..schema import pcm16
-from ..uri import fsspec_filesystem, is_s3, strip_scheme
+from clipsynth_platform.datasets.schema import pcm16
+from clipsynth_platform.runtime.batching import apply_by_group
+from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, strip_scheme
+
 from .failures import DecodeFailure, short_error
 from .frames import FrameDecoder, VideoFile, frame_size, open_frame_decoder
 from .isolated import DecoderProcess
@@ -46,6 +47,7 @@ from .records import (
     record_table,
     video_row,
 )
+from .settings import DecodeSettings
 from .timing import StageTimes
 
 SAMPLE_RATE = 16_000
@@ -56,22 +58,6 @@ CHUNKS_PER_BLOCK = 6
 # Test-only file-name markers, honoured only with DecodeSettings.test_hooks.
 SEGFAULT_MARKER = "__segfault__"
 NO_TORCHCODEC_AUDIO_MARKER = "__no_torchcodec_audio__"
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    chunk_samples: int = 160_000
-    min_chunk_samples: int = 66_560
-    frames_per_second: float = 1.0
-    frame_sampling: str = "exact"
-    image_size: int = 224
-    jpeg_quality: int = 90
-    with_audio: bool = True
-    threads: int = 1
-    test_hooks: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -205,7 +191,7 @@ def decode_audio(path: str, decoder, open_error: str | None, notes: list[str]) -
 _MEL = None
 
 
-def _mel_frontend():
+def mel_frontend():
     global _MEL
     if _MEL is None:
         from clipsynth_core import MelFrontend
@@ -218,7 +204,7 @@ def mel_of_chunks(waves: list[np.ndarray]) -> list[np.ndarray]:
     """Normalised log-mel [64, T] of each chunk (chunks of equal length go through the STFT together)."""
     import torch
 
-    mel = _mel_frontend()
+    mel = mel_frontend()
     with torch.inference_mode():
         return apply_by_group(waves, len, lambda group: list(mel(torch.from_numpy(np.stack(group))).numpy()))
 

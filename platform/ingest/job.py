@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ..logs import configure_logging
-from ..options import parse_config
+from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.options import parse_config
+
 from .config import IngestConfig
 
 

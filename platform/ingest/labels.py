@@ -17,7 +17,8 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from ..uri import fsspec_filesystem, strip_scheme
+from clipsynth_platform.runtime.uri import fsspec_filesystem, strip_scheme
+
 from .config import LABEL_FORMATS
 
 SPLIT_VALUES = ("train", "test")

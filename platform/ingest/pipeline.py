@@ -20,17 +20,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..logs import LogFn, progress
-from ..options import fields_from
-from ..preflight import ClusterView, require_shared_locations
-from ..ray_cluster import LocalRay, connect_ray
-from ..schema import SCHEMA_VERSION
+from clipsynth_platform.datasets.schema import SCHEMA_VERSION
+from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.options import fields_from
+from clipsynth_platform.runtime.preflight import ClusterView, require_shared_locations
+from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
+
 from .commit import LOST_REASON, Committer, RunStats
 from .config import IngestConfig
-from .decode import DecodeSettings, decode_videos
+from .decode import decode_videos
 from .embed import ClipEmbedder
 from .labels import LabelIndex, load_label_index
 from .records import CRASHED_REASON, STATUS_OK
+from .settings import DecodeSettings
 from .sources import VideoSource, plan_sources
 from .store import OutputStore
 from .write import rewrite_without, write_staged
@@ -162,7 +164,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     `worker_env`: environment variables for the decode workers, for clusters whose workers lack the driver's
     environment (e.g. S3 endpoint settings in tests). Values are passed to Ray, never printed.
     """
-    from ..origin import require_consistent_origin
+    from clipsynth_platform.runtime.origin import require_consistent_origin
 
     log = log or progress("ingest")
     t_start = time.perf_counter()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from ..schema import CHUNK_SCHEMA
+from clipsynth_platform.datasets.schema import CHUNK_SCHEMA
 
 RECORD_CHUNK = "chunk"
 RECORD_VIDEO = "video"

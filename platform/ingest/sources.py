@@ -8,7 +8,8 @@ import os
 import posixpath
 from dataclasses import asdict, dataclass
 
-from ..uri import fsspec_filesystem, is_s3, strip_scheme
+from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, strip_scheme
+
 from .labels import LabelIndex
 
 

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..schema import FAILURE_SCHEMA, FAILURES_FILE, SPLITS, SUMMARY_FILE, split_dir
-from ..uri import fsspec_filesystem, strip_scheme
+from clipsynth_platform.datasets.schema import FAILURE_SCHEMA, FAILURES_FILE, SPLITS, SUMMARY_FILE, split_dir
+from clipsynth_platform.runtime.uri import fsspec_filesystem, strip_scheme
 
 MANIFEST_DIR = "_manifests"
 STAGING_DIR = "_staging"

@@ -4,7 +4,6 @@ run's MLflow tracker, and the fault drill."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from ..logs import configure_logging, get_logger
-from ..uri import fsspec_filesystem, join, strip_scheme
+from clipsynth_core import state_digest
+from clipsynth_platform.runtime.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
+
 from .config import C, TrainConfig, config_from_dict
 
 if TYPE_CHECKING:
@@ -80,19 +80,6 @@ def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, l
             f"{world} worker(s) x batch {cfg.batch_size}; MLflow run {tracker.run_id}"
         )
     return tracker
-
-
-def state_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
-    """sha256 of a module's state (names, dtypes, shapes and bytes): equal iff the weights are bit-identical."""
-    from clipsynth_core.ema import unwrap
-
-    state = module if isinstance(module, dict) else unwrap(module).state_dict()
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:

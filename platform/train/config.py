@@ -1,6 +1,6 @@
 """Typed configurations of the training jobs, with the paper's defaults, and their command-line form.
 
-Every field is one command-line option (`max_steps` -> `--max-steps`, clipsynth_platform.options). The
+Every field is one command-line option (`max_steps` -> `--max-steps`, clipsynth_platform.runtime.options). The
 resolved config is printed at start and logged to MLflow as run parameters.
 
 Defaults, from Dong et al. (2023) and the implementations they cite:
@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 from clipsynth_core.training import BF16_SETTINGS, LR_SCHEDULES
-
-from ..options import build_parser, check_choices, config_from_dict, opt, parse_config
+from clipsynth_platform.runtime.options import build_parser, check_choices, config_from_dict, opt, parse_config
 
 __all__ = ["build_parser", "config_from_dict", "opt", "parse_config"]
 

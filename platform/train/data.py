@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..schema import split_dir
-from ..uri import fsspec_filesystem, is_s3, pyarrow_filesystem, strip_scheme
+from clipsynth_platform.datasets.schema import split_dir
+from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, pyarrow_filesystem, strip_scheme
 
 if TYPE_CHECKING:
     import ray.data
@@ -120,7 +120,9 @@ def inspect_dataset(uri: str, sample_labels: int = SAMPLE_LABELS) -> DatasetInfo
             c for c in ("mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "clip_model") if c not in names
         ]
         if missing:
-            raise DatasetError(f"shard {f} lacks columns {missing}; is it a CLIPSynth dataset (platform/schema.py)?")
+            raise DatasetError(
+                f"shard {f} lacks columns {missing}; is it a CLIPSynth dataset (platform/datasets/schema.py)?"
+            )
         meta = pf.metadata
         num_rows += meta.num_rows
         small = pf.read(columns=["embed_dim", "clip_model", "n_mels", "mel_frames", "label"])

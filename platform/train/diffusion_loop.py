@@ -34,9 +34,9 @@ from clipsynth_core import (
 )
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.tracking.registry import log_bundle_model, set_alias
 
-from ..logs import get_logger
-from ..registry import log_bundle_model, set_alias
 from .common import (
     TimeBudget,
     WorkerPlace,
@@ -50,7 +50,7 @@ from .data import diffusion_examples
 from .state import TrainingState
 from .steps import StepParts, run_steps, worker_batches
 from .tracking import RunTracker, log_samples
-from .vocoder import load_vocoder
+from .vocoder import load_hifigan
 
 log = get_logger("train")
 
@@ -193,7 +193,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         tracker = start_tracking(cfg, job, start, world, log)
         vocoder: torch.nn.Module
         if cfg.vocoder:
-            generator, _ = load_vocoder(cfg.vocoder)
+            generator, _ = load_hifigan(cfg.vocoder)
             vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
         else:
             vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
@@ -282,7 +282,7 @@ def _finish(
         tracker.finish()
         return
     if cfg.vocoder:
-        vocoder, _ = load_vocoder(cfg.vocoder)
+        vocoder, _ = load_hifigan(cfg.vocoder)
         vocoder_note = cfg.vocoder
     else:
         vocoder = HiFiGANGenerator(HiFiGANConfig.from_dict(job["vocoder_config"]))

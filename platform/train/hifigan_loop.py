@@ -27,9 +27,9 @@ from clipsynth_core import (
     MelConfig,
     MelFrontend,
 )
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.tracking.registry import VOCODER_ARTIFACT
 
-from ..logs import get_logger
-from ..registry import VOCODER_ARTIFACT
 from .common import (
     TimeBudget,
     WorkerPlace,

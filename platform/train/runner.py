@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.runtime.preflight import ClusterView, Preflight, check_request, require_shared_locations
+from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
+from clipsynth_platform.runtime.uri import is_s3, pyarrow_filesystem, strip_scheme
 
-from ..logs import get_logger
-from ..preflight import ClusterView, Preflight, check_request, require_shared_locations
-from ..ray_cluster import LocalRay, connect_ray
-from ..uri import is_s3, pyarrow_filesystem, strip_scheme
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
     VOCODER_COLUMNS,

@@ -9,9 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipsynth_core import EMA, load_training_state, save_training_state
-
-from .common import state_digest
+from clipsynth_core import EMA, load_training_state, save_training_state, state_digest
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def save_vocoder(directory: str | os.PathLike, generator: torch.nn.Module, confi
     return d
 
 
-def load_vocoder_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, dict]:
+def load_hifigan_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, dict]:
     """A HiFi-GAN generator from a vocoder directory, HiFi-GAN checkpoint or synthesizer bundle directory."""
     d = Path(directory)
     if (d / VOCODER_FILE).exists():
@@ -66,8 +66,8 @@ def load_vocoder_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, di
     return generator.eval(), manifest
 
 
-def load_vocoder(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGANGenerator, dict]:
+def load_hifigan(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGANGenerator, dict]:
     """Resolve any vocoder URI (path, s3://, runs:/, models:/, MLflow artifact URI) and load its generator."""
-    from ..registry import resolve_vocoder_dir
+    from clipsynth_platform.tracking.registry import resolve_vocoder_dir
 
-    return load_vocoder_dir(resolve_vocoder_dir(uri, dst))
+    return load_hifigan_dir(resolve_vocoder_dir(uri, dst))
