@@ -56,6 +56,7 @@ JSON_BODIES = [
     {"query": "a", "seed": 2**31},
     {"query": "a", "guidance": 20.5},
     {"query": "a", "seconds": 4.2},
+    {"query": "a", "seconds": 8.320000000000002},  # what the fuzz sent: not the enum's 8.32
     {"query": "a", "seconds": "4.16"},
     {"query": "a", "sampler": "euler"},
     {"query": "a", "gap_reduction": "rotate"},
@@ -82,6 +83,7 @@ FORM_FIELDS = [
     ({"steps": "five"}, False),
     ({"steps": 0}, False),
     ({"seconds": 4.2}, False),
+    ({"seconds": 8.320000000000002}, False),
     ({"sampler": "ddpm "}, False),
     ({"gap_reduction": "rotate"}, False),
     ({"query": "a dog"}, False),
