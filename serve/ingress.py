@@ -270,7 +270,7 @@ class SynthesizerIngress:
         )
 
     @api.get("/docs/{asset}", include_in_schema=False)
-    async def docs_asset(self, asset: str) -> FileResponse:
+    async def docs_file(self, asset: str) -> FileResponse:
         path = docs_asset(asset)
         if path is None:
             raise RequestError(404, f"no such file: {asset}")

@@ -141,6 +141,15 @@ def process_memory_mb(pid: int) -> dict[str, float] | None:
     return {"rss": round(kb(status, "VmRSS") / 1024, 1), "uss": round(uss / 1024, 1)}
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used; None when it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 def png_bytes(rng: np.random.Generator) -> bytes:
     from PIL import Image
 
@@ -199,6 +208,7 @@ async def soak(base: str, cfg: SoakConfig, t0: float) -> list[dict]:
     stop = time.monotonic() + cfg.minutes * 60
     current = [Window()]
     windows: list[dict] = []
+    cpu_before: dict[str, float] = {}
     clients = [asyncio.create_task(client_loop(base, k, cfg, stop, current)) for k in range(cfg.clients)]
     start = time.monotonic()
     while not all(c.done() for c in clients):
@@ -208,10 +218,17 @@ async def soak(base: str, cfg: SoakConfig, t0: float) -> list[dict]:
         wall = now - (start + cfg.window_s * len(windows))
         row = summarize_window(now - t0, finished, wall)
         row["partial"] = wall < 0.9 * cfg.window_s  # the last one: requests in flight when the time ran out
+        pids = serve_processes()
         row["memory_mb"] = {
-            name: mem for name, pid in sorted(serve_processes().items()) if (mem := process_memory_mb(pid)) is not None
+            name: mem for name, pid in sorted(pids.items()) if (mem := process_memory_mb(pid)) is not None
         }
-        row["pids"] = serve_processes()
+        # CPU each process got in this window, and the machine's load: a window where the sampler got little CPU
+        # while the load was high was slowed by other work, not by the service.
+        cpu = {name: used for name, pid in pids.items() if (used := process_cpu_s(pid)) is not None}
+        row["cpu_s"] = {name: round(used - cpu_before.get(name, 0.0), 2) for name, used in sorted(cpu.items())}
+        cpu_before.update(cpu)
+        row["load_1m"] = round(os.getloadavg()[0], 2)
+        row["pids"] = pids
         windows.append(row)
         print(
             json.dumps({k: row[k] for k in ("t_end_s", "answers", "p50_s", "p99_s")} | {"memory_mb": row["memory_mb"]}),
@@ -222,6 +239,11 @@ async def soak(base: str, cfg: SoakConfig, t0: float) -> list[dict]:
     return windows
 
 
+def _slope(t: np.ndarray, values: np.ndarray) -> float | None:
+    """Least-squares slope in MB per hour, None with fewer than 3 points."""
+    return round(float(np.polyfit(t, values, 1)[0]) * 3600, 1) if len(t) >= 3 else None
+
+
 def growth(windows: list[dict], warmup_s: float) -> dict:
     """Per process: memory at the first window after warm-up and at the last, their difference, and the slope."""
     steady = [w for w in windows if w["t_end_s"] >= warmup_s and not w["partial"]] or windows
@@ -230,14 +252,17 @@ def growth(windows: list[dict], warmup_s: float) -> dict:
         rows = [(w["t_end_s"], w["memory_mb"][name]) for w in steady if name in w["memory_mb"]]
         t = np.array([r[0] for r in rows])
         entry = {"windows": len(rows), "restarted": len({w["pids"].get(name) for w in steady}) > 1}
+        half = len(rows) // 2
         for kind in ("rss", "uss"):
             values = np.array([r[1][kind] for r in rows])
-            slope = float(np.polyfit(t, values, 1)[0]) * 3600 if len(rows) >= 3 else None
             entry[kind] = {
                 "start_mb": float(values[0]),
                 "end_mb": float(values[-1]),
                 "growth_mb": round(float(values[-1] - values[0]), 1),
-                "slope_mb_per_hour": round(slope, 1) if slope is not None else None,
+                "slope_mb_per_hour": _slope(t, values),
+                # Growth that slows down (allocator pools, caches filling) differs from a leak's steady line.
+                "first_half_slope_mb_per_hour": _slope(t[: half + 1], values[: half + 1]),
+                "second_half_slope_mb_per_hour": _slope(t[half:], values[half:]),
             }
         out[name] = entry
     return out
@@ -310,7 +335,7 @@ def main() -> None:
     Path(cfg.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     grown = ", ".join(
-        f"{name} {g['uss']['growth_mb']:+.1f} MB ({g['uss']['slope_mb_per_hour']:+.0f} MB/h)"
+        f"{name} {g['uss']['growth_mb']:+.1f} MB (second half {g['uss']['second_half_slope_mb_per_hour']:+.0f} MB/h)"
         for name, g in result["memory_growth_after_warmup"].items()
     )
     lat = result["latency"]
