@@ -68,7 +68,8 @@ class Window:
 
     latencies: list[float] = field(default_factory=list)  # of 200 answers to synthesis requests
     statuses: dict[str, int] = field(default_factory=dict)
-    unexpected: list[str] = field(default_factory=list)
+    unexpected: int = 0  # answers whose status was not the one the request must get
+    unexpected_examples: list[str] = field(default_factory=list)
 
     def count(self, status: int) -> None:
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
@@ -184,7 +185,9 @@ async def client_loop(base: str, k: int, cfg: SoakConfig, stop: float, current: 
             window = current[0]  # the window this answer finished in
             window.count(r.status_code)
             if r.status_code != expected:
-                window.unexpected.append(f"{path}: {r.status_code} (expected {expected}) {r.text[:120]}")
+                window.unexpected += 1
+                if len(window.unexpected_examples) < 5:
+                    window.unexpected_examples.append(f"{path}: {r.status_code} (expected {expected}) {r.text[:120]}")
             elif expected == 200:
                 window.latencies.append(time.perf_counter() - t)
 
@@ -195,7 +198,8 @@ def summarize_window(t_end: float, window: Window, wall: float) -> dict:
         "t_end_s": round(t_end, 1),
         "answers": sum(window.statuses.values()),
         "statuses": dict(sorted(window.statuses.items())),
-        "unexpected": window.unexpected[:5],
+        "unexpected": window.unexpected,
+        "unexpected_examples": window.unexpected_examples,
         "syntheses_per_s": round(len(lat) / wall, 3),
         "p50_s": round(pct(lat, 50), 4) if lat else None,
         "p90_s": round(pct(lat, 90), 4) if lat else None,
@@ -306,7 +310,7 @@ def main() -> None:
     for w in windows:
         for status, n in w["statuses"].items():
             statuses[status] = statuses.get(status, 0) + n
-    unexpected = sum(len(w["unexpected"]) for w in windows)
+    unexpected = sum(w["unexpected"] for w in windows)
     steady = [w for w in full if w["t_end_s"] >= cfg.warmup_s] or full
     result = {
         "benchmark": "serve_soak",
@@ -336,6 +340,7 @@ def main() -> None:
     print(json.dumps(result))
     grown = ", ".join(
         f"{name} {g['uss']['growth_mb']:+.1f} MB (second half {g['uss']['second_half_slope_mb_per_hour']:+.0f} MB/h)"
+        + (" RESTARTED" if g["restarted"] else "")
         for name, g in result["memory_growth_after_warmup"].items()
     )
     lat = result["latency"]
