@@ -12,7 +12,7 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 from loopback_videos import LoopbackServer, tone_seconds, tone_video
-from moto_server import moto_s3_env
+from s3_loopback import moto_server
 
 from clipsynth_platform.datasets.manifest import MANIFEST_FILE, Manifest, load_manifest
 from clipsynth_platform.fetch import LEDGER_FILE, SUMMARY_FILE, FetchConfig, Ledger, run_fetch
@@ -162,9 +162,7 @@ def test_fetch_into_webdataset_shards(site, tmp_path, ray_cluster):
 def test_fetch_to_s3(site, tmp_path, ray_cluster, monkeypatch):
     import s3fs
 
-    with moto_s3_env() as env:
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
+    with moto_server(monkeypatch) as env:
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir("bucket")
         fs.pipe_file("bucket/lists/vggsound.csv", b"v1,20,dog,train\nv2,0,cat,test\ngone,0,owl,train\n")

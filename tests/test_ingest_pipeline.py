@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from media import build_corpus, ffmpeg_audio_16k_mono, luma_at, rgb_gray_of_luma, write_music_index
-from moto_server import moto_s3_env
 from PIL import Image
+from s3_loopback import moto_server
 
 from clipsynth_core import MelFrontend
 from clipsynth_platform.datasets.schema import (
@@ -215,9 +215,7 @@ def test_interrupted_cli_run_resumes_to_the_same_rows(corpus, ingested, tmp_path
 
 @pytest.fixture
 def moto_s3(monkeypatch):
-    with moto_s3_env() as env:
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
+    with moto_server(monkeypatch) as env:
         yield env
 
 

@@ -252,6 +252,9 @@ def test_ingestion_label_index_comes_from_the_manifest(tmp_path):
     (tmp_path / "ids.jsonl").write_text('{"id": "yt9", "start": 20, "label": "owl"}\n')
     by_id = load_label_index(str(tmp_path / "ids.jsonl"))
     assert by_id.match_by == "stem" and by_id.lookup("/x/yt9_000020.mp4", "yt9_000020.mp4").label == "owl"
+    (tmp_path / "urls.csv").write_text("url,start,label\nhttp://m.example/a/clipA.mp4,30,owl\n")
+    by_url = load_label_index(str(tmp_path / "urls.csv"))  # the files a fetch of it wrote: {clip_id}.mp4
+    assert by_url.match_by == "stem" and by_url.lookup("/f/clipA_000030.mp4", "clipA_000030.mp4").label == "owl"
     (tmp_path / "bad.csv").write_text("a.mp4,cat\nb.mp4,\n")  # headerless path,label rows need both
     with pytest.raises(ValueError, match=r"bad\.csv: table line 2: empty path or label"):
         load_label_index(str(tmp_path / "bad.csv"))

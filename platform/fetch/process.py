@@ -35,7 +35,9 @@ class DownloaderProcess:
     def _start(self) -> None:
         # The child imports this package the way the worker did: same interpreter and PYTHONPATH (a job's
         # working dir), in a session of its own so that a kill reaches ffmpeg too.
+        # The interpreter's bin/ leads PATH: tools installed beside it (Deno, for YouTube's challenges) are found.
         env = {**os.environ, **(self.env or {}), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env["PATH"] = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH", "")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clipsynth_platform.fetch.child"],
             stdin=subprocess.PIPE,

@@ -7,7 +7,7 @@ clipsynth_platform.datasets.manifest; this module only keys its clips the way in
 - MUSIC: a video file is named `{youtube_id}.{ext}`, possibly inside per-class folders. No split: it is hashed
   per video.
 - CSV / tables: rows naming a `path` (relative to the input root, or absolute, or a full URI) match by path;
-  rows naming only an id match by file stem, as VGG-Sound's do.
+  rows naming an id or an http(s) URL match by file stem (the clip id a fetch names its file by), as VGG-Sound's.
 - A fetch's `_manifest.parquet`: as the format it was read from.
 """
 
@@ -74,8 +74,11 @@ def _path_key(path: str, root: str) -> str:
 
 
 def index_of(manifest: Manifest, input_root: str = "") -> LabelIndex:
-    """The label index of a manifest: by path when every clip names one (a path table), else by clip id."""
-    by_path = manifest.format == "table" and all(c.source is not None for c in manifest.clips)
+    """The label index of a manifest: by path when every clip names a file (a path table), else by clip id (a
+    table of URLs names the files a fetch wrote: `{clip_id}.mp4`)."""
+    by_path = manifest.format == "table" and all(
+        c.source is not None and not c.source.startswith(("http://", "https://")) for c in manifest.clips
+    )
     root = strip_scheme(input_root).rstrip("/") + "/" if input_root else ""
     entries: dict[str, LabelEntry] = {}
     for clip in manifest.clips:
