@@ -12,6 +12,8 @@ into a fresh output folder on the one local Ray cluster (8 logical CPUs, 0.25 CP
 window, the ledger) plus the actors' start, not a network's.
 - clips per second: clips / the run's fetch seconds (the actors' start included), medians over --repeats; the
   concurrencies alternate in order within each repeat, so a busy machine slows all of them alike;
+- in-actor clips per second: clips / (the ledger's per-clip seconds summed / concurrency): the rate once the
+  actors run, without their start (each actor starts a Ray worker and a yt-dlp child, about a CPU-second);
 - CPU seconds per clip: user + system time of this process and all its descendants (reaped children included)
   over the run, per clip: what a clip costs whatever else the machine is doing;
 - memory: the peak proportional set size (PSS, /proc/PID/smaps_rollup) summed over this process and all its
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from common import benchmark_parser, emit  # noqa: E402
 from loopback_videos import LoopbackServer, tone_video  # noqa: E402
 
-from clipsynth_platform.fetch import FetchConfig, run_fetch  # noqa: E402
+from clipsynth_platform.fetch import FetchConfig, Ledger, run_fetch  # noqa: E402
 
 NAMES = 100  # source "videos": hard links to the --videos distinct files
 WINDOWS = tuple(range(0, 50, 5))  # 10 windows per video (starts 0..45 s)
@@ -148,10 +150,12 @@ def fetch(server: LoopbackServer, manifest: Path, out: Path, concurrency: int) -
     cpu = tree_cpu_seconds() - cpu_before
     if summary.ok != summary.clips_in:
         raise RuntimeError(f"{summary.clips_in - summary.ok} clips failed: {summary.failed_by_class}")
+    busy = sum(r.seconds for r in Ledger.read(str(out)).rows.values() if r.run == summary.run.run)
     return {
         "clips": summary.clips_in,
         "seconds": summary.run.seconds,
         "clips_per_second": summary.run.clips_per_second,
+        "in_actor_clips_per_second": round(summary.run.fetched_ok / (busy / concurrency), 3) if busy else None,
         "cpu_seconds_per_clip": round(cpu / summary.clips_in, 3),
         "requests": server.total_requests - requests_before,
     }
@@ -227,6 +231,7 @@ def main() -> None:
     rates = {
         str(c): {
             "median_clips_per_second": statistics.median(r["clips_per_second"] for r in rs),
+            "median_in_actor_clips_per_second": statistics.median(r["in_actor_clips_per_second"] for r in rs),
             "median_cpu_seconds_per_clip": statistics.median(r["cpu_seconds_per_clip"] for r in rs),
             "runs": rs,
         }
@@ -246,7 +251,8 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     rate_text = ", ".join(
-        f"{c}: {r['median_clips_per_second']:.2f} ({r['median_cpu_seconds_per_clip']:.2f} CPU s/clip)"
+        f"{c}: {r['median_clips_per_second']:.2f} (in actors {r['median_in_actor_clips_per_second']:.2f}, "
+        f"{r['median_cpu_seconds_per_clip']:.2f} CPU s/clip)"
         for c, r in rates.items()
     )
     mem_text = ", ".join(f"{m['clips']} clips +{m['peak_above_idle_mib']:.0f} MiB" for m in memory)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
 
 import pyarrow as pa
 
@@ -95,7 +94,3 @@ class ClipFetcher:
         if process is not None:
             process.close()
         shutil.rmtree(getattr(self, "scratch", ""), ignore_errors=True)
-
-
-def request_items(requests: list[ClipRequest]) -> list[dict]:
-    return [asdict(r) for r in requests]
