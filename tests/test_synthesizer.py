@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -125,10 +126,13 @@ def test_guidance_needs_condition_dropout(synth):
     assert not torch.allclose(w3[1], w0[1])
 
 
-def test_missing_clip_weights_name_the_fix(tmp_path):
+def test_missing_clip_weights_name_the_fix(tmp_path, caplog):
     cfg = ClipConfig(model_name="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path), allow_download=False)
-    with pytest.raises(ClipWeightsError) as err:
+    with caplog.at_level(logging.DEBUG), pytest.raises(ClipWeightsError) as err:
         ClipQueryEncoder(cfg)
+    # open_clip's own "Failed to download weights" line is kept, at DEBUG: the error above already says it
+    failed = [r for r in caplog.records if r.getMessage().startswith("Failed to download weights")]
+    assert failed and all(r.levelno == logging.DEBUG for r in failed)
     msg = str(err.value)
     assert "--clip-pretrained /path/to" in msg and "--clip-pretrained none" in msg and "open_clip" in msg
     with pytest.raises(ClipWeightsError, match="no file at"):

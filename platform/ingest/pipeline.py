@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipsynth_platform.datasets.schema import SCHEMA_VERSION
-from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 from clipsynth_platform.runtime.options import fields_from
 from clipsynth_platform.runtime.preflight import ClusterView, require_shared_locations
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
@@ -172,7 +172,8 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
         ensure_ray(config)
         require_shared_locations(ClusterView.from_ray(), input=config.input, output=config.output)
-    log(f"code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
+    log(f"code from {require_consistent_origin().platform_root}")
+    get_logger("ingest").debug(f"config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
         labels = load_label_index(config.labels, config.labels_format, config.input)

@@ -382,5 +382,6 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
 def print_plan(cfg: TrainConfig, job: dict) -> None:
     """The resolved configuration, printed at start (the same values go to MLflow as params)."""
     shown = {k: v for k, v in job.items() if k not in ("params", "sample_conds", "sample_audio", "tags")}
-    get_logger(job["kind"]).info(f"config:\n{cfg.to_json()}")
-    get_logger(job["kind"]).info(f"resolved:\n{json.dumps(shown, indent=2, default=str)}")
+    # the whole config and what it resolved to, in the log file (and the run's MLflow params)
+    get_logger(job["kind"]).debug(f"config:\n{cfg.to_json()}")
+    get_logger(job["kind"]).debug(f"resolved:\n{json.dumps(shown, indent=2, default=str)}")
