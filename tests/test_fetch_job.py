@@ -20,6 +20,16 @@ from clipsynth_platform.fetch.job import main
 
 pytestmark = pytest.mark.ray
 
+
+@pytest.fixture(autouse=True)
+def _console_restored(tmp_path, monkeypatch):
+    """main() opens the job's console (its log file here); later tests get this process's logging back."""
+    from clipsynth_platform.runtime import console
+
+    monkeypatch.setenv(console.LOG_DIR_ENV, str(tmp_path / "logs"))
+    yield
+    console.close_console()
+
 MANIFEST = (
     'v1,30,"dog, barking",train\n'
     "v1,0,dog,train\n"

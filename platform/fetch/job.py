@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.console import open_console
 from clipsynth_platform.runtime.options import parse_config
 
 from .config import FetchConfig
@@ -14,7 +14,7 @@ from .config import FetchConfig
 def main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
     from .pipeline import run_fetch
 
-    configure_logging()
+    open_console("fetch")
     config = parse_config(FetchConfig, argv, description)
     try:
         run_fetch(config)

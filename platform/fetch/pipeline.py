@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from clipsynth_platform.datasets.manifest import MANIFEST_FILE, Clip, Manifest, load_manifest
 from clipsynth_platform.datasets.manifest.load import read_source
+from clipsynth_platform.runtime.console import progress_bar
 from clipsynth_platform.runtime.logs import LogFn, progress
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
 from clipsynth_platform.runtime.uri import exists, join, makedirs, write_atomically
@@ -29,8 +30,6 @@ from .plan import FetchPlan, plan_fetch
 from .stage import ClipFetcher
 from .summary import FetchSummary, RunCounts, summarize
 from .ytdlp import TOOL
-
-PROGRESS_SECONDS = 30.0
 
 
 def ensure_ray(config: FetchConfig) -> str:
@@ -186,19 +185,16 @@ def run_fetch(config: FetchConfig, worker_env: dict[str, str] | None = None, log
         t_fetch = time.perf_counter()  # the fetch's own time: not the cluster's start
         ds = _dataset(config, [r for _, r in plan.to_fetch], cookies, worker_env)
         batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-        last_flush = last_progress = time.monotonic()
+        last_flush = time.monotonic()
         try:
-            for row in _rows(batches):
-                recorder.add(row)
-                now = time.monotonic()
-                if now - last_flush >= config.ledger_flush_seconds:
-                    ledger.write(config.output)
-                    last_flush = now
-                if now - last_progress >= PROGRESS_SECONDS:
-                    done = recorder.ok + recorder.failed + len(recorder.waiting)
-                    rate = done / max(1e-9, time.perf_counter() - t_fetch)
-                    log(f"{done}/{len(plan.to_fetch)} clips ({recorder.failed} failed), {rate:.2f} clips/s")
-                    last_progress = now
+            with progress_bar(len(plan.to_fetch), "fetch", "clips", log) as bar:
+                for row in _rows(batches):
+                    recorder.add(row)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{recorder.failed} failed", refresh=False)
+                    if time.monotonic() - last_flush >= config.ledger_flush_seconds:
+                        ledger.write(config.output)
+                        last_flush = time.monotonic()
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
