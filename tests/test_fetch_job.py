@@ -30,6 +30,7 @@ def _console_restored(tmp_path, monkeypatch):
     yield
     console.close_console()
 
+
 MANIFEST = (
     'v1,30,"dog, barking",train\n'
     "v1,0,dog,train\n"
