@@ -8,11 +8,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +17,7 @@ import pytest
 import torch
 from media import build_corpus, ffmpeg_audio_16k_mono, luma_at, rgb_gray_of_luma, write_music_index
 from PIL import Image
+from s3_loopback import moto_server
 
 from clipsynth_core import MelFrontend
 from clipsynth_platform.datasets.schema import (
@@ -217,40 +213,10 @@ def test_interrupted_cli_run_resumes_to_the_same_rows(corpus, ingested, tmp_path
             assert resumed[name].equals(expected[name]), name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def moto_s3(monkeypatch):
-    port = _free_port()
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    yield env
-    proc.terminate()
-    proc.wait(timeout=10)
+    with moto_server(monkeypatch) as env:
+        yield env
 
 
 def test_s3_input_and_output(corpus, ingested, moto_s3, ray_cluster):
