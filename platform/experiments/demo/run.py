@@ -26,7 +26,7 @@ from .stages import Stages, use_local_tracking
 from .tracking import log_ingest_run, tag_clip
 
 # The Serve app (`serve:app_builder`) lives at the repository root, like `serve run serve:app` expects.
-PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 def _serve_app_importable() -> None:
