@@ -17,6 +17,7 @@ from clipsynth_core import (
     ConditionalUNet,
     DiffusionConfig,
     HiFiGANGenerator,
+    UNetConfig,
     hifigan_config,
     load_training_state,
     unet_config,
@@ -77,7 +78,8 @@ def test_the_bundle_must_match_the_runs_variant_and_clip(other_data, tmp_path):
     cfg = DiffusionTrainConfig(**base, init_from=str(good))
     job, _ = prepare_diffusion(cfg)
     # the bundle's architecture and process, not --model-size paper's or --diffusion-steps' 4000
-    assert job["unet"] == json.loads((good / "bundle.json").read_text())["unet"]
+    assert job["unet"] == UNetConfig.from_dict(json.loads((good / "bundle.json").read_text())["unet"]).to_dict()
+    assert job["unet"]["model_channels"] == 32  # the bundle's tiny U-Net
     assert job["diffusion"]["num_steps"] == SOURCE_STEPS
     assert job["run_name"] == "clipsynth-vggsound-image-finetune"  # its own run, apart from the source's
     weights = job["init_from"]["weights"]

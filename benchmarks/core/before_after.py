@@ -76,7 +76,9 @@ def child(kind: str, batch: int, steps: int, warmup: int, threads: int, kernel: 
         run()
     seconds = time.perf_counter() - t0
     per_call = 10 if kind == "sample" else 1
-    return {"steps_per_s": steps * per_call / seconds}
+    import clipsynth_core
+
+    return {"steps_per_s": steps * per_call / seconds, "core": clipsynth_core.__file__}
 
 
 def measure(tree: str, kind: str, args, kernel: str = "auto") -> float:
@@ -84,7 +86,10 @@ def measure(tree: str, kind: str, args, kernel: str = "auto") -> float:
     cmd = [sys.executable, str(HERE), "--child", kind, "--batch", str(args.batch), "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--kernel", kernel]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tree)
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["steps_per_s"])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not result["core"].startswith(tree):
+        raise RuntimeError(f"the child measured {result['core']}, not the tree {tree}")
+    return float(result["steps_per_s"])
 
 
 def main() -> None:

@@ -54,7 +54,6 @@ def train_hifigan_worker(loop_config: dict) -> None:
 def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The HiFi-GAN loop itself (see the module docstring)."""
     import ray.train
-    import ray.train.torch
 
     rank, world, device = place.rank, place.world, place.device
     configure_device(device, cfg.tf32)
