@@ -183,7 +183,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
     state = TrainingState(model, optimizer, ema=ema)
     start = resume(state, device, rank, log)
     if not start.resumed and job.get("init_from"):
-        _start_from_trained(model, ema, job["init_from"], device)
+        _start_from_trained(model, ema, job["init_from"])
     streams = RankStreams(cfg.seed, rank, start.step)
     torch.manual_seed(streams.dropout)  # each rank its own dropout, now that the weights are made
     plan = job["batch"]
@@ -244,7 +244,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
         _finish(cfg, job, tracker, ema, unet_config, diffusion_config, loop.last_step)
 
 
-def _start_from_trained(model: torch.nn.Module, ema: EMA, init: dict, device: torch.device) -> None:
+def _start_from_trained(model: torch.nn.Module, ema: EMA, init: dict) -> None:
     """Fine-tuning's start: the trained bundle's U-Net weights (its EMA weights, which the bundle carries) in
     both the model and its EMA, read from the copy the driver put in the run's storage."""
     fs = fsspec_filesystem(init["weights"])
