@@ -159,6 +159,13 @@ def test_inspect_dataset_reads_the_shards(dataset, tiny_clip):
     expected = tiny_clip.encode_text(["cello", "flute", "violin"]).numpy()
     np.testing.assert_allclose(np.asarray(job["sample_conds"]), expected, atol=1e-6)
     assert job["params"]["unet.cond_dim"] == "64" and job["params"]["diffusion.num_steps"] == "4000"
+    # the batch as it divides, logged with the run: the paper's 128 on one worker, in one pass
+    assert {k: job["params"][f"batch.{k}"] for k in ("global_size", "per_worker", "microbatch", "accumulation")} == {
+        "global_size": "128",
+        "per_worker": "128",
+        "microbatch": "128",
+        "accumulation": "1",
+    }
     assert job["tags"]["variant"] == "image" and job["tags"]["clip_model"] == "tiny"
 
 

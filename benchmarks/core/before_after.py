@@ -25,71 +25,71 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 sys.path.insert(0, str(HERE.parents[1]))
+RESULTS_DIR = HERE.parents[1] / "results"
 
 
-def child(kind: str, batch: int, steps: int, warmup: int, threads: int, kernel: str) -> dict:
-    """One measurement, in this process, of whichever clipsynth_core is on the path."""
+def child(batch: int, steps: int, warmup: int, threads: int, kernels: list[str]) -> dict:
+    """Every measurement of one round, in this process, of whichever clipsynth_core is on the path: a training
+    step as the tree's loop builds it, a sampling step, and (in a tree that has them) the AdamW kernels."""
     import torch
 
+    import clipsynth_core
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
     from clipsynth_core.training import DiffusionStep
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    if kind == "train":
+    mel = torch.rand(batch, 1, 64, 64, generator=g) * 2 - 1
+    cond = torch.nn.functional.normalize(torch.randn(batch, 64, generator=g), dim=-1)
+
+    def rate(run, per_call: int = 1) -> float:
+        for _ in range(warmup):
+            run()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        return steps * per_call / (time.perf_counter() - t0)
+
+    def train_rate(kernel: str | None) -> float:
+        torch.manual_seed(0)
         model = ConditionalUNet(unet_config("cpu", cond_dim=64))
         diffusion = GaussianDiffusion.from_config(DiffusionConfig())
-        try:  # this tree: the loop's optimiser and the step's device generator
+        if kernel is None:  # the base tree: torch's default AdamW and a CPU generator, as its loop built them
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999))
+            generator = torch.Generator().manual_seed(0)
+        else:  # this tree: the loop's optimiser (`kernel` "auto" is what it picks) and the device generator
             from clipsynth_core.noise import device_generator
             from clipsynth_core.training import adamw
 
             optimizer = adamw(model.parameters(), "cpu", lr=1e-4, kernel=kernel)
             generator = device_generator("cpu", 0)
             diffusion = diffusion.to("cpu")
-        except ImportError:  # the base tree: torch's default AdamW and a CPU generator, as its loop built them
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999))
-            generator = torch.Generator().manual_seed(0)
         step = DiffusionStep(model, diffusion, optimizer, EMA(model, 0.9999), generator=generator)
-        mel = torch.rand(batch, 1, 64, 64, generator=g) * 2 - 1
-        cond = torch.nn.functional.normalize(torch.randn(batch, 64, generator=g), dim=-1)
         model.train()
+        return rate(lambda: step(mel, cond, 1))
 
-        def run() -> None:
-            step(mel, cond, 1)
+    has_kernels = hasattr(clipsynth_core.training, "adamw")
+    out = {"core": clipsynth_core.__file__, "train": train_rate("auto" if has_kernels else None)}
 
-    else:
-        from clipsynth_core import Synthesizer, SynthesizerConfig
+    from clipsynth_core import Synthesizer, SynthesizerConfig
 
-        config = SynthesizerConfig.tiny(unet=unet_config("cpu", cond_dim=64))
-        synth = Synthesizer.untrained(config)
-        cond = torch.nn.functional.normalize(torch.randn(batch, 64, generator=g), dim=-1)
-        seeds = list(range(batch))
-
-        def run() -> None:
-            synth.sample_mels(cond, steps=10, seed=seeds)  # 10 U-Net passes and 10 noise draws
-
-    for _ in range(warmup):
-        run()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        run()
-    seconds = time.perf_counter() - t0
-    per_call = 10 if kind == "sample" else 1
-    import clipsynth_core
-
-    return {"steps_per_s": steps * per_call / seconds, "core": clipsynth_core.__file__}
+    synth = Synthesizer.untrained(SynthesizerConfig.tiny(unet=unet_config("cpu", cond_dim=64)))
+    seeds = list(range(batch))
+    out["sample"] = rate(lambda: synth.sample_mels(cond, steps=10, seed=seeds), per_call=10)  # 10 U-Net passes
+    for kernel in kernels if has_kernels else []:
+        out[f"train_adamw_{kernel}"] = train_rate(kernel)
+    return out
 
 
-def measure(tree: str, kind: str, args, kernel: str = "auto") -> float:
+def measure(tree: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": tree, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, str(HERE), "--child", kind, "--batch", str(args.batch), "--steps", str(args.steps)]
-    cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--kernel", kernel]
+    cmd = [sys.executable, str(HERE), "--child", "--batch", str(args.batch), "--steps", str(args.steps)]
+    cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--kernels", args.kernels]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=tree)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    if not result["core"].startswith(tree):
-        raise RuntimeError(f"the child measured {result['core']}, not the tree {tree}")
-    return float(result["steps_per_s"])
+    if not result.pop("core").startswith(tree):
+        raise RuntimeError(f"the child did not measure the tree {tree}")
+    return result
 
 
 def main() -> None:
@@ -97,62 +97,75 @@ def main() -> None:
 
     p = benchmark_parser(__doc__)
     p.add_argument("--base", required=False, help="the tree measured as 'before' (a git worktree)")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=8, help="timed calls per measurement")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed calls per measurement")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="torch threads (the demo's Train worker has 2)")
     p.add_argument("--kernels", default="fused,foreach,loop", help="AdamW kernels compared in this tree")
-    p.add_argument("--child", default="", help=argparse_hidden())
-    p.add_argument("--kernel", default="auto", help=argparse_hidden())
+    p.add_argument("--child", action="store_true", help=argparse_hidden())
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k]
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.steps, args.warmup, args.threads, args.kernel)))
+        print(json.dumps(child(args.batch, args.steps, args.warmup, args.threads, kernels)))
         return
     if not args.base:
         p.error("--base is required (a worktree of the commit to compare with)")
     base, after = str(Path(args.base).resolve()), str(REPO)
     samples: dict[str, list[float]] = {}
-    kernels = [k for k in args.kernels.split(",") if k]
     for r in range(args.rounds):
         order = [("before", base), ("after", after)] if r % 2 == 0 else [("after", after), ("before", base)]
-        for kind in ("train", "sample"):
-            for label, tree in order:
-                samples.setdefault(f"{kind}_{label}", []).append(measure(tree, kind, args))
-        for kernel in kernels:
-            samples.setdefault(f"train_after_adamw_{kernel}", []).append(measure(after, "train", args, kernel))
+        for label, tree in order:
+            for key, value in measure(tree, args).items():
+                samples.setdefault(key if key.startswith("train_adamw") else f"{key}_{label}", []).append(value)
+        result = _result(args, base, after, samples, kernels)
+        partial = RESULTS_DIR / "before_after_cpu.partial.json"
+        partial.write_text(json.dumps(result, indent=2))  # a run cut short still leaves its rounds
         print(
             f"# round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()),
             file=sys.stderr,
         )
+    partial.unlink()
+    medians = result["medians"]
+    summary = (
+        f"cpu U-Net batch {args.batch}: training {medians['train_before']:.3f} -> {medians['train_after']:.3f} steps/s "
+        f"({result['ratio_train_after_vs_before']:.2f}x), sampling {medians['sample_before']:.2f} -> "
+        f"{medians['sample_after']:.2f} steps/s ({result['ratio_sample_after_vs_before']:.2f}x); AdamW "
+        + ", ".join(f"{k} {medians[f'train_adamw_{k}']:.3f}" for k in kernels)
+    )
+    emit(result, "before_after_cpu", summary, args.out)
+
+
+def _result(args, base: str, after: str, samples: dict[str, list[float]], kernels: list[str]) -> dict:
     medians = {k: statistics.median(v) for k, v in samples.items()}
-    result = {
+    return {
         "benchmark": "before_after_cpu",
         "what": "steps/s of the cpu-preset U-Net at batch 16: a training step (DiffusionStep with EMA, as each tree's "
-        "loop builds it) and a sampling step (sample_mels at 10 steps, per-example seeds); medians of rounds run in "
-        "alternation; the machine was shared with other jobs, so only the ratios within a round are meaningful",
+        "loop builds it: base, torch's default AdamW and a CPU generator; after, adamw('auto': fused) and a device "
+        "generator) and a sampling step (sample_mels at 10 steps, per-example seeds); the trees alternate, one child "
+        "process each per round; AdamW kernels on this tree's step. The machine was shared with other helpers' "
+        "jobs (see load_average): only ratios within a round mean much",
         "base_tree": base,
         "base_commit": _commit(base),
         "after_commit": _commit(after),
         "batch": args.batch,
         "threads": args.threads,
-        "rounds": args.rounds,
+        "steps_per_measurement": args.steps,
+        "rounds": len(samples.get("train_before", [])),
         "samples": samples,
         "medians": medians,
         "ratio_train_after_vs_before": medians["train_after"] / medians["train_before"],
         "ratio_sample_after_vs_before": medians["sample_after"] / medians["sample_before"],
         "per_round_ratio_train": [a / b for a, b in zip(samples["train_after"], samples["train_before"])],
         "per_round_ratio_sample": [a / b for a, b in zip(samples["sample_after"], samples["sample_before"])],
+        "adamw_kernels_vs_fused": {
+            k: statistics.median(a / b for a, b in zip(samples[f"train_adamw_{k}"], samples["train_adamw_fused"]))
+            for k in kernels
+            if "fused" in kernels
+        },
         "load_average": os.getloadavg(),
     }
-    summary = (
-        f"cpu U-Net batch {args.batch}: training {medians['train_before']:.2f} -> {medians['train_after']:.2f} steps/s "
-        f"({result['ratio_train_after_vs_before']:.2f}x), sampling {medians['sample_before']:.2f} -> "
-        f"{medians['sample_after']:.2f} steps/s ({result['ratio_sample_after_vs_before']:.2f}x); AdamW "
-        + ", ".join(f"{k} {medians[f'train_after_adamw_{k}']:.2f}" for k in kernels)
-    )
-    emit(result, "before_after_cpu", summary, args.out)
 
 
 def argparse_hidden() -> str:
