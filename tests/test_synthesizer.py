@@ -76,6 +76,19 @@ def test_seeded_and_independent_of_batch_mates(synth):
     assert not torch.allclose(other[1], a[1])
 
 
+def test_a_compiled_sampler_gives_the_eager_samples(synth):
+    """compile_unet (what serving.load_mel_sampler's compile_unet turns on) samples through torch.compile's
+    module, which shares the U-Net's weights: the same mels (the eager backend: no kernel build in a test)."""
+    cond = synth.encode(["a violin", "a dog"])
+    eager = synth.sample_mels(cond, steps=2, seed=[1, 2])
+    try:
+        synth.compile_unet(backend="eager")
+        assert synth.denoiser is not synth.unet
+        torch.testing.assert_close(synth.sample_mels(cond, steps=2, seed=[1, 2]), eager)
+    finally:
+        synth.denoiser = synth.unet
+
+
 def test_text_and_image_queries_use_one_space(synth):
     imgs = np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8)
     cond = synth.encode(imgs)
