@@ -276,3 +276,16 @@ def test_the_same_shards_from_s3(mirror, ingested, ray_cluster, monkeypatch):
         for key in ("audio", "mel", "frames_jpeg", "label", "split"):
             assert row[key] == twin[key], key
     assert rows.num_rows == sum(c.expect[0] == "ok" for c in in_s3)
+
+
+def test_on_a_cluster_ray_tasks_list_the_containers_as_the_driver_does(mirror, ray_cluster):
+    from clipsynth_platform.ingest.inputs import list_inputs
+    from clipsynth_platform.ingest.pipeline import container_lister
+
+    root, _, _ = mirror
+    config = IngestConfig(input=str(root), output="unused")
+    containers = [f for f in list_inputs(config.input, config.extensions) if f.kind != "video"]
+    by_ray = container_lister(config, None, use_ray=True)(containers)
+    here = container_lister(config, None, use_ray=False)(containers)
+    strip = lambda indexes: [{**i.to_dict(), "seconds": 0} for i in indexes]  # noqa: E731
+    assert strip(by_ray) == strip(here) and [len(i.members) for i in here] == [4, 4, 4]

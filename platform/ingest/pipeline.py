@@ -23,7 +23,6 @@ from clipsynth_platform.runtime.logs import LogFn, progress
 from clipsynth_platform.runtime.options import fields_from
 from clipsynth_platform.runtime.preflight import ClusterView, require_shared_locations
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
-from clipsynth_platform.runtime.uri import is_s3
 
 from .commit import Committer, RunStats
 from .config import IngestConfig
@@ -164,15 +163,16 @@ def _rewriter(config: IngestConfig, worker_env: dict | None) -> Callable[[str, l
     return lambda relative, drop: ray.get(task.remote(config.output, relative, drop))
 
 
-def _lister(config: IngestConfig, worker_env: dict | None) -> Callable[[list[InputFile]], list[ContainerIndex]]:
-    """Who lists containers: Ray tasks, one per container, where the data is read, when any is on S3 or the job
-    runs on a cluster; else threads in this process (local files on this machine: the same disks and cores,
-    without starting Ray workers for it). Listing is I/O and zlib, which release the GIL."""
+def container_lister(
+    config: IngestConfig, worker_env: dict | None, use_ray: bool
+) -> Callable[[list[InputFile]], list[ContainerIndex]]:
+    """Who lists containers: with `use_ray` (a job on a cluster), Ray tasks, one per container, where the data is
+    read; else threads in this process, which on a local Ray is the same machine, disks and network, without
+    starting Ray workers for it (listing is I/O and zlib, which release the GIL)."""
     settings = ListingSettings(config.extensions, config.parquet_video_column, config.parquet_id_column)
-    on_cluster = bool(config.address or os.environ.get("RAY_ADDRESS"))
 
     def list_all(items: list[InputFile]) -> list[ContainerIndex]:
-        if not on_cluster and not any(is_s3(item.uri) for item in items):
+        if not use_ray:
             with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1)) as pool:
                 return list(pool.map(lambda item: index_container(item.uri, item.kind, settings), items))
         import ray
@@ -204,7 +204,7 @@ def plan_inputs(
         store,
         containers,
         ListingSettings(config.extensions, config.parquet_video_column, config.parquet_id_column),
-        _lister(config, worker_env),
+        container_lister(config, worker_env, use_ray=bool(config.address or os.environ.get("RAY_ADDRESS"))),
         retry_broken=config.retry_failed,
         enough=enough,
         log=log,
