@@ -36,6 +36,8 @@ from common import RESULTS, benchmark_parser, emit
 from mirror_corpus import make_clips, write_shards
 
 CHILD_MARK = "clipsynth_platform.ingest.decode_child"
+# Commit every this many chunk rows (one per 5 s clip): the progress signal memory is plotted against.
+COMMIT_ROWS = 25
 SERIES_POINTS = 150  # points kept per role's time series in the results
 COMMIT_LINE = re.compile(r"; (\d+)/(\d+) videos,")
 
@@ -116,14 +118,18 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
 
 
 def series_report(sampler: Sampler, samples: list[dict]) -> dict:
-    """One process's RSS: first (after its first video), last, max, and slope per 100 videos."""
-    started = [s for s in samples if sampler.videos_at(s["t"]) >= 1] or samples
-    xs = [sampler.videos_at(s["t"]) for s in started]
-    ys = [s["rss_mb"] for s in started]
+    """One process's RSS once warm (from the job's first commit on, or from its own start when later): first,
+    last, max, and the least-squares slope per 100 videos committed."""
+    warm = sampler.progress[1][0] if len(sampler.progress) > 1 else 0.0
+    kept = [s for s in samples if s["t"] >= warm and s["rss_mb"] > 0] or [s for s in samples if s["rss_mb"] > 0]
+    if not kept:
+        return {"samples": len(samples), "videos_seen": 0}
+    xs = [sampler.videos_at(s["t"]) for s in kept]
+    ys = [s["rss_mb"] for s in kept]
     per_video = slope(xs, ys)
     return {
-        "samples": len(samples),
-        "videos_seen": round(max(xs) - min(xs), 1) if xs else 0,
+        "samples": len(kept),
+        "videos_seen": round(max(xs) - min(xs), 1),
         "rss_first_mb": ys[0],
         "rss_last_mb": ys[-1],
         "rss_max_mb": max(ys),
@@ -141,7 +147,7 @@ def analyse(sampler: Sampler) -> dict:
         roles.setdefault(role, []).append({"pid": pid, **series_report(sampler, samples)})
     for reports in roles.values():
         reports.sort(key=lambda r: r["videos_seen"], reverse=True)
-    children = [r for r in roles.get("decoder_child", []) if r["videos_seen"] >= 50]
+    children = [r for r in roles.get("decoder_child", []) if r["videos_seen"] >= COMMIT_ROWS * 2]
     total, series = {}, {}
     for role, reports in roles.items():  # the role's summed RSS over time (all its processes)
         at: dict[float, float] = {}
@@ -201,6 +207,7 @@ def main() -> None:
         clip_pretrained="none",
         decode_concurrency=1,
         num_cpus=4,
+        shard_rows=COMMIT_ROWS,
     )
     sampler = Sampler(args.interval)
     sampler.start()
