@@ -317,3 +317,37 @@ def test_reading_an_early_member_of_a_tar_gz_stops_there(tmp_path, monkeypatch):
         got = list(read_tar(str(shard), True, index.members[:1], files))
         assert len(got) == 1 and Path(got[0][1].path).read_bytes() == payload(0, 100_000)
     assert 100_000 < sum(read) < 0.2 * shard.stat().st_size  # 20 members of 100 kB: about 2 MB in all
+
+
+def test_container_indexes_are_kept_in_the_output_and_listed_again_only_when_changed(tmp_path):
+    from clipsynth_platform.ingest.containers import index_inputs
+    from clipsynth_platform.ingest.store import OutputStore
+
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        write_tar(tmp_path / "in" / f"s{k}.tar", [(f"v{k}{i}_000000.mp4", payload(10 * k + i)) for i in range(2)])
+    containers = list_inputs([str(tmp_path / "in")], EXT)
+    store = OutputStore(str(tmp_path / "out"))
+    listed: list[str] = []
+
+    def list_all(items):
+        listed.extend(Path(i.uri).name for i in items)
+        return [index_container(i.uri, i.kind, LISTING) for i in items]
+
+    first = index_inputs(store, containers, LISTING, list_all)
+    assert listed == ["s0.tar", "s1.tar", "s2.tar"] and sum(len(i.members) for i in first.values()) == 6
+    again = index_inputs(store, containers, LISTING, list_all)
+    assert listed == ["s0.tar", "s1.tar", "s2.tar"] and again == first  # read back, nothing listed
+    # A shard that changed is listed again; so are all when the listing settings change.
+    write_tar(tmp_path / "in" / "s1.tar", [("w_000000.mp4", payload(99))])
+    changed = index_inputs(store, containers, LISTING, list_all)
+    assert listed[3:] == ["s1.tar"] and [m.name for m in changed[containers[1].uri].members] == ["w_000000.mp4"]
+    index_inputs(store, containers, ListingSettings((".webm",), "video", None), list_all)
+    assert listed[4:] == ["s0.tar", "s1.tar", "s2.tar"]
+    # With --limit, containers are listed one at a time until enough videos are known.
+    fresh = OutputStore(str(tmp_path / "out2"))
+    listed.clear()
+    index_inputs(
+        fresh, containers, LISTING, list_all, enough=lambda idx: sum(len(i.members) for i in idx.values()) >= 2
+    )
+    assert listed == ["s0.tar"]
