@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, benchmark_parser, emit
+from local_ray import start_local_ray
 from mirror_corpus import make_clips, write_shards
 
 CLASSES = ("dog barking", "cat purring", "playing violin, fiddle", "rain on surface", "train horning",
@@ -154,6 +155,7 @@ def main() -> None:
             f"set {origin}: index {index}, {len(list(folder.glob('*.mp4')))} clip files, {len(shards)} shards",
             flush=True,
         )
+        start_local_ray(None)
         from_files = ingest([str(folder)], index, work / "out-files")
         from_shards = ingest([str(s) for s in shards], index, work / "out-shards")
     finally:

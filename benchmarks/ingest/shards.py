@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, benchmark_parser, emit
+from local_ray import start_local_ray
 from mirror_corpus import make_clips, write_parquet, write_shards
 
 FORMS = ("files", "tar", "tar.gz", "parquet")
@@ -43,7 +44,6 @@ def main() -> None:
     args = p.parse_args()
 
     from clipsynth_platform.ingest import IngestConfig, run_ingest
-    from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
 
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     work = Path(tempfile.mkdtemp(prefix="ingest-shards-"))
@@ -56,7 +56,7 @@ def main() -> None:
             "parquet": write_parquet(clips, work / "parquet" / "clips.parquet", args.row_group).parent,
         }
         sizes = {k: sum(f.stat().st_size for f in Path(v).iterdir()) for k, v in inputs.items()}
-        where = connect_ray(None, LocalRay(num_cpus=args.num_cpus or 0, dashboard=False))
+        where = start_local_ray(args.num_cpus)
         runs: dict[str, list[dict]] = {f: [] for f in forms}
         for r in range(args.repeats):
             for form in forms:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
 from common import RESULTS, benchmark_parser, emit
+from local_ray import start_local_ray
 from mirror_corpus import make_clips, write_shards
 
 CHILD_MARK = "clipsynth_platform.ingest.decode_child"
@@ -209,6 +210,7 @@ def main() -> None:
         num_cpus=4,
         shard_rows=COMMIT_ROWS,
     )
+    start_local_ray(config.num_cpus)  # the job finds it running
     sampler = Sampler(args.interval)
     sampler.start()
     try:
