@@ -351,3 +351,34 @@ def test_container_indexes_are_kept_in_the_output_and_listed_again_only_when_cha
         fresh, containers, LISTING, list_all, enough=lambda idx: sum(len(i.members) for i in idx.values()) >= 2
     )
     assert listed == ["s0.tar"]
+
+
+def test_clips_of_one_video_share_a_hashed_split_and_index_splits_that_leak_are_reported(tmp_path):
+    from clipsynth_platform.ingest.coverage import split_leaks
+    from clipsynth_platform.ingest.sources import hashed_split, source_video_of
+
+    assert source_video_of("-4MWWoKUzKQ_000030") == "-4MWWoKUzKQ" and source_video_of("abc") == "abc"
+    # Without an index, 40 videos x 3 clips: every video's clips land in one split, its id's hashed split.
+    for v in range(40):
+        for start in (0, 10, 20):
+            (tmp_path / f"vid{v:02d}-yt_{start:06d}.mp4").write_bytes(b"")
+    sources = plan_sources(list_inputs([str(tmp_path)], EXT), {}, 0.3)
+    by_video: dict[str, set[str]] = {}
+    for s in sources:
+        by_video.setdefault(source_video_of(s.clip_id), set()).add(s.split)
+    assert all(splits == {hashed_split(v, 0.3)} for v, splits in by_video.items())
+    assert {next(iter(s)) for s in by_video.values()} == {"train", "test"}  # both splits are used
+    assert split_leaks(sources, {s.uri: "ok" for s in sources})["videos_in_both_splits"] == 0
+    # An index that puts one video's clips in both splits: reported, counting kept clips only.
+    labels = parse_vggsound_csv(
+        "vid00-yt,0,dog,train\nvid00-yt,10,dog,test\nvid00-yt,20,dog,test\nvid01-yt,0,cat,train\nvid01-yt,10,cat,test\n"
+    )
+    sources = plan_sources(list_inputs([str(tmp_path)], EXT), {}, 0.3, labels)
+    status = {s.uri: "failed" if s.clip_id == "vid01-yt_000010" else "ok" for s in sources}
+    # vid01-yt: clip 0 train (kept), clip 10 test (failed: not counted), clip 20 unlisted, hashed by its video
+    vid01_leaks = hashed_split("vid01-yt", 0.3) == "test"
+    assert split_leaks(sources, status) == {
+        "videos_in_both_splits": 1 + vid01_leaks,
+        "their_clips": 3 + 2 * vid01_leaks,
+        "examples": ["vid00-yt", "vid01-yt"][: 1 + vid01_leaks],
+    }

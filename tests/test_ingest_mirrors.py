@@ -155,6 +155,7 @@ def test_every_member_is_accounted_for_with_its_reason(mirror, ingested):
     assert summary["inputs"]["videos_by_kind"] == {"parquet": 4, "tar": 4, "tar.gz": 4, "video": 1}
     assert summary["inputs"]["container_other_files"] == 1  # README.txt
     assert summary["hygiene"]["rejected"] == {"too_short": 1, "silent": 1}
+    assert summary["split_leaks"] == {"videos_in_both_splits": 0, "their_clips": 0, "examples": []}
     failures = {clip_of(f["uri"]): f for f in pq.read_table(Path(out, FAILURES_FILE)).to_pylist()}
     for clip in CLIPS:
         if clip.expect[0] == "ok":

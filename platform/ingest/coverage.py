@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .labels import LabelEntry, LabelIndex
 from .records import STATUS_OK
-from .sources import FROM_INDEX, VideoSource
+from .sources import FROM_INDEX, VideoSource, source_video_of
 
 ANY_SPLIT = "any"
 _UNPADDED_START = re.compile(r"^(.*)_(\d{1,5})$")
@@ -112,3 +112,22 @@ def coverage_report(
         if ok:
             report.add(split, label, "ok")
     return report
+
+
+def split_leaks(sources: Iterable[VideoSource], status_by_uri: Mapping[str, str], examples: int = 10) -> dict:
+    """Source videos whose kept clips lie in both splits (a label index that splits one video's clips, or splits
+    some and leaves the rest to the hash, leaks it from train into test): how many, their clips, and a few of
+    them. Clips left to the hash alone never leak: they are hashed by their source video (sources.py)."""
+    splits: dict[str, set[str]] = {}
+    clips: dict[str, int] = {}
+    for s in sources:
+        if status_by_uri.get(s.uri) == STATUS_OK:
+            video = source_video_of(s.clip_id)
+            splits.setdefault(video, set()).add(s.split)
+            clips[video] = clips.get(video, 0) + 1
+    leaked = sorted(v for v, sp in splits.items() if len(sp) > 1)
+    return {
+        "videos_in_both_splits": len(leaked),
+        "their_clips": sum(clips[v] for v in leaked),
+        "examples": leaked[:examples],
+    }

@@ -291,7 +291,9 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         f"done in {summary['seconds']:.1f} s: {summary['videos_in']} videos in, {summary['videos_ok']} ok, "
         f"{summary['videos_failed']} failed ({summary['videos_crashed']} crashed; rejected {hygiene['too_short']} "
         f"too short, {hygiene['silent']} silent), {summary['chunks_written']} chunks {summary['chunks_by_split']}, "
-        f"{summary['inputs']['containers_unreadable']} unreadable container(s) -> {config.output}"
+        f"{summary['inputs']['containers_unreadable']} unreadable container(s), "
+        f"{summary['split_leaks']['videos_in_both_splits']} source video(s) with kept clips in both splits "
+        f"-> {config.output}"
         + (
             f"; coverage of {config.labels}: {coverage['ok']} of {coverage['expected']} clips kept "
             f"({coverage['found']} found in the inputs), by split "

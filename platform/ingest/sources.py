@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .containers import ContainerIndex
 from .inputs import KIND_VIDEO, InputFile
 from .labels import LabelEntry, LabelIndex
 from .members import Member
+
+# VGG-Sound's clip ids: `{youtube id}_{start second:06d}`; clips of one YouTube video share the id.
+_TIMED_CLIP = re.compile(r"^(.+)_(\d{6})$")
 
 # Where a source's label came from (`VideoSource.label_from`) and so its split (`split_from`, or "hash").
 FROM_INDEX = "index"
@@ -49,6 +53,12 @@ class VideoSource:
         return cls(**{**d, "member": Member(**member) if isinstance(member, dict) else member})
 
 
+def source_video_of(clip_id: str) -> str:
+    """The video a clip was cut from: the YouTube id of a `{ytid}_{start:06d}` clip, else the clip itself."""
+    m = _TIMED_CLIP.match(clip_id)
+    return m.group(1) if m else clip_id
+
+
 def video_id_of(uri: str) -> str:
     """The schema's stable id: sha1 of the video's URI, 16 hex characters."""
     return hashlib.sha1(uri.encode("utf-8")).hexdigest()[:16]
@@ -77,10 +87,14 @@ def label_of(
 def _source(uri: str, rel: str, test_fraction: float, labels: LabelIndex | None, **where) -> VideoSource:
     vid = video_id_of(uri)
     entry, origin = label_of(labels, uri, rel, where.get("member"))
-    split_from = origin if origin is not None and entry is not None and entry.split else FROM_HASH
-    split = entry.split if entry is not None and entry.split else hashed_split(vid, test_fraction)
     label = entry.label if entry is not None else None
-    return VideoSource(uri, rel, vid, split, label, label_from=origin, split_from=split_from, **where)
+    source = VideoSource(uri, rel, vid, "", label, label_from=origin, **where)
+    if origin is not None and entry is not None and entry.split:
+        return replace(source, split=entry.split, split_from=origin)
+    # Hashed by the video a clip was cut from, so that clips of one YouTube video never straddle the splits.
+    clip = source.clip_id
+    key = source_video_of(clip) if source_video_of(clip) != clip else vid
+    return replace(source, split=hashed_split(key, test_fraction))
 
 
 def plan_sources(

@@ -13,7 +13,7 @@ from clipsynth_platform.datasets.schema import SCHEMA_VERSION
 from .commit import LOST_REASON, RunStats
 from .config import IngestConfig
 from .containers import ContainerIndex
-from .coverage import coverage_report
+from .coverage import coverage_report, split_leaks
 from .inputs import KIND_VIDEO, InputFile
 from .labels import LabelIndex
 from .records import CRASHED_REASON, STAGE_CONTAINER, STATUS_OK
@@ -104,10 +104,8 @@ def summarize(
     failed = [e for e in entries if e["status"] != STATUS_OK]
     failure_rows = [*failed, *container_failures(inputs.indexes)]
     store.write_failures(failure_rows)
-    coverage = None
-    if labels is not None:
-        status = {s.uri: latest[s.uri]["status"] for s in sources}
-        coverage = coverage_report(labels, config.labels or "", sources, status).to_dict()
+    status = {s.uri: latest[s.uri]["status"] for s in sources}
+    coverage = coverage_report(labels, config.labels or "", sources, status).to_dict() if labels else None
     chunks_by_split: Counter[str] = Counter()
     videos_by_split: Counter[str] = Counter()
     for e in ok:
@@ -141,6 +139,7 @@ def summarize(
         "inputs": inputs_report(inputs),
         "hygiene": hygiene_report(config, ok, failed),
         "coverage": coverage,
+        "split_leaks": split_leaks(sources, status),
         "decoders": {
             "audio": dict(Counter(e["audio_decoder"] for e in ok)),
             "video": dict(Counter(e["video_decoder"] for e in ok)),
