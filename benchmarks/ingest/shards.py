@@ -5,8 +5,9 @@ and as a Parquet file of video bytes, in alternation, repeated; the ratios of wa
     python benchmarks/ingest/shards.py                           # 48 clips of 10 s, 320x240, 2 repeats
     python benchmarks/ingest/shards.py --clips 16 --repeats 1    # a quick look
 
-Every run starts from an empty output on the same local Ray (started once), so each pays the same job start;
-the shard runs also pay listing their shards. `--shards` shards of each kind: a .tar.gz is read by one task (it
+Every run starts from an empty output on the same local Ray (started once, then warmed by one untimed run of
+the files, so that no form pays for Ray's first workers), so each pays the same job start; the shard runs also
+pay listing their shards. The forms' order rotates from one repeat to the next. `--shards` shards of each kind: a .tar.gz is read by one task (it
 cannot be split), a .tar by `videos_per_task` members per task, Parquet by row group (`--row-group` clips).
 Results: benchmarks/results/ingest_shards_cpu.json and one summary line.
 """
@@ -37,7 +38,7 @@ def main() -> None:
     p.add_argument("--size", default="320x240")
     p.add_argument("--shards", type=int, default=2, help="shards per kind")
     p.add_argument("--row-group", type=int, default=8, help="clips per Parquet row group")
-    p.add_argument("--repeats", type=int, default=2, help="runs per form, in alternation (median quoted)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per form, in alternation (median quoted)")
     p.add_argument("--forms", default=",".join(FORMS), help="comma-separated: " + ", ".join(FORMS))
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs (default: the machine's)")
     p.add_argument("--out", default=str(RESULTS / "ingest_shards_cpu.json"))
@@ -58,19 +59,21 @@ def main() -> None:
         sizes = {k: sum(f.stat().st_size for f in Path(v).iterdir()) for k, v in inputs.items()}
         where = start_local_ray(args.num_cpus)
         runs: dict[str, list[dict]] = {f: [] for f in forms}
+
+        def run(form: str, out: Path) -> tuple[dict, float]:
+            config = IngestConfig(input=str(inputs[form]), output=str(out), clip_model="tiny", clip_pretrained="none")
+            t0 = time.perf_counter()
+            summary = run_ingest(config, log=lambda m: None)
+            wall = time.perf_counter() - t0
+            shutil.rmtree(out, ignore_errors=True)
+            if summary["videos_ok"] != args.clips:
+                raise RuntimeError(f"{form}: {summary['videos_ok']} of {args.clips} ok: {summary['failures_by_stage']}")
+            return summary, wall
+
+        run("files", work / "out-warmup")
         for r in range(args.repeats):
-            for form in forms:
-                out = work / f"out-{form}-{r}"
-                config = IngestConfig(
-                    input=str(inputs[form]), output=str(out), clip_model="tiny", clip_pretrained="none"
-                )
-                t0 = time.perf_counter()
-                summary = run_ingest(config, log=lambda m: None)
-                wall = time.perf_counter() - t0
-                if summary["videos_ok"] != args.clips:
-                    raise RuntimeError(
-                        f"{form}: {summary['videos_ok']} of {args.clips} clips ok: {summary['failures_by_stage']}"
-                    )
+            for form in forms[r % len(forms) :] + forms[: r % len(forms)]:
+                summary, wall = run(form, work / f"out-{form}-{r}")
                 decode = summary["throughput"]["decode"]
                 runs[form].append(
                     {
@@ -81,7 +84,6 @@ def main() -> None:
                         "listing_seconds": summary["inputs"]["listing_seconds"],
                     }
                 )
-                shutil.rmtree(out, ignore_errors=True)
                 print(f"[{form} run {r + 1}] {wall:.1f} s, read {runs[form][-1]['read_seconds']:.2f} s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -102,6 +104,9 @@ def main() -> None:
         "runs": runs,
         "median_wall_seconds": median,
         "ratio_to_files": {f: round(m / base, 3) for f, m in median.items()} if base else None,
+        "decode_busy_seconds_per_clip": {
+            f: round(statistics.median(x["decode_busy_seconds"] for x in rs) / args.clips, 4) for f, rs in runs.items()
+        },
         "read_seconds_per_clip": {
             f: round(statistics.median(x["read_seconds"] for x in rs) / args.clips, 4) for f, rs in runs.items()
         },
@@ -112,6 +117,8 @@ def main() -> None:
         + ", ".join(f"{f} {m:.1f} s" for f, m in median.items())
         + "; ratio to files "
         + ", ".join(f"{f} {x:.2f}" for f, x in ratios.items() if f != "files")
+        + "; read per clip "
+        + ", ".join(f"{f} {x * 1000:.1f} ms" for f, x in result["read_seconds_per_clip"].items())
     )
     emit(result, "ingest_shards_cpu", line, args.out)
 

@@ -118,23 +118,25 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def series_report(sampler: Sampler, samples: list[dict]) -> dict:
-    """One process's RSS once warm (from the job's first commit on, or from its own start when later): first,
-    last, max, and the least-squares slope per 100 videos committed."""
-    warm = sampler.progress[1][0] if len(sampler.progress) > 1 else 0.0
+def series_report(sampler: Sampler, samples: list[dict], own_start: bool) -> dict:
+    """One process's RSS: first, last and max, and how it grows per 100 videos committed over the second half of
+    what it saw (after the ramp of imports, caches and allocator arenas: what keeps growing is what leaks).
+    Samples count from the job's first commit, or (`own_start`: a decoder child) from the process's start."""
+    warm = 0.0 if own_start or len(sampler.progress) < 2 else sampler.progress[1][0]
     kept = [s for s in samples if s["t"] >= warm and s["rss_mb"] > 0] or [s for s in samples if s["rss_mb"] > 0]
     if not kept:
         return {"samples": len(samples), "videos_seen": 0}
     xs = [sampler.videos_at(s["t"]) for s in kept]
     ys = [s["rss_mb"] for s in kept]
-    per_video = slope(xs, ys)
+    middle = (min(xs) + max(xs)) / 2
+    late = slope([x for x in xs if x >= middle], [y for x, y in zip(xs, ys) if x >= middle])
     return {
         "samples": len(kept),
         "videos_seen": round(max(xs) - min(xs), 1),
         "rss_first_mb": ys[0],
         "rss_last_mb": ys[-1],
         "rss_max_mb": max(ys),
-        "growth_mb_per_100_videos": round(100 * per_video, 2) if per_video is not None else None,
+        "growth_mb_per_100_videos_second_half": round(100 * late, 2) if late is not None else None,
     }
 
 
@@ -145,7 +147,8 @@ def analyse(sampler: Sampler) -> dict:
     roles: dict[str, list[dict]] = {}
     for pid, samples in by_pid.items():
         role = statistics.mode(s["role"] for s in samples)
-        roles.setdefault(role, []).append({"pid": pid, **series_report(sampler, samples)})
+        report = series_report(sampler, samples, own_start=role == "decoder_child")
+        roles.setdefault(role, []).append({"pid": pid, **report})
     for reports in roles.values():
         reports.sort(key=lambda r: r["videos_seen"], reverse=True)
     children = [r for r in roles.get("decoder_child", []) if r["videos_seen"] >= COMMIT_ROWS * 2]
@@ -170,7 +173,9 @@ def analyse(sampler: Sampler) -> dict:
         "processes": roles,
         "decoder_child_lifetimes": {
             "count": len(children),
-            "median_growth_mb_per_100_videos": statistics.median(r["growth_mb_per_100_videos"] for r in children)
+            "median_growth_mb_per_100_videos_second_half": statistics.median(
+                r["growth_mb_per_100_videos_second_half"] for r in children
+            )
             if children
             else None,
             "median_rss_first_mb": statistics.median(r["rss_first_mb"] for r in children) if children else None,
@@ -219,7 +224,6 @@ def main() -> None:
         sampler.stop.set()
         sampler.join()
     report = analyse(sampler)
-    roles = report["by_role"]
     life = report["decoder_child_lifetimes"]
     worker = (report["processes"].get("decode_worker") or [{}])[0]
     result = {
@@ -238,13 +242,14 @@ def main() -> None:
         **report,
         "progress": sampler.progress,
     }
+    driver = (report["processes"].get("driver") or [{}])[0]
     line = (
         f"{summary['videos_ok']}/{summary['videos_in']} clips in {summary['seconds']:.0f} s; decoder child "
-        f"{life['median_rss_first_mb']} -> {life['median_rss_max_mb']} MB within a lifetime "
-        f"({life['median_growth_mb_per_100_videos']} MB per 100 videos, {life['count']} lifetimes of "
-        f"<= {RECYCLE_AFTER}); decode worker {worker.get('rss_first_mb')} -> {worker.get('rss_last_mb')} MB "
-        f"({worker.get('growth_mb_per_100_videos')} MB per 100 videos); driver "
-        f"{roles.get('driver', {}).get('rss_mb_at_start')} -> {roles.get('driver', {}).get('rss_mb_at_end')} MB"
+        f"(recycled every {RECYCLE_AFTER}, {life['count']} lifetimes) rises from {life['median_rss_first_mb']} to "
+        f"{life['median_rss_max_mb']} MB, then {life['median_growth_mb_per_100_videos_second_half']} MB per 100 "
+        f"videos over the second half of a lifetime; over the second half of the run, decode worker "
+        f"{worker.get('growth_mb_per_100_videos_second_half')} MB per 100 videos ({worker.get('rss_last_mb')} MB), "
+        f"driver {driver.get('growth_mb_per_100_videos_second_half')} ({driver.get('rss_last_mb')} MB)"
     )
     emit(result, "ingest_soak_cpu", line, args.out)
     if not args.workdir:
