@@ -151,7 +151,11 @@ def analyse(sampler: Sampler) -> dict:
         roles.setdefault(role, []).append({"pid": pid, **report})
     for reports in roles.values():
         reports.sort(key=lambda r: r["videos_seen"], reverse=True)
-    children = [r for r in roles.get("decoder_child", []) if r["videos_seen"] >= COMMIT_ROWS * 2]
+    children = [
+        r
+        for r in roles.get("decoder_child", [])
+        if r["videos_seen"] >= COMMIT_ROWS * 2 and r["growth_mb_per_100_videos_second_half"] is not None
+    ]
     total, series = {}, {}
     for role, reports in roles.items():  # the role's summed RSS over time (all its processes)
         at: dict[float, float] = {}
