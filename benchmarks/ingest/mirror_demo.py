@@ -122,6 +122,7 @@ def ingest(inputs: list[str], index: Path, out: Path) -> dict:
         "failures_by_stage": summary["failures_by_stage"],
         "failure_reasons": dict(sorted(reasons.items())),
         "hygiene": summary["hygiene"],
+        "split_leaks": summary["split_leaks"],
         "coverage": {k: v for k, v in summary["coverage"].items() if k != "by_split_class"},
     }
 
@@ -160,7 +161,10 @@ def main() -> None:
         from_shards = ingest([str(s) for s in shards], index, work / "out-shards")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    same = {k: from_files[k] == from_shards[k] for k in ("videos_in", "videos_ok", "failure_reasons", "coverage")}
+    same = {
+        k: from_files[k] == from_shards[k]
+        for k in ("videos_in", "videos_ok", "failure_reasons", "coverage", "split_leaks", "chunks_by_split")
+    }
     result = {
         "what": "a VGG-Sound-format set ingested from its files and from WebDataset shards of the same clips",
         "set": origin,
