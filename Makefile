@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fast demo rehearsal table1 vocoder bootstrap lint typecheck format
+.PHONY: test test-fast demo rehearsal table1 vocoder bootstrap lint typecheck layers format
 
 bootstrap:
 	bash scripts/bootstrap.sh
@@ -11,6 +11,7 @@ test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
+	$(MAKE) --no-print-directory layers
 	$(PY) -m pytest -q
 
 # The unit tests: everything but the runs marked `slow` and the tests that start a Ray cluster (`ray`);
@@ -23,6 +24,13 @@ test-fast: bootstrap
 typecheck: bootstrap
 	@mkdir -p build/mypy && ln -sfn ../../platform build/mypy/clipsynth_platform
 	$(VENV)/bin/mypy
+
+# The import contracts of pyproject's [tool.importlinter] (import-linter): the core never imports the platform,
+# Ray or MLflow; the platform's packages import only the layers below them; no cycles between the modules of a
+# package. Run from build/mypy, where platform/ is linked under its import name.
+layers: bootstrap
+	@mkdir -p build/mypy && ln -sfn ../../platform build/mypy/clipsynth_platform
+	cd build/mypy && $(abspath $(VENV))/bin/lint-imports --config ../../pyproject.toml --no-cache
 
 demo: bootstrap
 	$(PY) jobs/demo.py
@@ -51,6 +59,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
+	$(MAKE) --no-print-directory layers
 
 format: bootstrap
 	$(VENV)/bin/ruff check --fix .

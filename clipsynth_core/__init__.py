@@ -8,7 +8,7 @@ from clipsynth_core import Synthesizer                  # Synthesizer.load(path)
 from clipsynth_core import ClipRetriever
 """
 
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, save_training_state, state_digest
 from .clip_encoder import ClipConfig, ClipQueryEncoder, ClipWeightsError
 from .diffusion import DiffusionConfig, GaussianDiffusion, cosine_betas, space_timesteps
 from .ema import EMA
@@ -53,5 +53,6 @@ __all__ = [
     "random_segment",
     "save_training_state",
     "space_timesteps",
+    "state_digest",
     "unet_config",
 ]

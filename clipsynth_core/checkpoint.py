@@ -10,6 +10,7 @@ Extra named modules (for example a HiFi-GAN discriminator) go in `<name>.safeten
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -85,3 +86,14 @@ def load_training_state(
     for name, opt in (optimizers or {}).items():
         opt.load_state_dict(torch.load(d / f"{name}.optimizer.pt", map_location=map_location, weights_only=True))
     return json.loads((d / "state.json").read_text())
+
+
+def state_digest(module: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 of a module's state (names, dtypes, shapes and bytes): equal iff the weights are bit-identical."""
+    state = module if isinstance(module, dict) else unwrap(module).state_dict()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

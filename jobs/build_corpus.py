@@ -7,12 +7,12 @@ mp4, FluidSynth + ffmpeg) with a MUSIC-style JSON label index.
 
 Re-running the same command reuses the videos already built (corpus_manifest.json records the config hash).
 Needs the Debian packages fluidsynth, ffmpeg and a General MIDI soundfont (timgm6mb-soundfont by default).
-Every option but --rebuild and --list-classes is a field of clipsynth_platform.corpus.CorpusConfig.
+Every option but --rebuild and --list-classes is a field of clipsynth_platform.datasets.corpus.CorpusConfig.
 """
 
 import sys
 
-from clipsynth_platform.corpus.job import main
+from clipsynth_platform.datasets.corpus.job import main
 
 if __name__ == "__main__":
     sys.exit(main(None, __doc__))

@@ -11,13 +11,13 @@ and runs with random backbones are never tabled beside real ones (--exclude-rand
 import sys
 from collections.abc import Sequence
 
-from clipsynth_platform.logs import configure_logging
-from clipsynth_platform.options import parse_config
-from clipsynth_platform.table1 import CompareConfig, compare_runs
+from clipsynth_platform.experiments.table1 import CompareConfig, compare_runs
+from clipsynth_platform.runtime.console import open_console
+from clipsynth_platform.runtime.options import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging()
+    open_console("compare")
     return compare_runs(parse_config(CompareConfig, argv, __doc__))
 
 

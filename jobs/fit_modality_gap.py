@@ -6,13 +6,13 @@
 Writes modality_gap.safetensors and modality_gap.json into the bundle: the mean frame and mean text
 embeddings (the shift of Liang et al.) and the text-to-image prior (a small MLP; needs the rows' labels).
 Then `Synthesizer.encode(queries, gap="shift" | "prior")`, `jobs/evaluate.py --gap ...` and the service's
-`gap_reduction` field use them. See platform/modality_gap.py for the texts and the held-out phrasing.
+`gap_reduction` field use them. See platform/train/modality_gap.py for the texts and the held-out phrasing.
 """
 
 import json
 
-from clipsynth_platform.modality_gap import GapFitJobConfig, fit_gap_job
-from clipsynth_platform.options import parse_config
+from clipsynth_platform.runtime.options import parse_config
+from clipsynth_platform.train.modality_gap import GapFitJobConfig, fit_gap_job
 
 if __name__ == "__main__":
     print(json.dumps(fit_gap_job(parse_config(GapFitJobConfig, None, __doc__))))

@@ -4,13 +4,13 @@ register the demo's bundle with it (`make vocoder`; `make demo` first).
     python jobs/vocoder.py                      # on demo_output/
     python jobs/vocoder.py --vocoder-train-seconds 600 --registered-model my-vocoder
 
-See clipsynth_platform.demo.vocoder for the stages and VocoderRunConfig for every setting.
+See clipsynth_platform.experiments.demo.vocoder for the stages and VocoderRunConfig for every setting.
 """
 
 import sys
 
-from clipsynth_platform.demo.vocoder import VocoderRunConfig, main
-from clipsynth_platform.options import parse_config
+from clipsynth_platform.experiments.demo.vocoder import VocoderRunConfig, main
+from clipsynth_platform.runtime.options import parse_config
 
 if __name__ == "__main__":
     sys.exit(main(parse_config(VocoderRunConfig, None, __doc__)))

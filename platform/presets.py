@@ -2,7 +2,7 @@
 test runs set differently from the configs' (paper) defaults.
 
 A preset is data: for each config class it touches (by class name, so this module imports none of them), the
-fields it overrides. A job hands a preset's overrides to clipsynth_platform.options as its defaults (so
+fields it overrides. A job hands a preset's overrides to clipsynth_platform.runtime.options as its defaults (so
 `--help` shows them), and the demo and Table 1 build each stage's config from theirs:
 
     from clipsynth_platform.presets import preset

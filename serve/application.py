@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from clipsynth_platform.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.logs import configure_logging, get_logger
 
 from .config import ServeConfig
 from .deployments import ClipEncoder, DiffusionSampler, Vocoder

@@ -19,9 +19,9 @@ from ray import serve
 from clipsynth_core.modality_gap import GapReducer
 from clipsynth_core.query_blend import encode_queries
 from clipsynth_platform import serving
-from clipsynth_platform.devices import resolve_device
-from clipsynth_platform.logs import configure_logging, get_logger
-from clipsynth_platform.registry import resolve_bundle
+from clipsynth_platform.runtime.devices import resolve_device
+from clipsynth_platform.runtime.logs import configure_logging, get_logger
+from clipsynth_platform.tracking.registry import resolve_bundle
 
 from .config import MODEL_URI_ENV, DeploymentSettings, ServeConfig, redact_uri
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clipsynth_platform.batching import apply_by_group, group_indices, stack_by_length
+from clipsynth_platform.runtime.batching import apply_by_group, group_indices, stack_by_length
 
 
 def test_group_indices_keeps_order_of_first_appearance():

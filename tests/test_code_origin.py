@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = (
-    "import json, platform; from clipsynth_platform.origin import code_origin; "
+    "import json, platform; from clipsynth_platform.runtime.origin import code_origin; "
     "import clipsynth_platform.ingest.store as store; "
     "print(json.dumps({**code_origin().to_dict(), 'store': store.__file__, 'std': platform.system()}))"
 )
@@ -58,7 +58,7 @@ def test_without_the_root_module_the_upload_would_mix_code(tmp_path):
 
 
 def test_mixed_code_is_refused_with_a_clear_message(monkeypatch):
-    from clipsynth_platform import origin
+    from clipsynth_platform.runtime import origin
 
     monkeypatch.setattr(origin, "code_origin", lambda: origin.CodeOrigin("/image", "/upload"))
     with pytest.raises(RuntimeError, match=r"mixed code: clipsynth_core from /image, clipsynth_platform from /upload"):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsynth_platform.corpus import CorpusConfig, CorpusManifest, CorpusToolError, build_corpus
-from clipsynth_platform.corpus.config import INSTRUMENTS, LABEL_INDEX_FILE, MANIFEST_FILE, SPLIT_INDEX_FILE
+from clipsynth_platform.datasets.corpus import CorpusConfig, CorpusManifest, CorpusToolError, build_corpus
+from clipsynth_platform.datasets.corpus.config import INSTRUMENTS, LABEL_INDEX_FILE, MANIFEST_FILE, SPLIT_INDEX_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
@@ -302,7 +302,7 @@ def test_interrupted_build_resumes(corpus):
 
 
 def test_split_is_stratified_and_read_by_the_ingestion_job(corpus):
-    from clipsynth_platform.corpus import assign_splits, plan_videos
+    from clipsynth_platform.datasets.corpus import assign_splits, plan_videos
     from clipsynth_platform.ingest.config import DEFAULT_VIDEO_EXTENSIONS
     from clipsynth_platform.ingest.labels import load_label_index
     from clipsynth_platform.ingest.sources import plan_sources

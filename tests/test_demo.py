@@ -18,8 +18,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from clipsynth_platform.demo import DemoConfig, pretrained_clip_missing
 from clipsynth_platform.evaluation.embedders import resolve_vggish_path
+from clipsynth_platform.experiments.demo import DemoConfig, pretrained_clip_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 

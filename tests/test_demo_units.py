@@ -6,8 +6,8 @@ import pytest
 from safetensors.torch import save_file
 
 from clipsynth_core.clip_encoder import build_local_clip
-from clipsynth_platform.demo import DemoClip, DemoConfig, pretrained_clip_missing, resolve_clip
-from clipsynth_platform.demo import clip as demo_clip
+from clipsynth_platform.experiments.demo import DemoClip, DemoConfig, pretrained_clip_missing, resolve_clip
+from clipsynth_platform.experiments.demo import clip as demo_clip
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_resolve_clip_none_is_random_and_says_so():
 
 
 def test_diffusion_time_is_what_the_demo_budget_leaves_within_the_cap():
-    from clipsynth_platform.demo.budget import diffusion_train_seconds
+    from clipsynth_platform.experiments.demo.budget import diffusion_train_seconds
 
     config = DemoConfig(
         diffusion_train_seconds=480.0, demo_seconds=870.0, after_diffusion_seconds=175.0, min_diffusion_seconds=120.0

@@ -19,15 +19,15 @@ import torch
 
 from clipsynth_core import MelFrontend, Synthesizer, SynthesizerConfig, unet_config
 from clipsynth_core.metrics import embedding_statistics, frechet_distance_features
+from clipsynth_platform.datasets.schema import audio_of, image_embeddings_of, mel_of
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
 from clipsynth_platform.evaluation import embedders, inception_fid
 from clipsynth_platform.evaluation.compare import compare_experiment, format_value
 from clipsynth_platform.evaluation.embedders import build_audio_embedder
 from clipsynth_platform.evaluation.inception_fid import build_mel_image_fid
 from clipsynth_platform.evaluation.mel_classifier import MelClassifier, build_mel_feature_extractor, mel_windows
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
-from clipsynth_platform.registry import ensure_experiment, log_bundle_model
-from clipsynth_platform.schema import audio_of, image_embeddings_of, mel_of
-from clipsynth_platform.synthetic import write_synthetic_dataset
+from clipsynth_platform.tracking.registry import ensure_experiment, log_bundle_model
 
 pytestmark = pytest.mark.ray
 

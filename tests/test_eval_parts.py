@@ -17,13 +17,15 @@ from PIL import Image
 
 from clipsynth_core import MelFrontend, Synthesizer, SynthesizerConfig
 from clipsynth_core.metrics import embedding_statistics
-from clipsynth_platform.evaluation import embedders, inception_fid, mel_classifier
-from clipsynth_platform.evaluation.data import (
+from clipsynth_platform.datasets.schema import CHUNK_SCHEMA, audio_of, image_embeddings_of, mel_of
+from clipsynth_platform.datasets.splits import (
     column_null_count,
     dataset_fingerprint,
     gather_rows,
     iter_split_rows,
 )
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
+from clipsynth_platform.evaluation import embedders, inception_fid, mel_classifier
 from clipsynth_platform.evaluation.embedders import BackboneWeightsError, source_digest
 from clipsynth_platform.evaluation.generation import SampleSpec, conditions_for, make_batches
 from clipsynth_platform.evaluation.mel_classifier import (
@@ -37,9 +39,7 @@ from clipsynth_platform.evaluation.mel_classifier import (
 from clipsynth_platform.evaluation.queries import plan_queries
 from clipsynth_platform.evaluation.runner import METRICS_VERSION, METRICS_VERSION_TAG, EvalConfig, Evaluation
 from clipsynth_platform.evaluation.stats_cache import StatsCache
-from clipsynth_platform.options import parse_config
-from clipsynth_platform.schema import CHUNK_SCHEMA, audio_of, image_embeddings_of, mel_of
-from clipsynth_platform.synthetic import write_synthetic_dataset
+from clipsynth_platform.runtime.options import parse_config
 
 LABELS = ("violin", "cello", "flute", "trumpet")
 

@@ -18,11 +18,13 @@ from media import ffmpeg_audio_16k_mono, luma_at, rgb_gray_of_luma, run_ffmpeg, 
 from PIL import Image
 
 from clipsynth_core import MelFrontend
+from clipsynth_platform.datasets.schema import CHUNK_SCHEMA, audio_of, mel_of, pcm16
 from clipsynth_platform.ingest import IngestConfig, hashed_split, plan_sources, video_id_of
 from clipsynth_platform.ingest.config import TEST_HOOKS_ENV
-from clipsynth_platform.ingest.decode import DecodeSettings, chunk_bounds, frame_targets, process_video
+from clipsynth_platform.ingest.decode import chunk_bounds, frame_targets, process_video
 from clipsynth_platform.ingest.failures import short_error
 from clipsynth_platform.ingest.frames import frame_size, select_frames
+from clipsynth_platform.ingest.inputs import list_inputs
 from clipsynth_platform.ingest.labels import (
     detect_format,
     load_label_index,
@@ -31,8 +33,8 @@ from clipsynth_platform.ingest.labels import (
     parse_vggsound_csv,
 )
 from clipsynth_platform.ingest.records import to_chunk_table
+from clipsynth_platform.ingest.settings import DecodeSettings
 from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGING_DIR, OutputStore, VideoOutcome
-from clipsynth_platform.schema import CHUNK_SCHEMA, audio_of, mel_of, pcm16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,14 +160,15 @@ def test_plan_sources_lists_videos_and_uses_the_index_split(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     (tmp_path / "vgg.csv").write_text("x,10,dog,test\ny,0,cat,train\n")
     index = load_label_index(str(tmp_path / "vgg.csv"))
-    sources = plan_sources(str(tmp_path), IngestConfig().extensions, 0.1, index, exclude=str(tmp_path / "out"))
-    assert [(s.relative_path, s.label, s.split) for s in sources] == [
-        ("a/x_000010.mp4", "dog", "test"),
-        ("b/y_000000.webm", "cat", "train"),
+    files = list_inputs([str(tmp_path)], IngestConfig().extensions, exclude=str(tmp_path / "out"))
+    sources = plan_sources(files, {}, 0.1, index)
+    assert [(s.relative_path, s.label, s.split, s.label_from, s.split_from) for s in sources] == [
+        ("a/x_000010.mp4", "dog", "test", "index", "index"),
+        ("b/y_000000.webm", "cat", "train", "index", "index"),
     ]
     assert sources[0].video_id == video_id_of(str(tmp_path / "a/x_000010.mp4"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        plan_sources(str(tmp_path / "nope"), (".mp4",), 0.1)
+        list_inputs([str(tmp_path / "nope")], (".mp4",))
 
 
 def test_config_validation_messages():
@@ -390,7 +393,7 @@ def _load_job():
 
 def test_cli_parses_every_option_into_the_config(monkeypatch):
     from clipsynth_platform.ingest.job import main, parse
-    from clipsynth_platform.options import build_parser
+    from clipsynth_platform.runtime.options import build_parser
 
     monkeypatch.delenv(TEST_HOOKS_ENV, raising=False)
     job = _load_job()
@@ -401,7 +404,7 @@ def test_cli_parses_every_option_into_the_config(monkeypatch):
          "--frame-sampling", "keyframe", "--extensions", "mp4", "MKV", "--videos-per-task", "3"]
     )  # fmt: skip
     assert (config.input, config.labels, config.clip_model, config.clip_pretrained) == (
-        "s3://b/v",
+        ("s3://b/v",),
         "l.json",
         "tiny",
         "none",

@@ -1,4 +1,4 @@
-"""Every job's flags come from its config dataclass (clipsynth_platform.options): defaults, renamed flags,
+"""Every job's flags come from its config dataclass (clipsynth_platform.runtime.options): defaults, renamed flags,
 tuple values and checks, read back as the config the job runs with."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clipsynth_platform.demo import DemoConfig
-from clipsynth_platform.modality_gap import GapFitJobConfig
-from clipsynth_platform.options import build_parser, parse_config
-from clipsynth_platform.table1 import CompareConfig, Table1Config
+from clipsynth_platform.experiments.demo import DemoConfig
+from clipsynth_platform.experiments.table1 import CompareConfig, Table1Config
+from clipsynth_platform.runtime.options import build_parser, parse_config
+from clipsynth_platform.train.modality_gap import GapFitJobConfig
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 # migrated by the evaluation's own config module (platform/evaluation/cli.py)

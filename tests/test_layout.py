@@ -22,9 +22,11 @@ def test_stdlib_platform_works_from_the_repo_root():
 
 
 def test_platform_folder_imports_as_clipsynth_platform():
-    r = run("import clipsynth_platform.schema as s, platform; print(s.__file__); print(platform.python_version())")
+    r = run(
+        "import clipsynth_platform.datasets.schema as s, platform; print(s.__file__); print(platform.python_version())"
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0] == str(ROOT / "platform" / "schema.py")
+    assert r.stdout.splitlines()[0] == str(ROOT / "platform" / "datasets" / "schema.py")
 
 
 def test_core_does_not_import_ray_or_mlflow():

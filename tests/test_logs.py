@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from clipsynth_platform.logs import configure_logging, get_logger, progress
+from clipsynth_platform.runtime.logs import configure_logging, get_logger, progress
 
 
 def test_component_lines_and_levels(monkeypatch):

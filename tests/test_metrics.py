@@ -21,6 +21,7 @@ from clipsynth_core.metrics import (
     frechet_distance,
     frechet_distance_features,
 )
+from clipsynth_platform.datasets.synthetic import tone
 from clipsynth_platform.evaluation.embedders import (
     VGGISH_ENV,
     VGGISH_WEIGHTS_FILE,
@@ -33,7 +34,6 @@ from clipsynth_platform.evaluation.embedders import (
     build_audio_embedder,
     register_audio_embedder,
 )
-from clipsynth_platform.synthetic import tone
 
 
 def random_spd(d: int, rng: np.random.Generator) -> np.ndarray:

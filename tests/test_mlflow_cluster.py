@@ -9,8 +9,8 @@ import json
 import mlflow
 import pytest
 
-from clipsynth_platform.preflight import ClusterView, NodeType, require_shared_locations
-from clipsynth_platform.registry import log_bundle_model, model_version_of, resolve_bundle, set_alias
+from clipsynth_platform.runtime.preflight import ClusterView, NodeType, require_shared_locations
+from clipsynth_platform.tracking.registry import log_bundle_model, model_version_of, resolve_bundle, set_alias
 from clipsynth_platform.train.tracking import RunTracker, resolve_tracking_uri
 
 THREE_NODES = ClusterView(nodes=({"CPU": 0.0}, {"CPU": 2.0}, {"CPU": 2.0}))

@@ -10,18 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from clipsynth_core import ClipQueryEncoder
-from clipsynth_platform.offline_clip import (
-    CAPTION_PHRASES,
+from clipsynth_platform.datasets.captions import CAPTION_PHRASES, captions
+from clipsynth_platform.experiments.offline_clip import (
     OfflineClipConfig,
     cache_key,
-    captions,
     dataset_zero_shot,
     draw_pictures,
     offline_clip,
     train_offline_clip,
     zero_shot_accuracy,
 )
-from clipsynth_platform.offline_clip.train import grouped_clip_loss
+from clipsynth_platform.experiments.offline_clip.train import grouped_clip_loss
 
 FIVE = ("flute", "trumpet", "tuba", "violin", "xylophone")
 

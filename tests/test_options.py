@@ -1,4 +1,4 @@
-"""The one config-to-flags mechanism (clipsynth_platform.options): types, defaults, checks, round trips."""
+"""The one config-to-flags mechanism (clipsynth_platform.runtime.options): types, defaults, checks, round trips."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from clipsynth_platform.options import build_parser, config_from_dict, config_json, opt, parse_config, required
+from clipsynth_platform.runtime.options import build_parser, config_from_dict, config_json, opt, parse_config, required
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def test_fields_without_a_command_line_form_are_refused():
 
 
 def test_a_field_may_name_its_flag_and_internal_fields_have_none(capsys):
-    from clipsynth_platform.options import internal
+    from clipsynth_platform.runtime.options import internal
 
     @dataclass
     class Named:
@@ -102,7 +102,7 @@ def test_a_field_may_name_its_flag_and_internal_fields_have_none(capsys):
 def test_fields_from_copies_the_same_named_attributes_then_the_overrides():
     from types import SimpleNamespace
 
-    from clipsynth_platform.options import fields_from
+    from clipsynth_platform.runtime.options import fields_from
 
     @dataclasses.dataclass
     class Stage:
@@ -118,7 +118,7 @@ def test_fields_from_copies_the_same_named_attributes_then_the_overrides():
 
 
 def test_check_choices_holds_configs_built_in_python_to_their_declared_choices():
-    from clipsynth_platform.options import check_choices
+    from clipsynth_platform.runtime.options import check_choices
     from clipsynth_platform.train.config import DiffusionTrainConfig, HiFiGANTrainConfig
 
     check_choices(Example("d"))  # the defaults are among the choices, and None stands for "the default"

@@ -11,8 +11,8 @@ import yaml
 
 from clipsynth_platform.ingest import IngestConfig
 from clipsynth_platform.ingest.pipeline import plan_clip_stage
-from clipsynth_platform.logs import configure_logging
-from clipsynth_platform.preflight import ClusterView, NodeType, check_request
+from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.preflight import ClusterView, NodeType, check_request
 from clipsynth_platform.train.config import DiffusionTrainConfig
 from clipsynth_platform.train.runner import check_cluster_resources
 

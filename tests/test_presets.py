@@ -7,14 +7,14 @@ import dataclasses
 
 import pytest
 
-from clipsynth_platform.corpus import CorpusConfig
-from clipsynth_platform.demo import DemoConfig, stage_configs
+from clipsynth_platform.datasets.corpus import CorpusConfig
 from clipsynth_platform.evaluation.mel_classifier import MelClassifierTrainConfig
 from clipsynth_platform.evaluation.runner import EvalConfig
+from clipsynth_platform.experiments.demo import DemoConfig, stage_configs
+from clipsynth_platform.experiments.table1 import Table1Config
 from clipsynth_platform.ingest import IngestConfig
 from clipsynth_platform.presets import DEMO, PRESETS, preset
-from clipsynth_platform.ray_cluster import LocalRay
-from clipsynth_platform.table1 import Table1Config
+from clipsynth_platform.runtime.ray_cluster import LocalRay
 from clipsynth_platform.train.config import DiffusionTrainConfig, HiFiGANTrainConfig
 
 CONFIGS = {c.__name__: c for c in (CorpusConfig, IngestConfig, DiffusionTrainConfig, HiFiGANTrainConfig,

@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from clipsynth_platform.devices import resolve_device
+from clipsynth_platform.runtime.devices import resolve_device
 from serve.config import ServeConfig
 from serve.deployments import _prepare
 

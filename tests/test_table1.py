@@ -12,9 +12,9 @@ import mlflow
 import pytest
 
 from clipsynth_core.modality_gap import GapReducer
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
+from clipsynth_platform.experiments.table1 import Table1Config, run_table1
 from clipsynth_platform.presets import TINY
-from clipsynth_platform.synthetic import write_synthetic_dataset
-from clipsynth_platform.table1 import Table1Config, run_table1
 
 pytestmark = pytest.mark.ray
 

@@ -27,10 +27,9 @@ import mlflow
 import pytest
 import torch
 
-from clipsynth_core import EMA, ConditionalUNet, Synthesizer, load_training_state, unet_config
-from clipsynth_platform.registry import ensure_experiment, resolve_bundle
-from clipsynth_platform.synthetic import write_synthetic_dataset
-from clipsynth_platform.train.common import state_digest
+from clipsynth_core import EMA, ConditionalUNet, Synthesizer, load_training_state, state_digest, unet_config
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
+from clipsynth_platform.tracking.registry import ensure_experiment, resolve_bundle
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -11,12 +11,12 @@ import mlflow
 import pytest
 import torch
 
-from clipsynth_platform.synthetic import write_synthetic_dataset
+from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
 from clipsynth_platform.train import (
     HiFiGANTrainConfig,
     run_hifigan_training,
 )
-from clipsynth_platform.train.vocoder import load_vocoder
+from clipsynth_platform.train.vocoder import load_hifigan
 
 pytestmark = pytest.mark.ray
 
@@ -51,7 +51,7 @@ def test_hifigan_training_lowers_the_mel_loss(ray_cluster, shards, tmp_path):
         num_workers=0,  # Ray Train's local mode: the loop runs in this process, fed by Ray Data
         max_steps=8,
         batch_size=4,
-        lr=1e-3,
+        lr=1e-2,  # the CPU recipe's rate: at 1e-3 the mel L1 barely moves in 8 steps (5.62 -> 5.67 measured)
         segment_frames=4,
         log_every=4,
         sample_every=8,
@@ -80,7 +80,7 @@ def test_hifigan_training_lowers_the_mel_loss(ray_cluster, shards, tmp_path):
     names = sorted(a.path.split("/")[-1] for a in client.list_artifacts(summary.mlflow_run_id, "samples/step_00000008"))
     assert names == ["00_reference_0.wav", "mels.png"]
     mlflow.set_tracking_uri(tracking)
-    generator, manifest = load_vocoder(f"runs:/{summary.mlflow_run_id}/vocoder", tmp_path / "voc")
+    generator, manifest = load_hifigan(f"runs:/{summary.mlflow_run_id}/vocoder", tmp_path / "voc")
     assert manifest["step"] == 8
     with torch.no_grad():
         assert generator(torch.zeros(2, 64, 5)).shape == (2, 5 * 1024)

@@ -56,8 +56,8 @@ def main() -> None:
 
     from clipsynth_core import ClipConfig, ClipQueryEncoder
     from clipsynth_core.modality_gap import GapReducer, PriorConfig
-    from clipsynth_platform.modality_gap import EVAL_PHRASE, GapFitConfig, fit_gap_reducer
-    from clipsynth_platform.offline_clip import class_name
+    from clipsynth_platform.datasets.captions import class_name
+    from clipsynth_platform.train.modality_gap import EVAL_PHRASE, GapFitConfig, fit_gap_reducer
 
     t0 = time.perf_counter()
     train, test = load_split(args.data, "train"), load_split(args.data, "test")

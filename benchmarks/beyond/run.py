@@ -6,7 +6,7 @@
     nice -n 19 .venv/bin/python benchmarks/beyond/run.py --base $E --init $E --steps 200  # the demo's model
 
 What it does, in one process (no Ray), on fixed STEP budgets so that runs are reproducible on a busy machine:
-  1. fits the gap statistics (platform/modality_gap.py: the shift and the prior) on the train split, with the
+  1. fits the gap statistics (platform/train/modality_gap.py: the shift and the prior) on the train split, with the
      evaluation's phrasing "playing {name}" held out of the texts they see (cached in --cache);
   2. --base: a trained U-Net (no condition dropout) measured as it is;
   3. trains the cpu U-Net (image-trained CLIPSynth, the learning benchmark's recipe) for --steps steps with
@@ -46,6 +46,7 @@ def train_model(train: list[dict], steps: int, cond_drop: float, args, device) -
     from safetensors.torch import load_file, save_file
 
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
+    from clipsynth_core.noise import device_generator
     from clipsynth_core.training import DiffusionStep, resolve_bf16
     from clipsynth_platform.train.data import diffusion_examples
 
@@ -75,7 +76,7 @@ def train_model(train: list[dict], steps: int, cond_drop: float, args, device) -
         ema,
         cond_drop_prob=cond_drop,
         bf16=resolve_bf16("auto", device),
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=device_generator(device, args.seed),
     )
     rng = np.random.default_rng(args.seed)
     columns = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim"]
@@ -113,16 +114,13 @@ def load_unet(path: str, embed_dim: int, model_size: str, device) -> torch.nn.Mo
 
 
 def sample(model, process, cond: torch.Tensor, seeds: list[int], guidance: float, device) -> np.ndarray:
-    from clipsynth_core import GaussianDiffusion
     from clipsynth_core.diffusion import guided_model
-    from clipsynth_core.synthesizer import make_generators
+    from clipsynth_core.noise import example_keys
 
-    gens = make_generators(seeds, "cpu")
     shape = (len(seeds), 1, 64, 64)
-    noise = GaussianDiffusion._noise(shape, gens, device, torch.float32)
     with torch.no_grad():
         fn = guided_model(model, cond.to(device), guidance)
-        x = process.sample(fn, shape, sampler="ddpm", generator=gens, device=device, noise=noise)
+        x = process.sample(fn, shape, sampler="ddpm", seeds=example_keys(seeds, device))
     return x[:, 0].clamp(-1, 1).float().cpu().numpy()
 
 
@@ -147,7 +145,7 @@ def blend_table(
 ) -> dict:
     """Per pair (a, b): the judge's mean p(a), p(b) for a alone, b alone, a + b, a*0.7 + b*0.3."""
     from clipsynth_core.query_blend import blend
-    from clipsynth_platform.offline_clip import class_name
+    from clipsynth_platform.datasets.captions import class_name
 
     names = [f"playing {class_name(label)}" for label in labels]
     text = reducer(encoder.encode_text(names), method)
@@ -246,7 +244,7 @@ def main() -> None:
     from clipsynth_core import ClipConfig, ClipQueryEncoder, DiffusionConfig, GaussianDiffusion
     from clipsynth_core.modality_gap import GapReducer, PriorConfig
     from clipsynth_platform.evaluation.mel_classifier import MelClassifier
-    from clipsynth_platform.modality_gap import GapFitConfig, fit_gap_reducer
+    from clipsynth_platform.train.modality_gap import GapFitConfig, fit_gap_reducer
 
     device = torch.device(args.device)
     t_start = time.perf_counter()

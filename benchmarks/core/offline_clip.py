@@ -1,6 +1,6 @@
 """The offline CLIP's training step, by AdamW implementation.
 
-The demo trains its offline CLIP (platform/offline_clip) on the first run, on the demo's critical path. The toy
+The demo trains its offline CLIP (platform/experiments/offline_clip) on the first run, on the demo's critical path. The toy
 dual encoder has 8.1 M parameters, 6.3 M of them the text tower's token embedding (open_clip's 49,408-token
 vocabulary), so the optimiser's update can cost more than the forward and backward passes together. This
 script times one step (a batch of one picture and caption per class, as train_offline_clip draws it) split

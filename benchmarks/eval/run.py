@@ -68,10 +68,10 @@ def main() -> None:
         SynthesizerConfig,
         unet_config,
     )
+    from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
     from clipsynth_platform.evaluation.embedders import build_audio_embedder
     from clipsynth_platform.evaluation.mel_classifier import build_mel_feature_extractor
     from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
-    from clipsynth_platform.synthetic import write_synthetic_dataset
 
     work = Path(tempfile.mkdtemp(prefix="clipsynth-bench-eval-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"

@@ -111,7 +111,8 @@ def worker(method: str, files: list[str]) -> dict:
 
     torch.set_num_threads(1)
     from clipsynth_core import MelFrontend
-    from clipsynth_platform.ingest.decode import DecodeSettings, process_video
+    from clipsynth_platform.ingest.decode import process_video
+    from clipsynth_platform.ingest.settings import DecodeSettings
 
     mel = MelFrontend().eval()
     settings = DecodeSettings(frame_sampling=method if method != "baseline" else "exact", threads=1)

@@ -75,7 +75,7 @@ class Setup:
 
 
 def load_split(data: str, split: str) -> list[dict]:
-    from clipsynth_platform.evaluation.data import iter_split_rows
+    from clipsynth_platform.datasets.splits import iter_split_rows
 
     cols = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "label", "clip_model"]
     return [r for r in iter_split_rows(data, split, cols) if r["label"] is not None]
@@ -89,7 +89,7 @@ class Queries:
     """The fixed evaluation queries: test rows drawn with a seed, one frame each, and their labels' texts."""
 
     def __init__(self, test: list[dict], labels: list[str], encoder, count: int, seed: int = 0) -> None:
-        from clipsynth_platform.offline_clip import class_name
+        from clipsynth_platform.datasets.captions import class_name
 
         rng = np.random.default_rng(seed)
         rows = rng.choice(len(test), count)
@@ -108,20 +108,16 @@ def sample(
     model, diffusion, cond: torch.Tensor, seeds: list[int], steps: int, sampler: str, device, guidance: float = 0.0
 ) -> np.ndarray:
     from clipsynth_core.diffusion import guided_model
-    from clipsynth_core.synthesizer import make_generators
+    from clipsynth_core.noise import example_keys
 
     process = diffusion.respaced(steps)
-    gens = make_generators(seeds, "cpu")
     shape = (len(seeds), 1, 64, 64)
-    noise = type(diffusion)._noise(shape, gens, device, torch.float32)
     with torch.no_grad():
         x = process.sample(
             guided_model(model, cond.to(device), guidance),
             shape,
             sampler=sampler,
-            generator=gens,
-            device=device,
-            noise=noise,
+            seeds=example_keys(seeds, device),
         )
     return x[:, 0].clamp(-1, 1).float().cpu().numpy()
 
@@ -184,6 +180,7 @@ def train_curve(
     EMA rate is compared on one training trajectory (their update time is not counted as training time).
     """
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
+    from clipsynth_core.noise import device_generator
     from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
     from clipsynth_platform.train.data import diffusion_examples
 
@@ -201,7 +198,7 @@ def train_curve(
         grad_clip=setup.grad_clip or None,
         cond_drop_prob=setup.cond_drop_prob,
         bf16=resolve_bf16(setup.bf16, device),
-        generator=torch.Generator().manual_seed(seed),
+        generator=device_generator(device, seed),
     )
     shadows = {f"ema{d:g}": EMA(model, d, warmup=setup.ema_warmup) for d in extra_decays}
     rng = np.random.default_rng(seed)
@@ -324,7 +321,7 @@ def main() -> None:
         MelClassifierTrainConfig,
         train_mel_classifier,
     )
-    from clipsynth_platform.options import fields_from
+    from clipsynth_platform.runtime.options import fields_from
 
     device = torch.device(args.device)
     if args.threads:

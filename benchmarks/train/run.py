@@ -152,7 +152,7 @@ def main() -> None:
         import ray
 
         from clipsynth_core import ClipConfig, ClipQueryEncoder
-        from clipsynth_platform.synthetic import write_synthetic_dataset
+        from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
 
         ray.init(address="local", num_cpus=8, object_store_memory=1_000_000_000, include_dashboard=False)
         with tempfile.TemporaryDirectory(prefix="clipsynth-bench-train-") as tmp:

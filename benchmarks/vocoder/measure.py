@@ -55,7 +55,7 @@ class BenchmarkInputs:
         seed: int = 0,
         log: Callable[[str], None] = print,
     ) -> BenchmarkInputs:
-        from clipsynth_platform.evaluation.data import iter_split_rows
+        from clipsynth_platform.datasets.splits import iter_split_rows
 
         judge = MelClassifier.load(classifier)
         train = [np.asarray(r["audio"], np.int16) for r in iter_split_rows(data, "train", ["audio"]) if r["audio"]]
@@ -101,7 +101,7 @@ def cached_generated_mels(
 ) -> tuple[torch.Tensor, list[str]]:
     """generated_class_mels of the bundle, cached by its U-Net weights, the classes, count, steps and seed."""
     from clipsynth_core import Synthesizer
-    from clipsynth_platform.registry import resolve_bundle
+    from clipsynth_platform.tracking.registry import resolve_bundle
 
     bundle_dir = resolve_bundle(bundle_uri)
     weights = hashlib.sha256((Path(bundle_dir) / "unet.safetensors").read_bytes()).hexdigest()[:16]

@@ -71,9 +71,12 @@ def train_and_score(
     seed: int,
     save: str,
     init_from: str = "",
+    max_wall_seconds: float = 0.0,
 ):
     """Train from scratch; score at 0 s and at each budget (training seconds, steps or CPU seconds: runs on a
-    shared machine then compare at equal work, their wall seconds recorded beside). Returns the curve."""
+    shared machine then compare at equal work, their wall seconds recorded beside). Returns the curve.
+    `max_wall_seconds` (> 0): past this many wall seconds of the run (scoring included), score where the training
+    stands and stop, the budgets not reached left out (a loaded machine may not reach them in time)."""
     from clipsynth_core import HiFiGANDiscriminator, HiFiGANGenerator, HiFiGANStep, HiFiGANVocoder, MelFrontend
     from clipsynth_core.hifigan import hifigan_config
     from clipsynth_core.training import resolve_bf16
@@ -85,9 +88,9 @@ def train_and_score(
     config = hifigan_config(recipe.preset, lambda_mel=recipe.lambda_mel, lambda_fm=recipe.lambda_fm)
     generator, discriminator = HiFiGANGenerator(config).to(device), HiFiGANDiscriminator(config).to(device)
     if init_from:  # a generator trained before (a probe continued: its step count and optimiser state start anew)
-        from clipsynth_platform.train.vocoder import load_vocoder_dir
+        from clipsynth_platform.train.vocoder import load_hifigan_dir
 
-        trained, _ = load_vocoder_dir(init_from)
+        trained, _ = load_hifigan_dir(init_from)
         if replace(trained.config, lambda_mel=config.lambda_mel, lambda_fm=config.lambda_fm) != config:
             raise SystemExit(f"{init_from} holds another HiFi-GAN configuration than --preset {recipe.preset}")
         generator.load_state_dict(trained.state_dict())
@@ -128,6 +131,7 @@ def train_and_score(
         flush=True,
     )
     spent, cpu, step, since, pending = 0.0, 0.0, 0, 0, sorted(budgets)
+    began = time.perf_counter()
     curve = [score(spent, step, {})]
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     while pending:
@@ -151,8 +155,9 @@ def train_and_score(
             torch.cuda.synchronize(device)
         spent += time.perf_counter() - t0
         cpu += time.process_time() - c0
-        if {"steps": step, "seconds": spent, "cpu-seconds": cpu}[unit] >= pending[0]:
-            pending.pop(0)
+        out_of_time = max_wall_seconds > 0 and time.perf_counter() - began > max_wall_seconds
+        if out_of_time or {"steps": step, "seconds": spent, "cpu-seconds": cpu}[unit] >= pending[0]:
+            pending = [] if out_of_time else pending[1:]
             means = dict(zip(losses, (sums / since).tolist()))
             sums.zero_()
             since = 0
@@ -209,6 +214,12 @@ def main() -> None:
         help="a result JSON of a run with --save: score its saved generators again (on the bundle's generated mels, "
         "say, when the run had none) and rewrite it",
     )
+    p.add_argument(
+        "--max-wall-seconds",
+        type=float,
+        default=0.0,
+        help="end the run after this many wall seconds, scored where it stands (0: when the budgets are reached)",
+    )
     p.add_argument("--init-from", default="", help="start the generator from this vocoder directory's weights")
     p.add_argument("--label", default="", help="this run's name in plots (default: the preset)")
     p.add_argument("--out", default=None)
@@ -254,7 +265,15 @@ def main() -> None:
         print(f"[vocoder] recipe {json.dumps(asdict(recipe))}", flush=True)
         budgets = [float(b) for b in args.budgets.split(",") if b]
         curve, sizes = train_and_score(
-            recipe, inputs, budgets, args.budget_unit, device, args.seed, args.save, args.init_from
+            recipe,
+            inputs,
+            budgets,
+            args.budget_unit,
+            device,
+            args.seed,
+            args.save,
+            args.init_from,
+            args.max_wall_seconds,
         )
         label = args.label or args.preset
         result = {
@@ -266,6 +285,8 @@ def main() -> None:
             "recipe": asdict(recipe),
             "budget_unit": args.budget_unit,
             "init_from": args.init_from,
+            "budgets": budgets,
+            "max_wall_seconds": args.max_wall_seconds,
             **sizes,
             "curve": curve,
             "seconds": round(time.perf_counter() - t_start, 1),
@@ -312,12 +333,12 @@ def goal(curve: list[dict], griffin_lim: dict) -> dict:
 def rescore(result: dict, inputs: BenchmarkInputs, device) -> dict:
     """The saved generator of every point scored again on these inputs (the training figures kept)."""
     from clipsynth_core import HiFiGANVocoder
-    from clipsynth_platform.train.vocoder import load_vocoder_dir
+    from clipsynth_platform.train.vocoder import load_hifigan_dir
 
     for point in result["curve"]:
         if "generator" not in point:
             raise SystemExit(f"point at step {point['step']} has no saved generator: run with --save to rescore")
-        generator, _ = load_vocoder_dir(point["generator"])
+        generator, _ = load_hifigan_dir(point["generator"])
         vocoder = HiFiGANVocoder(generator.to(device).eval())
         point.update(inputs.score(lambda m, v=vocoder: v(m.to(device)).cpu()).to_dict())
         print(json.dumps(point), flush=True)

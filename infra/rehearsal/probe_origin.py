@@ -13,7 +13,7 @@ import os
 
 import ray
 
-from clipsynth_platform.origin import code_origin
+from clipsynth_platform.runtime.origin import code_origin
 
 
 @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")

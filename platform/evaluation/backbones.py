@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from clipsynth_core import MelConfig
+from clipsynth_platform.runtime.logs import LogFn, progress
 
-from ..logs import LogFn, progress
 from .config import EvalConfig, is_random_identity
 from .embedders import (
     AudioEmbedder,

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from clipsynth_core import ClipRetriever, frames_for_seconds
+from clipsynth_platform.datasets.schema import audio_of, image_embeddings_of, mel_of
+from clipsynth_platform.datasets.splits import gather_rows, iter_split_batches, iter_split_rows
 
-from ..schema import audio_of, image_embeddings_of, mel_of
-from .data import gather_rows, iter_split_batches, iter_split_rows
 from .generation import GeneratedSet, SampleSpec
 from .references import References
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import mlflow
 
-from ..logs import LogFn, progress
-from ..registry import default_tracking_uri, ensure_experiment
+from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.tracking.registry import default_tracking_uri, ensure_experiment
+
 from .config import (
     EVAL_MARKER,
     EVAL_MARKER_TAG,

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsynth_core.diffusion import SAMPLERS
+from clipsynth_platform.runtime.options import check_choices, opt, required
 
-from ..options import check_choices, opt, required
 from .embedders import VGGISH_ENV, VGGISH_WEIGHTS_FILE, VGGISH_WEIGHTS_URL
 from .inception_fid import FID_INCEPTION_ENV, FID_INCEPTION_FILE, FID_INCEPTION_URL
 from .mel_classifier import CONFIG_FILE

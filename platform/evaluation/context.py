@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,17 @@ from typing import Any
 import torch
 
 from clipsynth_core import Synthesizer
+from clipsynth_platform.datasets.splits import column_null_count, dataset_fingerprint, iter_split_rows
+from clipsynth_platform.runtime.devices import resolve_device
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
+from clipsynth_platform.runtime.uri import is_s3, strip_scheme
+from clipsynth_platform.tracking.registry import resolve_bundle, training_run_of
 
-from ..devices import resolve_device
-from ..logs import LogFn, progress
-from ..registry import resolve_bundle
-from ..uri import is_s3, strip_scheme
-from .config import EvalConfig
-from .data import column_null_count, dataset_fingerprint, iter_split_rows
+from .config import TRAIN_QUERY_TYPES, EvalConfig
 from .embedders import file_sha256
 from .stats_cache import StatsCache
-from .tracking import resolve_train_query_type, resolve_training_run_id
+
+logger = get_logger("evaluate")
 
 TEST_ROW_COLUMNS = ["chunk_id", "label", "clip_model", "frame_times"]
 
@@ -79,7 +81,7 @@ class EvalContext:
             synth=synth,
             metadata=metadata,
             vocoder_id=vocoder_identity(Path(bundle_dir), synth.config.serving_vocoder),
-            training_run_id=resolve_training_run_id(config.model, metadata),
+            training_run_id=training_run_of(config.model, metadata),
             train_query_type=resolve_train_query_type(config, metadata),
             data=canonical_uri(config.data),
             test_rows=test_rows,
@@ -107,3 +109,14 @@ def vocoder_identity(bundle_dir: Path, serving_vocoder: str) -> str:
     if serving_vocoder == "griffin-lim":
         return "griffin-lim"
     return f"{serving_vocoder}:sha256:{file_sha256(bundle_dir / 'vocoder.safetensors')[:16]}"
+
+
+def resolve_train_query_type(config: EvalConfig, metadata: Mapping[str, Any]) -> str:
+    if config.train_query_type:
+        return config.train_query_type
+    for key in ("train_query_type", "query_type", "condition", "variant"):
+        value = str(metadata.get(key, "")).lower().replace("image+text", "hybrid").replace("mixed", "hybrid")
+        if value in TRAIN_QUERY_TYPES:
+            return value
+    logger.info("note: the bundle's metadata names no train query type; assuming 'image' (pass --train-query-type)")
+    return "image"

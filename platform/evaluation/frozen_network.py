@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..devices import resolve_device
+from clipsynth_platform.runtime.devices import resolve_device
 
 
 def float_tensor(x: Tensor | np.ndarray) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..logs import LogFn, progress
+from clipsynth_platform.runtime.logs import LogFn, progress
 
 BUNDLE_SUFFIXES = (".json", ".safetensors")
 
@@ -285,7 +285,7 @@ class EvalSampler:
         self._generator: RayGenerator | None = None
 
     def generate(self, specs: Sequence[SampleSpec]) -> GeneratedSet:
-        from ..ray_cluster import LocalRay, connect_ray
+        from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
 
         connect_ray(self.ray_address, LocalRay(dashboard=False))
         if self._generator is None:

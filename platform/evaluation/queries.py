@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schema import image_embeddings_of
+from clipsynth_platform.datasets.schema import image_embeddings_of
+from clipsynth_platform.datasets.splits import gather_rows
+
 from .context import EvalContext
-from .data import gather_rows
 from .generation import SampleSpec
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 
 from clipsynth_core.metrics import GaussianStats, StatsAccumulator, frechet_distance_stats
+from clipsynth_platform.datasets.schema import audio_of, mel_of
+from clipsynth_platform.datasets.splits import iter_split_batches
+from clipsynth_platform.runtime.batching import apply_by_group, stack_by_length
+from clipsynth_platform.runtime.logs import LogFn, progress
 
-from ..batching import apply_by_group, stack_by_length
-from ..logs import LogFn, progress
-from ..schema import audio_of, mel_of
 from .backbones import Backbones
 from .context import EvalContext
-from .data import iter_split_batches
 from .mel_classifier import ClassifierAudioEmbedder, MelFeatureExtractor
 
 # Version of how reference statistics are computed here (which clips, how they are batched and accumulated).

@@ -40,8 +40,9 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 
-from ..logs import LogFn, progress
-from ..registry import default_tracking_uri
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
+from clipsynth_platform.tracking.registry import default_tracking_uri
+
 from .backbones import Backbones, is_random
 from .config import (
     DATASET_QUERY_TEMPLATES,
@@ -54,10 +55,11 @@ from .config import (
     is_random_identity,
     normalize_dataset,
 )
-from .context import EvalContext, canonical_uri
-from .generation import EvalSampler, GeneratedSet, SamplingOptions
-from .references import REFERENCE_VERSION, References
-from .tracking import log_modality_gap, log_run, resolve_train_query_type, resolve_training_run_id, run_tags
+from .context import EvalContext, canonical_uri, resolve_train_query_type
+from .generation import GeneratedSet
+from .parts import EvalParts
+from .references import REFERENCE_VERSION
+from .tracking import log_modality_gap, log_run, run_tags
 from .variants import DEFAULT_MODEL_NAMES, EVAL_VARIANTS, EvalVariant, variant_for
 
 __all__ = [
@@ -78,7 +80,6 @@ __all__ = [
     "is_random_identity",
     "normalize_dataset",
     "resolve_train_query_type",
-    "resolve_training_run_id",
     "run_evaluation",
 ]
 
@@ -95,8 +96,8 @@ class EvalResult:
     cache_misses: int = 0
 
 
-class Evaluation:
-    """One invocation's parts: its inputs (context), backbones, references, variant and sampler.
+class Evaluation(EvalParts):
+    """One invocation: its parts (parts.py) and the variant they score.
 
     The constructor only assembles; `Evaluation.load(config)` reads the bundle, the test split and the
     backbones' weights."""
@@ -104,18 +105,8 @@ class Evaluation:
     def __init__(
         self, context: EvalContext, backbones: Backbones, variant: EvalVariant, log: LogFn | None = None
     ) -> None:
-        self.log = log or progress("evaluate")
-        self.config = context.config
-        self.context = context
-        self.backbones = backbones
+        super().__init__(context, backbones, variant.model_name(context.config, context.metadata), log)
         self.variant = variant
-        self.references = References(context, backbones, self.log)
-        c = self.config
-        options = SamplingOptions(steps=c.steps, sampler=c.sampler, guidance=c.guidance, seconds=c.seconds, gap=c.gap)
-        self.sampler = EvalSampler(
-            context.bundle_dir, options, c.batch_size, c.num_workers, c.cpus_per_worker, c.ray_address, self.log
-        )
-        self.model_name = variant.model_name(c, context.metadata)
 
     @classmethod
     def load(cls, config: EvalConfig, log: LogFn | None = None) -> Evaluation:
@@ -129,28 +120,24 @@ class Evaluation:
             raise
 
     def tags(self, test_query_type: str) -> dict[str, str]:
-        return run_tags(self, test_query_type)
+        return run_tags(self, self.variant, test_query_type)
 
     def run(self, query_type: str) -> EvalResult:
         """One MLflow run: the variant's samples and metrics for `query_type`."""
         t0 = time.perf_counter()
         out = self.variant.evaluate(self, query_type)
         metrics = {**out.metrics, "seconds_total": time.perf_counter() - t0}
-        run_id, tags = log_run(self, query_type, metrics, out.generated)
+        run_id, tags = log_run(self, self.variant, query_type, metrics, out.generated)
         self.log(f"run {run_id} ({query_type}): " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
         cache = self.context.cache
         return EvalResult(run_id, self.variant.name, query_type, metrics, tags, out.generated, cache.hits, cache.misses)
-
-    def close(self) -> None:
-        self.sampler.close()
-        self.context.close()
 
 
 def run_evaluation(config: EvalConfig, log: LogFn | None = None) -> list[EvalResult]:
     """Evaluate as configured; one MLflow run (and EvalResult) per test query type."""
     log = log or progress("evaluate")
     mlflow.set_tracking_uri(default_tracking_uri())
-    log("config " + json.dumps(asdict(config), sort_keys=True))
+    get_logger("evaluate").debug("config " + json.dumps(asdict(config), sort_keys=True))
     ev = Evaluation.load(config, log)
     ctx = ev.context
     results: list[EvalResult] = []

@@ -8,64 +8,24 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import mlflow
 
-from ..logs import get_logger
-from ..registry import ensure_experiment
-from .config import EVAL_MARKER, EVAL_MARKER_TAG, METRICS_VERSION, METRICS_VERSION_TAG, TRAIN_QUERY_TYPES, EvalConfig
-from .generation import GeneratedSet
-from .plots import mel_grid_png, write_wavs
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.tracking.registry import ensure_experiment
 
-if TYPE_CHECKING:
-    from .runner import Evaluation
+from .config import EVAL_MARKER, EVAL_MARKER_TAG, METRICS_VERSION, METRICS_VERSION_TAG
+from .generation import GeneratedSet
+from .parts import EvalParts
+from .plots import mel_grid_png, write_wavs
+from .variants import EvalVariant
 
 logger = get_logger("evaluate")
 
 
-def resolve_training_run_id(model_uri: str, metadata: Mapping[str, Any]) -> str | None:
-    """The training run behind a model URI: runs:/ID/..., a registered version's source run, or the bundle's
-    metadata (training_run_id / run_id / mlflow_run_id)."""
-    try:
-        if model_uri.startswith("runs:/"):
-            return model_uri[len("runs:/") :].split("/")[0] or None
-        if model_uri.startswith("models:/"):
-            rest = model_uri[len("models:/") :]
-            client = mlflow.MlflowClient()
-            if "@" in rest:
-                name, alias = rest.split("@", 1)
-                return client.get_model_version_by_alias(name, alias.split("/")[0]).run_id or None
-            name, _, version = rest.partition("/")
-            version = version.split("/")[0]
-            if not version.isdigit():  # "latest"
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    return None
-                version = str(max(int(v.version) for v in versions))
-            return client.get_model_version(name, version).run_id or None
-    except mlflow.exceptions.MlflowException as exc:
-        logger.info("note: cannot resolve the training run of %s: %s", model_uri, exc)
-    for key in ("training_run_id", "run_id", "mlflow_run_id"):
-        if metadata.get(key):
-            return str(metadata[key])
-    return None
-
-
-def resolve_train_query_type(config: EvalConfig, metadata: Mapping[str, Any]) -> str:
-    if config.train_query_type:
-        return config.train_query_type
-    for key in ("train_query_type", "query_type", "condition", "variant"):
-        value = str(metadata.get(key, "")).lower().replace("image+text", "hybrid").replace("mixed", "hybrid")
-        if value in TRAIN_QUERY_TYPES:
-            return value
-    logger.info("note: the bundle's metadata names no train query type; assuming 'image' (pass --train-query-type)")
-    return "image"
-
-
-def run_tags(ev: Evaluation, test_query_type: str) -> dict[str, str]:
+def run_tags(ev: EvalParts, variant: EvalVariant, test_query_type: str) -> dict[str, str]:
     """The tags compare.py groups and labels the run by: what was evaluated, on which data, with which backbones."""
-    ctx, bb, variant = ev.context, ev.backbones, ev.variant
+    ctx, bb = ev.context, ev.backbones
     tags = {
         EVAL_MARKER_TAG: EVAL_MARKER,
         "model_name": ev.model_name,
@@ -95,7 +55,7 @@ def run_tags(ev: Evaluation, test_query_type: str) -> dict[str, str]:
     return tags
 
 
-def run_params(ev: Evaluation) -> dict[str, str]:
+def run_params(ev: EvalParts) -> dict[str, str]:
     """The config, and the sampling settings it resolved to (the bundle's where the config left them open)."""
     c = ev.config
     d = ev.context.synth.config.sampling
@@ -109,7 +69,7 @@ def run_params(ev: Evaluation) -> dict[str, str]:
     return {**{k: str(v) for k, v in asdict(c).items()}, **{k: str(v) for k, v in resolved.items()}}
 
 
-def _write_artifacts(ev: Evaluation, generated: GeneratedSet, directory: Path) -> None:
+def _write_artifacts(ev: EvalParts, generated: GeneratedSet, directory: Path) -> None:
     """A few WAVs, a grid of mel images and the queries (with the clip template) under `directory`."""
     n = min(ev.config.num_audio_artifacts, len(generated.specs))
     names = [f"{s.index:03d}_{s.label or 'unlabelled'}" for s in generated.specs[:n]]
@@ -126,13 +86,17 @@ def _write_artifacts(ev: Evaluation, generated: GeneratedSet, directory: Path) -
 
 
 def log_run(
-    ev: Evaluation, test_query_type: str, metrics: Mapping[str, float], generated: GeneratedSet | None
+    ev: EvalParts,
+    variant: EvalVariant,
+    test_query_type: str,
+    metrics: Mapping[str, float],
+    generated: GeneratedSet | None,
 ) -> tuple[str, dict[str, str]]:
     """One MLflow run of the evaluation experiment; returns its id and tags."""
     c = ev.config
-    tags = run_tags(ev, test_query_type)
+    tags = run_tags(ev, variant, test_query_type)
     experiment_id = ensure_experiment(c.experiment)
-    name = c.run_name or f"{ev.model_name}-{ev.variant.name}-{test_query_type}-{c.dataset}"
+    name = c.run_name or f"{ev.model_name}-{variant.name}-{test_query_type}-{c.dataset}"
     if len(c.query_types) > 1 and c.run_name:
         name = f"{c.run_name}-{test_query_type}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:

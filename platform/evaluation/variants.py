@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .baselines import reconstructions, retrieve
 from .config import TRAIN_QUERY_TYPES, EvalConfig
 from .generation import GeneratedSet, SampleSpec
+from .parts import EvalParts
 from .queries import plan_queries
 from .scoring import score
-
-if TYPE_CHECKING:
-    from .runner import Evaluation
 
 DEFAULT_MODEL_NAMES = {
     "image": "CLIPSynth",
@@ -46,7 +44,7 @@ class EvalVariant(abc.ABC):
         return config.model_name or DEFAULT_MODEL_NAMES[self.name]
 
     @abc.abstractmethod
-    def evaluate(self, ev: Evaluation, query_type: str) -> VariantRun:
+    def evaluate(self, ev: EvalParts, query_type: str) -> VariantRun:
         """The metrics (and what to log beside them) of one query type."""
 
 
@@ -54,10 +52,10 @@ class _QueriedVariant(EvalVariant):
     """Samples for the test queries, scored against the test split."""
 
     @abc.abstractmethod
-    def samples(self, ev: Evaluation, specs: list[SampleSpec]) -> GeneratedSet:
+    def samples(self, ev: EvalParts, specs: list[SampleSpec]) -> GeneratedSet:
         """What this variant produces for the planned queries."""
 
-    def evaluate(self, ev: Evaluation, query_type: str) -> VariantRun:
+    def evaluate(self, ev: EvalParts, query_type: str) -> VariantRun:
         specs = plan_queries(ev.context, query_type)
         if query_type == "text":
             example = ev.context.synth.encoder.format_queries([str(specs[0].text)])[0]
@@ -85,7 +83,7 @@ class ModelVariant(_QueriedVariant):
         # The bundle's own name belongs to its diffusion model, not to the retriever or vocoder baselines.
         return config.model_name or metadata.get("model_name") or DEFAULT_MODEL_NAMES[self.name]
 
-    def samples(self, ev: Evaluation, specs: list[SampleSpec]) -> GeneratedSet:
+    def samples(self, ev: EvalParts, specs: list[SampleSpec]) -> GeneratedSet:
         return ev.sampler.generate(specs)
 
 
@@ -95,7 +93,7 @@ class RetrieverVariant(_QueriedVariant):
     name = "retriever"
     unlabeled_only = "true"  # the index is frames and audio only: no labels are involved
 
-    def samples(self, ev: Evaluation, specs: list[SampleSpec]) -> GeneratedSet:
+    def samples(self, ev: EvalParts, specs: list[SampleSpec]) -> GeneratedSet:
         return retrieve(ev.references, specs)
 
 
@@ -104,7 +102,7 @@ class HifiganReconVariant(EvalVariant):
 
     name = "hifigan-recon"
 
-    def evaluate(self, ev: Evaluation, query_type: str) -> VariantRun:
+    def evaluate(self, ev: EvalParts, query_type: str) -> VariantRun:
         if ev.context.fad_reference != "audio":
             raise ValueError("HiFi-GAN reconstruction FAD needs the test split's audio column")
         ref, _ = ev.references.audio_reference("audio")

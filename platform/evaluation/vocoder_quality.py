@@ -22,9 +22,9 @@ import torch
 
 from clipsynth_core import MelConfig, MelFrontend, Synthesizer
 from clipsynth_core.spectral_distance import log_spectral_distance, multi_resolution_stft_distance
+from clipsynth_platform.datasets.splits import iter_split_rows
 
 from .audio_relevance import judge_waveforms
-from .data import iter_split_rows
 from .mel_classifier import MelClassifier
 
 Vocode = Callable[[torch.Tensor], torch.Tensor]

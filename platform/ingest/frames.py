@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .failures import DecodeFailure, short_error
 from .records import STAGE_DECODE
-
-if TYPE_CHECKING:
-    from .decode import DecodeSettings
+from .settings import DecodeSettings
 
 # Each chunk's picks: (key into `decoded`, the frame's source time) per distinct frame, in order.
 ChunkPicks = list[list[tuple[int, float]]]

@@ -28,7 +28,7 @@ RECYCLE_AFTER = 200
 _LENGTH = struct.Struct("<Q")
 
 
-def _write_frame(stream: IO[bytes], table: pa.Table) -> None:
+def write_frame(stream: IO[bytes], table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, RECORD_SCHEMA) as writer:
         writer.write_table(table)
@@ -60,7 +60,7 @@ class DecoderProcess:
         # working dir), so it runs the same code.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         return subprocess.Popen(
-            [sys.executable, "-m", "clipsynth_platform.ingest.isolated"],
+            [sys.executable, "-m", "clipsynth_platform.ingest.decode_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -90,27 +90,3 @@ class DecoderProcess:
                 self.proc.kill()
             self.proc.wait()
             self.proc = None
-
-
-def _serve() -> None:
-    """The child: decode each requested video (decode.process_video) and answer with its rows."""
-    import torch
-
-    from .decode import DecodeSettings, _mel_frontend, process_video
-
-    _mel_frontend()
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # decoders that print must not corrupt the protocol
-    threads = None
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        settings = DecodeSettings(**request["settings"])
-        if threads != settings.threads:
-            threads = settings.threads
-            torch.set_num_threads(max(1, threads))
-        tables = list(process_video(request["source"], settings))
-        _write_frame(out, pa.concat_tables(tables))
-
-
-if __name__ == "__main__":
-    _serve()

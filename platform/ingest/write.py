@@ -15,7 +15,8 @@ from collections import Counter, defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..schema import SPLITS
+from clipsynth_platform.datasets.schema import SPLITS
+
 from .records import RECORD_CHUNK, RECORD_WRITTEN, record_table, to_chunk_table
 from .store import OutputStore
 

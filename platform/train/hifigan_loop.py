@@ -32,31 +32,19 @@ from clipsynth_core import (
     MelFrontend,
 )
 from clipsynth_core.hifigan_step import LOSS_KEYS
-from clipsynth_core.training import resolve_bf16
+from clipsynth_core.training import adamw, resolve_bf16
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.tracking.registry import VOCODER_ARTIFACT
 
-from ..logs import get_logger
-from ..registry import VOCODER_ARTIFACT
-from .common import (
-    TimeBudget,
-    WorkerPlace,
-    resume,
-    run_worker,
-    start_tracking,
-)
+from .checkpoints import TrainingState, resume, save_checkpoint
 from .config import HiFiGANTrainConfig
-from .data import vocoder_examples
-from .state import TrainingState
-from .steps import StepParts, run_steps, worker_batches
+from .data import training_batches, vocoder_examples
+from .loop import IntervalSums, StepLoop, start_tracking
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
+from .worker import RankStreams, WorkerPlace, configure_device, prepare_model, run_worker
 
 log = get_logger("hifigan")
-
-
-def fused_adamw_supported(device: torch.device) -> bool:
-    """Whether torch (2.4 on) has a fused AdamW kernel for this device type: one kernel per step instead of a
-    few per parameter tensor."""
-    return device.type in ("cuda", "cpu")
 
 
 def _segments(rows: dict, seed: int, *, segment_samples: int) -> dict[str, np.ndarray]:
@@ -71,9 +59,9 @@ def train_hifigan_worker(loop_config: dict) -> None:
 def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The HiFi-GAN loop itself (see the module docstring)."""
     import ray.train
-    import ray.train.torch
 
     rank, world, device = place.rank, place.world, place.device
+    configure_device(device, cfg.tf32)
     hcfg = HiFiGANConfig.from_dict(job["hifigan"])
 
     if device.type == "cuda":
@@ -81,14 +69,9 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     torch.manual_seed(cfg.seed)
     generator = HiFiGANGenerator(hcfg).to(device)
     discriminator = HiFiGANDiscriminator(hcfg).to(device)
-    adam: dict[str, Any] = {
-        "lr": cfg.lr,
-        "betas": (cfg.adam_b1, cfg.adam_b2),
-        "weight_decay": cfg.weight_decay,
-        "fused": fused_adamw_supported(device),
-    }
-    opt_g = torch.optim.AdamW(generator.parameters(), **adam)
-    opt_d = torch.optim.AdamW(discriminator.parameters(), **adam)
+    adam: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
+    opt_g = adamw(generator.parameters(), device, **adam)  # the fused kernel on CUDA and CPU
+    opt_d = adamw(discriminator.parameters(), device, **adam)
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
 
@@ -99,10 +82,11 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     if start.state:
         sched_g.load_state_dict(start.state["scheduler_g"])
         sched_d.load_state_dict(start.state["scheduler_d"])
-    start_step = start.step
+    streams = RankStreams(cfg.seed, rank, start.step)
 
-    g_ddp = ray.train.torch.prepare_model(generator)
-    d_ddp = ray.train.torch.prepare_model(discriminator)
+    # spectral and weight norm keep buffers that change in training: DDP broadcasts them
+    g_ddp = prepare_model(generator, broadcast_buffers=True)
+    d_ddp = prepare_model(discriminator, broadcast_buffers=True)
     mel_frontend = MelFrontend(MelConfig()).to(device)
     step_fn = HiFiGANStep(
         g_ddp,
@@ -115,60 +99,59 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         bf16=resolve_bf16(cfg.bf16, device),
         warmup_steps=cfg.warmup_steps,
     )
-    segments = partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length)
-    batches = worker_batches(cfg, job, place, start_step, segments)
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length),
+        batch_size=job["batch"]["per_worker"],
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=streams.data,
+        device=device,
+    )
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
 
-    tracker = None
-    if rank == 0:
-        tracker = start_tracking(cfg, job, start, world, log)
+    tracker = start_tracking(cfg, job, start, world, log) if rank == 0 else None
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
-    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
 
     def vocoder_file(step: int, d: Path) -> None:
         # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
-    # Running sums stay on the device (no host sync per step); they are read at log intervals.
-    sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
-
-    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        wave = batch["audio"].float()
+    loop = StepLoop(cfg, job, place, start)
+    sums = IntervalSums(LOSS_KEYS, device)  # on the device: read at log intervals only
+    g_ddp.train()
+    d_ddp.train()
+    for step in loop:
+        wave = loop.next_batch(batches)["audio"].float()
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
         losses = step_fn(mel, wave, step)
-        sums.add_(torch.stack([losses[k] for k in LOSS_KEYS]).double())
+        sums.add(losses)
         if step % steps_per_epoch == 0:
             sched_g.step()
             sched_d.step()
-        return losses
+        loop.finish(step)
 
-    def interval_means(count: int) -> dict[str, float]:
-        means = dict(zip(LOSS_KEYS, (sums / count).tolist()))
-        sums.zero_()
-        return means
-
-    def describe(m: dict[str, float]) -> str:
-        return f"mel-L1 {m['loss_mel']:.4f} G {m['loss_g']:.3f} D {m['loss_d']:.3f}"
-
-    def sample(tracker: RunTracker, step: int) -> None:
-        _log_reconstructions(tracker, step, generator, step_fn, reference, device)
-
-    parts = StepParts(
-        update=update,
-        interval_means=interval_means,
-        describe=describe,
-        lr=lambda: opt_g.param_groups[0]["lr"],
-        checkpoint_metrics=lambda losses: {"loss_mel": float(losses["loss_mel"])},
-        state=state,
-        kind="hifigan",
-        extra_state=lambda: {"scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict()},
-        checkpoint_files=vocoder_file,
-        sample=sample if len(reference) else None,
-    )
-    g_ddp.train()
-    d_ddp.train()
-    final_step = run_steps(cfg, job, place, start, budget, batches, parts, tracker, log)
+        if loop.due(cfg.log_every, step):
+            lr = opt_g.param_groups[0]["lr"]
+            loop.log(step, sums, tracker, lr, "mel-L1 {loss_mel:.4f} G {loss_g:.3f} D {loss_d:.3f}", log)
+        if tracker is not None and len(reference) and loop.due(cfg.sample_every, step):
+            _log_reconstructions(tracker, step, generator, step_fn, reference, device)
+        if loop.due(cfg.checkpoint_every, step):
+            save_checkpoint(
+                step,
+                state,
+                rank,
+                metrics={"step": step, "loss_mel": float(losses["loss_mel"])},
+                fields={
+                    **loop.checkpoint_fields(tracker, "hifigan"),
+                    "scheduler_g": sched_g.state_dict(),
+                    "scheduler_d": sched_d.state_dict(),
+                },
+                rank_info=start.rank_info,
+                files=partial(vocoder_file, step),
+            )
+    final_step = loop.last_step
 
     if tracker is not None:
         done = tracker.record.get("vocoder_step")

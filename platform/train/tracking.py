@@ -20,8 +20,8 @@ import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from ..registry import default_tracking_uri, ensure_experiment
-from ..uri import fsspec_filesystem, join, strip_scheme
+from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
+from clipsynth_platform.tracking.registry import default_tracking_uri, ensure_experiment
 
 RUN_RECORD = "clipsynth_run.json"
 MLFLOW_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch request

@@ -46,7 +46,7 @@ def save_vocoder(directory: str | os.PathLike, generator: torch.nn.Module, confi
     return d
 
 
-def load_vocoder_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, dict]:
+def load_hifigan_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, dict]:
     """A HiFi-GAN generator from a vocoder directory, HiFi-GAN checkpoint or synthesizer bundle directory."""
     d = Path(directory)
     if (d / VOCODER_FILE).exists():
@@ -71,11 +71,11 @@ def load_vocoder_dir(directory: str | os.PathLike) -> tuple[HiFiGANGenerator, di
     return generator.eval(), manifest
 
 
-def load_vocoder(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGANGenerator, dict]:
+def load_hifigan(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGANGenerator, dict]:
     """Resolve any vocoder URI (path, s3://, runs:/, models:/, MLflow artifact URI) and load its generator."""
-    from ..registry import resolve_vocoder_dir
+    from clipsynth_platform.tracking.registry import resolve_vocoder_dir
 
-    return load_vocoder_dir(resolve_vocoder_dir(uri, dst))
+    return load_hifigan_dir(resolve_vocoder_dir(uri, dst))
 
 
 def bundle_with_vocoder(
@@ -86,7 +86,7 @@ def bundle_with_vocoder(
     src, dst = Path(bundle_dir), Path(out_dir)
     config = read_bundle_config(src)
     config.serving_vocoder = serving
-    generator, manifest = load_vocoder_dir(vocoder_dir) if vocoder_dir else (None, {})
+    generator, manifest = load_hifigan_dir(vocoder_dir) if vocoder_dir else (None, {})
     if generator is not None:
         config.vocoder = generator.config
         config.metadata = {**config.metadata, "vocoder_step": manifest.get("step"), "vocoder_source": str(vocoder_dir)}

@@ -54,7 +54,7 @@ MUST_BE_IN_CONTEXT = [
     "pyproject.toml",
     "README.md",
     "clipsynth_core/__init__.py",
-    "platform/schema.py",
+    "platform/datasets/schema.py",
     "jobs/preprocess.py",
     "serve/__init__.py",
 ]
