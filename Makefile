@@ -40,8 +40,9 @@ demo: bootstrap
 rehearsal: bootstrap
 	$(PY) infra/rehearsal/run.py --out benchmarks/results/rehearsal.json
 
-# The demo's HiFi-GAN trained to the CPU recipe (20 minutes of training on 2 cores; benchmarks/vocoder measured
-# it), compared with Griffin-Lim on the same mels, its bundle registered as clipsynth-demo-hifigan: jobs/vocoder.py.
+# The demo's HiFi-GAN trained to the CPU recipe for 20 minutes (the recipe measured by benchmarks/vocoder, where
+# it stays short of Griffin-Lim in CPU minutes: the demo keeps serving Griffin-Lim), compared with Griffin-Lim on
+# the same mels, its bundle (serving the HiFi-GAN) registered as clipsynth-demo-hifigan: jobs/vocoder.py.
 vocoder: bootstrap
 	test -f demo_output/demo_summary.json || $(PY) jobs/demo.py
 	$(PY) jobs/vocoder.py --out demo_output

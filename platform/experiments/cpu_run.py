@@ -13,7 +13,10 @@ from clipsynth_core.training import LR_SCHEDULES
 from clipsynth_platform.runtime.options import check_choices, opt
 
 SERVING_VOCODERS = ("hifigan", "griffin-lim")
-VOCODER_WARMUP_STEPS = 1_000_000_000  # placeholder: set from the measurement
+# The HiFi-GAN's discriminators never join on a CPU run: its mel-L1 "warm-up" spans the whole budget. Measured in
+# benchmarks/vocoder (README, "The vocoder"): once they join, a tiny step costs ~16x the CPU (0.8 against 13 steps
+# per CPU second) and 150 CPU s of it moved no figure (mel L1 0.97 -> 0.99, LSD 10.39 -> 10.51 dB).
+VOCODER_WARMUP_STEPS = 1_000_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,9 +38,10 @@ class CpuRunConfig:
     # passes (many windows per chunk) stall rarely, and a large shuffle buffer keeps batches diverse in chunks.
     examples_per_pass: int = opt(8192, "examples per pass over the data (long passes stall rarely)")
     shuffle_buffer: int = opt(4096, "rows in each Train worker's shuffle buffer")
-    # The HiFi-GAN's CPU recipe, measured in benchmarks/vocoder (README, "The vocoder"): the tiny preset; 16
-    # segments of 8 frames (V1's 8,192 samples each) learn faster per CPU second than 4 of 16; lr 1e-2 decaying
-    # 10x over ~12K steps (0.9985 per 8-step pass) is stable there, 5e-3 for the cpu preset.
+    # The HiFi-GAN's CPU recipe, measured in benchmarks/vocoder (README, "The vocoder"): the tiny preset (at equal
+    # CPU seconds ahead of the cpu preset on every figure); 16 segments of 8 frames (V1's 8,192 samples each) learn
+    # faster per CPU second than 4 of 16; lr 1e-2 (5e-3 for the cpu preset) decaying 0.9985 per pass; the mel L1
+    # alone (VOCODER_WARMUP_STEPS). It does not reach Griffin-Lim in CPU minutes, so Griffin-Lim serves.
     vocoder_size: str = opt("tiny", "HiFi-GAN size (tiny, cpu, small, paper)")
     vocoder_batch_size: int = opt(16, "HiFi-GAN segments per step")
     vocoder_segment_frames: int = opt(8, "mel frames per HiFi-GAN training segment")
@@ -47,7 +51,8 @@ class CpuRunConfig:
         VOCODER_WARMUP_STEPS, "HiFi-GAN steps on the mel L1 alone before the discriminators join"
     )
     # The HiFi-GAN gets minutes here, far from the 500K steps it needs (on 2 cores 150 steps made noise:
-    # reconstructions at fad_melclf 1048 against 152 for real audio), so Griffin-Lim is the default.
+    # reconstructions at fad_melclf 1048 against 152 for real audio; benchmarks/vocoder: still short of Griffin-Lim
+    # after 20 CPU minutes of the recipe), so Griffin-Lim is the default.
     serving_vocoder: str = opt(
         "griffin-lim",
         "what turns generated mels into audio, for the service and for FAD: hifigan (the trained one, the paper's "

@@ -1,7 +1,9 @@
 """`make vocoder` (jobs/vocoder.py): the demo's HiFi-GAN trained to the CPU recipe, measured, and served.
 
-The demo gives its HiFi-GAN seconds and serves Griffin-Lim; this job gives it the recipe's 20 CPU minutes
-(benchmarks/vocoder measured that it then beats Griffin-Lim here: README, "The vocoder"). On the demo's output
+The demo gives its HiFi-GAN seconds and serves Griffin-Lim; this job gives it the recipe's 20 minutes of
+training (benchmarks/vocoder measured the recipe: README, "The vocoder"; in CPU minutes it stays short of
+Griffin-Lim, so the demo's own bundle keeps serving Griffin-Lim and this one is the HiFi-GAN to hear beside it,
+and the start a longer run resumes from). On the demo's output
 (`make demo` first), each stage resumable as the demo's:
   1. train_vocoder: the HiFi-GAN on the demo's shards (Ray Train, the recipe: `CpuRunConfig.hifigan_settings`),
      tracked in the demo's MLflow experiment;
