@@ -131,3 +131,10 @@ def split_leaks(sources: Iterable[VideoSource], status_by_uri: Mapping[str, str]
         "their_clips": sum(clips[v] for v in leaked),
         "examples": leaked[:examples],
     }
+
+
+def index_split_leaks(labels: LabelIndex | None, examples: int = 20) -> dict:
+    """The videos the label index listed in both splits. The manifest keeps all clips of each in one split
+    (test), so they never straddle the splits here; the summary names them, since the index's own split changed."""
+    leaks = labels.manifest.leaks if labels is not None and labels.manifest is not None else []
+    return {"videos": len(leaks), "examples": [leak.to_dict() for leak in leaks[:examples]]}
