@@ -98,7 +98,8 @@ def coverage_report(
     """Expected (the index), found (inputs the index labels) and ok (their clips kept), per split and class."""
     report = CoverageReport(index_uri)
     for entry in distinct_clips(labels).values():
-        report.add(entry.split or ANY_SPLIT, entry.label, "expected")
+        if entry.label is not None:  # an unlabelled listing is never "found" either (it has no class)
+            report.add(entry.split or ANY_SPLIT, entry.label, "expected")
     found: dict[tuple[str, str, str], bool] = {}  # (split, label, clip id) -> kept by any input that holds it
     for s in sources:
         if s.label_from != FROM_INDEX or s.label is None:
