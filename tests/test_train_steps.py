@@ -27,9 +27,14 @@ class Tracker:
 
     def __init__(self) -> None:
         self.logged: dict[int, dict[str, float]] = {}
+        self.pending_saved_in: list[str] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.logged[step] = metrics
+
+    def save_pending(self, directory: Path) -> int:
+        self.pending_saved_in.append(directory.name)
+        return 0
 
 
 def linear_state(seed: int) -> TrainingState:
@@ -108,6 +113,7 @@ def test_step_loop_intervals_means_and_checkpoints(reports):
     assert sampled == [4, 7]
     # checkpoints at every 5th step and the last: the last step's loss, the digests, the resumed info
     assert [r["step"] for r in reports] == [5, 7]
+    assert tracker.pending_saved_in == ["checkpoint_5", "checkpoint_7"]  # what MLflow has not taken, kept in each
     last = reports[-1]
     assert last["metrics"] == {"step": 7, "loss": losses[-1]}
     assert last["rank_info"] == {**state.digests(), "resumed_from_step": 0}

@@ -21,8 +21,10 @@ import torch.distributed as dist
 from clipsynth_core import state_digest
 from clipsynth_platform.runtime.logs import configure_logging, get_logger
 from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
+from clipsynth_platform.tracking.outbox import PENDING_DIR
 
 from .config import C, TrainConfig, config_from_dict
+from .whole_checkpoints import restore_whole, write_manifest
 
 if TYPE_CHECKING:
     from .state import TrainingState
@@ -31,17 +33,16 @@ if TYPE_CHECKING:
 RANK_FILE = "rank_{rank}.json"
 
 
-def restore(checkpoint, load: Callable[[Path], dict]) -> dict:
-    """Run `load(directory)` on a Ray Train checkpoint, with a clear error when its weights do not fit."""
-    with checkpoint.as_directory() as d:
-        try:
-            return load(Path(d))
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise RuntimeError(
-                f"cannot resume from the checkpoint at {checkpoint.path}: {exc}\n"
-                "It was probably written with another model configuration under the same run name and storage "
-                "path: choose a new --run-name (or --storage-path) to start a new run."
-            ) from exc
+def restore(path: str, directory: Path, load: Callable[[Path], dict]) -> dict:
+    """Run `load(directory)` on the checkpoint at `path`, with a clear error when its weights do not fit."""
+    try:
+        return load(directory)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise RuntimeError(
+            f"cannot resume from the checkpoint at {path}: {exc}\n"
+            "It was probably written with another model configuration under the same run name and storage "
+            "path: choose a new --run-name (or --storage-path) to start a new run."
+        ) from exc
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Resumption:
     train_seconds: float = 0.0  # of the time budget, spent before
     rank_info: dict[str, Any] = field(default_factory=dict)  # into every checkpoint report: the resumed digest
     state: dict[str, Any] = field(default_factory=dict)  # the checkpoint's saved state (the loops' own extras)
+    tracking_pending: Path | None = None  # what the attempt that wrote the checkpoint had not yet sent to MLflow
 
 
 def resume(state: TrainingState, device: torch.device, rank: int, log: logging.Logger) -> Resumption:
@@ -61,18 +63,32 @@ def resume(state: TrainingState, device: torch.device, rank: int, log: logging.L
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return Resumption()
-    saved = restore(checkpoint, lambda d: state.load(d, device))
+    # The newest checkpoint whose files match its manifest (whole_checkpoints.py), older ones when it does not.
+    restored = restore_whole(
+        checkpoint, lambda d, path: restore(path, d, lambda d: state.load(d, device)), log, (PENDING_DIR,)
+    )
+    if restored is None:
+        return Resumption()
+    saved = restored.saved
     step = int(saved["step"])
     log.info(f"rank {rank} resumed from the checkpoint at step {step}")
     info = {"resumed_from_step": step, "resumed_digest": state_digest(state.model)}
-    return Resumption(step, float(saved.get("train_seconds", 0.0)), info, saved)
+    return Resumption(step, float(saved.get("train_seconds", 0.0)), info, saved, restored.carried.get(PENDING_DIR))
 
 
 def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, log: logging.Logger) -> RunTracker:
     """Rank 0's MLflow run (created, or continued after a restart) with the job's parameters, and the start line."""
     from .tracking import RunTracker
 
-    tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+    tracker = RunTracker(
+        job["tracking_uri"],
+        cfg.experiment,
+        job["run_name"],
+        job["record_uri"],
+        job["tags"],
+        previous=start.tracking_pending,
+        wait_seconds=cfg.tracking_wait_seconds,
+    )
     tracker.log_params(job["params"])
     if start.step < cfg.max_steps:
         log.info(
@@ -154,6 +170,8 @@ def report_checkpoint(
         if rank == 0 and write_state is not None:
             write_state(d)
         (d / RANK_FILE.format(rank=rank)).write_text(json.dumps({"rank": rank, "step": step, **rank_info}, indent=2))
+        if rank == 0 and write_state is not None:
+            write_manifest(d)  # last: the sizes and checksums a resume checks (whole_checkpoints.py)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),

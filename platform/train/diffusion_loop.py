@@ -35,7 +35,6 @@ from clipsynth_core import (
 from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
 from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
 from clipsynth_platform.runtime.logs import get_logger
-from clipsynth_platform.tracking.registry import log_bundle_model, set_alias
 
 from .common import (
     TimeBudget,
@@ -47,6 +46,7 @@ from .common import (
 )
 from .config import DiffusionTrainConfig
 from .data import diffusion_examples
+from .registration import BundleRegistration, register_bundle
 from .state import TrainingState
 from .steps import StepParts, run_steps, worker_batches
 from .tracking import RunTracker, log_samples
@@ -274,8 +274,6 @@ def _finish(
     final_step: int,
 ) -> None:
     """Rank 0 at the end: the synthesizer bundle (EMA weights) as an MLflow model, registered when asked."""
-    import mlflow
-
     done = tracker.record.get("bundle_step")
     if done is not None and int(done) >= final_step:
         log.info(f"already finished: the bundle of step {done} is logged (run {tracker.run_id})")
@@ -309,21 +307,11 @@ def _finish(
             metadata=metadata,
             serving_vocoder=cfg.serving_vocoder,
         )
-        with mlflow.start_run(run_id=tracker.run_id):
-            info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
-    version = getattr(info, "registered_model_version", None)
-    alias_uri = None
-    if version is not None and cfg.register_alias:
-        alias_uri = set_alias(f"models:/{cfg.register_as}/{version}", cfg.register_alias)
-    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri, "model_alias": alias_uri or ""})
-    tracker.update_record(
-        bundle_step=final_step,
-        model_uri=info.model_uri,
-        registered_model=cfg.register_as or None,
-        registered_version=int(version) if version is not None else None,
-        registered_alias=alias_uri,
-    )
-    where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
-    where += f" = {alias_uri}" if alias_uri else ""
-    log.info(f"finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
+        # Retried; kept in storage with the command that registers it when MLflow does not take it (registration.py)
+        what = BundleRegistration(final_step, cfg.register_as, cfg.register_alias, vocoder_note)
+        result = register_bundle(tracker, Path(tmp) / "bundle", what)
+    if result.model_uri is not None:
+        where = f"models:/{cfg.register_as}/{result.version}" if result.version is not None else result.model_uri
+        where += f" = {result.alias_uri}" if result.alias_uri else ""
+        log.info(f"finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

@@ -165,3 +165,5 @@ def _write_state(
     parts.state.save(directory, step, extra)
     if parts.checkpoint_files:
         parts.checkpoint_files(step, directory)
+    if tracker is not None:
+        tracker.save_pending(directory)  # what MLflow has not taken yet, sent by an attempt resuming from here
