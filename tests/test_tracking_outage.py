@@ -25,6 +25,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from fault_record import record_fault
 from tracking_server import TrackingServer
 
 from clipsynth_platform.tracking.outbox import OPS_FILE, PENDING_DIR, OutboxLimits
@@ -133,11 +134,13 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
     a = RunTracker(server.uri, "exp", "r", record, {"kind": "test"}, limits=QUICK)
     a.log_params({"lr": "0.1"})
     pending_while_down: list[int] = []
+    outage: dict[str, float] = {}
 
     def a_step(step: int) -> None:
         if step == 21:
             assert a.flush(60)  # steps 5-20 are in MLflow
             server.kill()
+            outage["killed"] = time.time()
         if step > 21:
             pending_while_down.append(len(a.outbox.pending()))
         if step == 47:
@@ -165,6 +168,7 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
     def b_step(step: int) -> None:
         if step == 90:
             restart.join()  # the server is back before the run's last ten steps
+            outage.setdefault("back", time.time())
 
     assert _run(cfg, Resumption(step=40), _parts(tmp_path, b_step, values_b), b) == 100
     assert b.finish()
@@ -215,3 +219,23 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
     after = json.loads(Path(record).read_text())
     assert after["pending_registration"] is None and after["registered_version"] == 1
     assert not (tmp_path / "runs" / "r" / PENDING_DIR).exists()
+    record_fault(
+        "tracking_server_killed",
+        injected={
+            "kill": "SIGKILL of the MLflow server at step 21 of attempt A; started again during attempt B",
+            "down_s_at_least": round(outage["back"] - outage["killed"], 1),
+            "client_patience": "MLFLOW_HTTP_REQUEST_MAX_RETRIES=1, BACKOFF_FACTOR=1: about 2 s",
+            "crash": "attempt A raised at step 47 (after its checkpoint of step 40, server still down)",
+            "second_kill": "server killed again before the end of attempt C (registration, finish)",
+        },
+        platform={
+            "step_loop": "kept stepping; operations waiting rose to " + str(pending_while_down[-1]),
+            "checkpoint_40_kept": {"metric_steps": kept_steps, "artifacts": ["samples/step_00000030"]},
+            "attempt_B": "resumed while the server was down, sent A's kept operations when it came back",
+            "outbox_B": b.outbox.stats.to_dict(),
+            "registration": f"2 attempts failed; bundle kept at {result.kept_at}; command printed",
+            "later_command": done.to_dict(),
+        },
+        lost={"metric_steps_missing": 0, "metric_steps_twice": 0, "artifacts_missing": 0},
+        command="pytest -q tests/test_tracking_outage.py (the long outage: make tracking-outage)",
+    )

@@ -26,6 +26,7 @@ a directory again, in a later attempt or by the command that completes a run.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -191,7 +192,7 @@ class TrackingOutbox:
     def set_status(self, status: str) -> None:
         self._put(StatusOp(status))
 
-    def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str) -> None:
         """Copy the directory's files into the spool now (the caller may delete them) and queue them."""
         nbytes = sum(p.stat().st_size for p in Path(local_dir).rglob("*") if p.is_file())
         if self._artifact_bytes + nbytes > self.limits.max_pending_artifact_bytes:
@@ -228,7 +229,13 @@ class TrackingOutbox:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        if sent:
+            shutil.rmtree(self._spool, ignore_errors=True)
         return sent
+
+    def discard(self) -> None:
+        """Remove the spool directory (the artifacts' copies) once what is pending is saved or given up."""
+        shutil.rmtree(self._spool, ignore_errors=True)
 
     def abandon(self) -> None:
         """Stop sending at once, as a process that dies would (tests)."""
@@ -245,15 +252,19 @@ class TrackingOutbox:
             return 0
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps({"format": PENDING_FORMAT, "run_id": self.run_id, "ops": len(ops)})]
+        lines: list[str] = []
         for i, op in enumerate(ops):
             entry = {"op": _kind(op), **asdict(op)}
             if isinstance(op, ArtifactsOp):
                 entry["files"] = f"artifacts/{i:06d}"
-                shutil.copytree(op.files, d / entry["files"], dirs_exist_ok=True)
+                try:
+                    shutil.copytree(op.files, d / entry["files"], dirs_exist_ok=True)
+                except (FileNotFoundError, shutil.Error):
+                    continue  # sent meanwhile: the sender removed its copy
             lines.append(json.dumps(entry))
-        (d / OPS_FILE).write_text("\n".join(lines) + "\n")
-        return len(ops)
+        header = json.dumps({"format": PENDING_FORMAT, "run_id": self.run_id, "ops": len(lines)})
+        (d / OPS_FILE).write_text("\n".join([header, *lines]) + "\n")
+        return len(lines)
 
     def load_pending(self, directory: str | Path, statuses: bool = True) -> list[Op]:
         """Queue the operations a `save_pending` wrote (of this run only); returns them. `statuses=False` leaves
@@ -303,7 +314,8 @@ class TrackingOutbox:
         head = self._queue[0]
         if not isinstance(head, MetricsOp):
             return [head]
-        batch, values = [], 0
+        batch: list[Op] = []
+        values = 0
         for op in self._queue:
             if not isinstance(op, MetricsOp) or (batch and values + len(op.values) > MAX_METRICS_PER_BATCH):
                 break

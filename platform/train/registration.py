@@ -174,6 +174,7 @@ def complete_run(config: RunCompletionConfig) -> RunCompletion:
             queued = len(outbox.load_pending(tmp))
     sent = outbox.close(config.wait_seconds)
     unsent = len(outbox.pending())
+    outbox.discard()  # unsent operations stay in storage, for the next try
     if sent and queued:
         fs.rm(strip_scheme(folder), recursive=True)
     registration = None

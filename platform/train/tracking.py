@@ -239,6 +239,7 @@ class RunTracker:
             return True
         with tempfile.TemporaryDirectory(prefix="clipsynth-pending-") as tmp:
             n = self.outbox.save_pending(tmp)
+            self.outbox.discard()
             if fs.exists(strip_scheme(folder)):
                 fs.rm(strip_scheme(folder), recursive=True)
             if not is_s3(folder):
