@@ -175,7 +175,8 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
     model = f"{run}/checkpoint_000000006/model.safetensors"
     size = fs.size(model)
     fs.pipe_file(model, fs.cat_file(model)[: size // 3])
-    object_store.set_plan(FaultPlan(**{**FAULTS.to_dict(), "seed": 29}))
+    second = FaultPlan(**{**FAULTS.to_dict(), "seed": 29})  # the same shares, another draw
+    object_store.set_plan(second)
     again = train(8)
     end = object_store.counts.to_dict()
     object_store.set_plan(FaultPlan())
@@ -199,8 +200,8 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
     record_fault(
         "s3_training_and_a_checkpoint_cut_short",
         injected={
-            "plan": FAULTS.to_dict(),
-            "proxy_counts": injected,
+            "plans": [FAULTS.to_dict(), second.to_dict()],
+            "proxy_counts_both_runs": injected,
             "cut_short": f"checkpoint_000000006/model.safetensors truncated to {size // 3} of {size} bytes",
         },
         platform={

@@ -198,7 +198,7 @@ class TrackingOutbox:
         if self._artifact_bytes + nbytes > self.limits.max_pending_artifact_bytes:
             self.stats.dropped_artifact_ops += 1
             logger.warning(
-                f"tracking: {self._artifact_bytes / 2**20:.0f} MiB of artifacts already wait for MLflow; "
+                f"{self._artifact_bytes / 2**20:.0f} MiB of artifacts already wait for MLflow; "
                 f"{artifact_path} is not kept"
             )
             return
@@ -274,7 +274,7 @@ class TrackingOutbox:
             return []
         header, *entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if header.get("format") != PENDING_FORMAT or header.get("run_id") != self.run_id:
-            logger.warning(f"tracking: {directory} holds operations of another run or format; not sent")
+            logger.warning(f"{directory} holds operations of another run or format; not sent")
             return []
         loaded: list[Op] = []
         for entry in entries:
@@ -299,7 +299,7 @@ class TrackingOutbox:
                     if not self._warned_full:
                         self._warned_full = True
                         logger.warning(
-                            f"tracking: {self._metric_values} metric values already wait for MLflow (the bound); "
+                            f"{self._metric_values} metric values already wait for MLflow (the bound); "
                             f"the metrics of step {op.step} and later ones are dropped until it takes them"
                         )
                     return
@@ -352,7 +352,7 @@ class TrackingOutbox:
             except Exception as exc:  # the server is gone, slow or refusing: never the caller's problem
                 if is_permanent(exc):
                     self.stats.rejected_ops += len(ops)
-                    logger.error(f"tracking: MLflow refused {_kind(ops[0])} for good, not sent again: {exc}")
+                    logger.error(f"MLflow refused {_kind(ops[0])} for good, not sent again: {exc}")
                     self._settle(ops)
                     continue
                 self._failed(exc, len(self._queue))
@@ -369,7 +369,7 @@ class TrackingOutbox:
                 seconds = time.monotonic() - self._outage.started
                 self.stats.longest_outage_s = max(self.stats.longest_outage_s, seconds)
                 logger.info(
-                    f"tracking: MLflow reachable again after {seconds:.0f} s; sending the {len(self._queue)} "
+                    f"MLflow reachable again after {seconds:.0f} s; sending the {len(self._queue)} "
                     "operations that waited"
                 )
                 self._outage = None
@@ -380,7 +380,7 @@ class TrackingOutbox:
             self._outage = _Outage()
             self.stats.outages += 1
             logger.warning(
-                f"tracking: MLflow did not take an operation ({str(exc).splitlines()[0][:300]}); training goes on, "
+                f"MLflow did not take an operation ({str(exc).splitlines()[0][:300]}); training goes on, "
                 f"{pending} operations wait and are sent when it is back"
             )
         self._outage.failures += 1

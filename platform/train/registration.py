@@ -2,7 +2,9 @@
 completion of a run later, by the command the run printed.
 
 At the end, rank 0 first lets the run's buffered tracking drain (bounded by --tracking-wait-seconds), then logs
-the bundle as an MLflow model and registers it, each step tried `REGISTER_ATTEMPTS` times with a wait between.
+the bundle as an MLflow model and registers it: `REGISTER_ATTEMPTS` attempts, --tracking-wait-seconds apart in
+all, each first asking the server's /health once (a server that is away costs seconds, not the minutes MLflow's
+client spends retrying each request); an attempt goes on from the first step the previous one did not finish.
 When MLflow still does not take it, the bundle is copied to `<storage>/<run>/bundles/step_<N>/`, the run record
 notes what is left to do, and the job prints the command (jobs/finish_tracking.py) that does it once MLflow is
 back: it sends what the run kept in storage (tracking_pending/), registers the kept bundle, and ends the run.
@@ -30,6 +32,7 @@ from .tracking import (
     finish_command,
     read_run_record,
     resolve_tracking_uri,
+    server_reachable,
     write_run_record,
 )
 
@@ -77,6 +80,8 @@ def register_bundle(
     error: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
+            if not server_reachable(tracker.tracking_uri):  # one quick request, not the client's minutes of retries
+                raise ConnectionError(f"MLflow at {tracker.tracking_uri} does not answer")
             _log_and_register(tracker.run_id, bundle_dir, what, done)
             tracker.set_tags(
                 {

@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -33,7 +34,7 @@ from clipsynth_platform.tracking.outbox import (
 from clipsynth_platform.tracking.registry import default_tracking_uri, ensure_experiment
 
 RUN_RECORD = "clipsynth_run.json"
-logger = get_logger("train")
+logger = get_logger("tracking")
 
 
 def resolve_tracking_uri(explicit: str = "") -> str:
@@ -144,18 +145,21 @@ class RunTracker:
             write_run_record(record_uri, record)
         self.run_id = run_id
         self.record = record
+        self.experiment_id = record.get("experiment_id")
         self.outbox = TrackingOutbox(self.client, run_id, limits, logged_through)
         if self.resumed:
             self.outbox.set_status("RUNNING")
             self.outbox.set_tags(tags)
         self._previous_run_folder = False
         self._queue_previous(previous)
+        self._caller_seconds = 0.0
+        self._cpu_at_last_log = time.process_time()
 
     def _continue(self, run_id: str) -> tuple[bool, dict[str, int] | None]:
         """(whether the recorded run goes on, per metric the last step MLflow holds when it could be asked)."""
         if not server_reachable(self.tracking_uri):
             logger.warning(
-                f"tracking: MLflow at {self.tracking_uri} is not reachable; run {run_id} goes on from the run record "
+                f"MLflow at {self.tracking_uri} is not reachable; run {run_id} goes on from the run record "
                 "and what it logs waits until the server is back"
             )
             return True, None
@@ -167,7 +171,7 @@ class RunTracker:
         except mlflow.exceptions.MlflowException as exc:
             if is_permanent(exc):
                 return False, None
-            logger.warning(f"tracking: MLflow did not answer for run {run_id} ({exc}); it goes on from the run record")
+            logger.warning(f"MLflow did not answer for run {run_id} ({exc}); it goes on from the run record")
             return True, None
 
     def _queue_previous(self, checkpoint_pending: Path | None) -> None:
@@ -188,7 +192,7 @@ class RunTracker:
             steps = [op.step for op in ops if isinstance(op, MetricsOp)]
             span = f", metrics of steps {min(steps)}-{max(steps)}" if steps else ""
             logger.warning(
-                f"tracking: {len(ops)} operations an earlier attempt could not send to MLflow{span}, kept in "
+                f"{len(ops)} operations an earlier attempt could not send to MLflow{span}, kept in "
                 f"{where}: sending them now"
             )
 
@@ -209,10 +213,21 @@ class RunTracker:
         self.outbox.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.outbox.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}, int(step))
+        """Queue the step's metrics, with two of the tracker's own since the previous call: `tracking_seconds`
+        (what the caller spent in this tracker: near 0 when MLflow is away too) and `process_cpu_seconds` (this
+        process's CPU time: a pace that falls while it stays put means the machine, not the loop, slowed)."""
+        t0 = time.perf_counter()
+        cpu = time.process_time()
+        own = {"tracking_seconds": self._caller_seconds, "process_cpu_seconds": cpu - self._cpu_at_last_log}
+        values = {k: float(v) for k, v in {**metrics, **own}.items() if math.isfinite(float(v))}
+        self.outbox.log_metrics(values, int(step))
+        self._cpu_at_last_log = cpu
+        self._caller_seconds = time.perf_counter() - t0
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str) -> None:
+        t0 = time.perf_counter()
         self.outbox.log_artifacts(local_dir, artifact_path)
+        self._caller_seconds += time.perf_counter() - t0
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until MLflow has taken everything logged so far (True), or `timeout_s` passes (False)."""
@@ -221,9 +236,11 @@ class RunTracker:
     def save_pending(self, directory: Path) -> int:
         """Into a checkpoint directory: what MLflow has not taken yet (PENDING_DIR), for the attempt that resumes
         from it. Returns how many operations."""
+        t0 = time.perf_counter()
         n = self.outbox.save_pending(directory / PENDING_DIR)
+        self._caller_seconds += time.perf_counter() - t0
         if n:
-            logger.warning(f"tracking: {n} operations MLflow has not taken yet are kept in the checkpoint")
+            logger.warning(f"{n} operations MLflow has not taken yet are kept in the checkpoint")
         return n
 
     def finish(self, status: str = "FINISHED") -> bool:
@@ -246,7 +263,7 @@ class RunTracker:
                 os.makedirs(strip_scheme(folder), exist_ok=True)
             fs.put(tmp.rstrip("/") + "/", strip_scheme(folder), recursive=True)
         logger.warning(
-            f"tracking: MLflow at {self.tracking_uri} did not take {n} operations within {self.wait_seconds:.0f} s; "
+            f"MLflow at {self.tracking_uri} did not take {n} operations within {self.wait_seconds:.0f} s; "
             f"they are kept in {folder} and sent by the next attempt of this run, or now with:\n"
             f"  {finish_command(self.run_dir, self.tracking_uri)}"
         )
