@@ -33,7 +33,6 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,7 +153,6 @@ class TrackingOutbox:
         run_id: str,
         limits: OutboxLimits | None = None,
         logged_through: dict[str, int] | None = None,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -170,7 +168,6 @@ class TrackingOutbox:
         self._busy = False  # the sender holds operations it has taken but not yet settled
         self._outage: _Outage | None = None
         self._spool = Path(tempfile.mkdtemp(prefix="clipsynth-outbox-"))
-        self._sleep = sleep or self._stop.wait
         self._warned_full = False
         self._thread = threading.Thread(target=self._run, name="clipsynth-tracking-outbox", daemon=True)
         self._thread.start()
@@ -359,7 +356,7 @@ class TrackingOutbox:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-                self._sleep(delay * (0.5 + random.random()))
+                self._stop.wait(delay * (0.5 + random.random()))  # back-off, cut short by close or abandon
                 delay = min(delay * 2, self.limits.max_retry_s)
                 continue
             self._settle(ops)

@@ -65,7 +65,10 @@ def resume(state: TrainingState, device: torch.device, rank: int, log: logging.L
         return Resumption()
     # The newest checkpoint whose files match its manifest (whole_checkpoints.py), older ones when it does not.
     restored = restore_whole(
-        checkpoint, lambda d, path: restore(path, d, lambda d: state.load(d, device)), log, (PENDING_DIR,)
+        checkpoint,
+        lambda directory, path: restore(path, directory, lambda d: state.load(d, device)),
+        log,
+        (PENDING_DIR,),
     )
     if restored is None:
         return Resumption()
