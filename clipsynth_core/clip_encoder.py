@@ -16,6 +16,7 @@ hand (clipsynth_platform.experiments.offline_clip). They have no published weigh
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -127,7 +128,7 @@ def build_clip_model(config: ClipConfig) -> nn.Module:
                 f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(config.model_name))})",
             )
         )
-    with _hub_offline(not config.allow_download):
+    with _hub_offline(not config.allow_download), _download_error_as_debug():
         try:
             return open_clip.create_model(
                 config.model_name,
@@ -137,6 +138,30 @@ def build_clip_model(config: ClipConfig) -> nn.Module:
             )
         except Exception as exc:  # network errors, hub errors, missing cache: one clear message
             raise ClipWeightsError(_weights_help(config, f"{type(exc).__name__}: {exc}")) from exc
+
+
+class _DemoteDownloadError(logging.Filter):
+    """open_clip logs a failed weights download as an ERROR on the root logger and then raises; the raise becomes
+    ClipWeightsError with the reason, so the log line says it a second time, out of context: keep it at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().startswith("Failed to download weights"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+@contextlib.contextmanager
+def _download_error_as_debug():
+    root = logging.getLogger()
+    demote, placeholder = _DemoteDownloadError(), logging.NullHandler()
+    root.addFilter(demote)
+    # logging.error() on a root logger without handlers would call basicConfig() and print to stderr
+    root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)
+        root.removeHandler(placeholder)
 
 
 def build_local_clip(model_name: str, seed: int = 0) -> nn.Module:

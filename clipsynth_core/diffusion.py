@@ -10,7 +10,9 @@ What the paper uses and this module implements:
 - ancestral (DDPM) and DDIM sampling, seeded and batched, with optional classifier-free guidance.
 
 The schedule arithmetic runs in float64 (numpy-free torch), as the cumulative products lose precision in
-float32 at 4,000 steps; results are cast to the model's dtype when used.
+float32 at 4,000 steps; results are cast to the model's dtype when used. The tables are computed once, on the
+CPU, and copied to a device once (`GaussianDiffusion.to`, or at their first use there): a step on a GPU gathers
+from tables already on it, and neither the training step nor the sampler copies anything from the host.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from .noise import seeded_normal
+
 ModelFn = Callable[[Tensor, Tensor], Tensor]
-# one generator for the batch, or one per example (a sample then depends only on its own seed)
-Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def cosine_alpha_bar(t: Tensor | float, s: float = 0.008) -> Tensor:
@@ -104,12 +106,6 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.mean(dim=tuple(range(1, x.dim())))
 
 
-def _extract(values: Tensor, t: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """values[t] reshaped to broadcast against a batch of `shape`."""
-    out = values.to(t.device)[t].to(dtype)
-    return out.reshape(-1, *([1] * (len(shape) - 1)))
-
-
 @dataclass(frozen=True)
 class DiffusionConfig:
     """Paper defaults: 4,000 cosine steps, learned-range variance, hybrid loss."""
@@ -185,6 +181,47 @@ class GaussianDiffusion:
         self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
+        self.log_betas = torch.log(betas)
+        # Ho et al.'s fixed large variance, with beta~_1 at t = 0 (the model without learned variance)
+        self.fixed_log_variance = torch.log(torch.cat([self.posterior_variance[1:2], betas[1:]]))
+        self.log_one_minus_alphas_cumprod = torch.log(1.0 - self.alphas_cumprod)
+        # Every table above, copied to a device once and gathered from there (see `to` and `_extract`).
+        self._on_device: dict[torch.device, dict[str, Tensor]] = {}
+
+    _TABLES = (
+        "betas",
+        "alphas_cumprod",
+        "alphas_cumprod_prev",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+        "log_betas",
+        "fixed_log_variance",
+        "log_one_minus_alphas_cumprod",
+        "timestep_map",
+    )
+
+    def to(self, device: torch.device | str) -> GaussianDiffusion:
+        """Copy every schedule table to `device` now (once), so that no step there copies one; returns self."""
+        self._tables(torch.device(device))
+        return self
+
+    def _tables(self, device: torch.device) -> dict[str, Tensor]:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device not in self._on_device:
+            self._on_device[device] = {name: getattr(self, name).to(device) for name in self._TABLES}
+        return self._on_device[device]
+
+    def _extract(self, name: str, t: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        """table[t] in `dtype`, reshaped to broadcast against a batch of `shape`; gathered on t's device."""
+        out = self._tables(t.device)[name][t].to(dtype)
+        return out.reshape(-1, *([1] * (len(shape) - 1)))
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -231,34 +268,33 @@ class GaussianDiffusion:
         """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)."""
         noise = torch.randn_like(x0) if noise is None else noise
         return (
-            _extract(self.sqrt_alphas_cumprod, t, x0.shape, x0.dtype) * x0
-            + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape, x0.dtype) * noise
+            self._extract("sqrt_alphas_cumprod", t, x0.shape, x0.dtype) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0.shape, x0.dtype) * noise
         )
 
     def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = (
-            _extract(self.posterior_mean_coef1, t, xt.shape, xt.dtype) * x0
-            + _extract(self.posterior_mean_coef2, t, xt.shape, xt.dtype) * xt
+            self._extract("posterior_mean_coef1", t, xt.shape, xt.dtype) * x0
+            + self._extract("posterior_mean_coef2", t, xt.shape, xt.dtype) * xt
         )
-        var = _extract(self.posterior_variance, t, xt.shape, xt.dtype)
-        logvar = _extract(self.posterior_log_variance_clipped, t, xt.shape, xt.dtype)
+        var = self._extract("posterior_variance", t, xt.shape, xt.dtype)
+        logvar = self._extract("posterior_log_variance_clipped", t, xt.shape, xt.dtype)
         return mean, var, logvar
 
     def predict_x0_from_eps(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         return (
-            _extract(self.sqrt_recip_alphas_cumprod, t, xt.shape, xt.dtype) * xt
-            - _extract(self.sqrt_recipm1_alphas_cumprod, t, xt.shape, xt.dtype) * eps
+            self._extract("sqrt_recip_alphas_cumprod", t, xt.shape, xt.dtype) * xt
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, xt.shape, xt.dtype) * eps
         )
 
     def predict_eps_from_x0(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        return (_extract(self.sqrt_recip_alphas_cumprod, t, xt.shape, xt.dtype) * xt - x0) / _extract(
-            self.sqrt_recipm1_alphas_cumprod, t, xt.shape, xt.dtype
-        )
+        recip = self._extract("sqrt_recip_alphas_cumprod", t, xt.shape, xt.dtype)
+        return (recip * xt - x0) / self._extract("sqrt_recipm1_alphas_cumprod", t, xt.shape, xt.dtype)
 
     def model_timesteps(self, t: Tensor) -> Tensor:
         """The training-time step indices the model expects for this process's steps t."""
-        return self.timestep_map.to(t.device)[t]
+        return self._tables(t.device)["timestep_map"][t]
 
     def split_model_output(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
         c = x.shape[1]
@@ -276,14 +312,12 @@ class GaussianDiffusion:
         eps, v = self.split_model_output(out, xt)
         if v is not None:
             # Learned range: log sigma^2 = frac * log beta_t + (1 - frac) * log beta~_t, frac = (v + 1) / 2.
-            min_log = _extract(self.posterior_log_variance_clipped, t, xt.shape, xt.dtype)
-            max_log = _extract(torch.log(self.betas), t, xt.shape, xt.dtype)
+            min_log = self._extract("posterior_log_variance_clipped", t, xt.shape, xt.dtype)
+            max_log = self._extract("log_betas", t, xt.shape, xt.dtype)
             frac = (v + 1) / 2
             logvar = frac * max_log + (1 - frac) * min_log
         else:
-            # Fixed large variance (Ho et al.), with beta~_1 at t = 0.
-            fixed = torch.cat([self.posterior_variance[1:2], self.betas[1:]])
-            logvar = _extract(torch.log(fixed), t, xt.shape, xt.dtype)
+            logvar = self._extract("fixed_log_variance", t, xt.shape, xt.dtype)
         x0 = self.predict_x0_from_eps(xt, t, eps)
         clip = self.clip_denoised if clip_denoised is None else clip_denoised
         if clip:
@@ -336,70 +370,63 @@ class GaussianDiffusion:
             pm = self.p_mean_variance_from_output(model(xt, self.model_timesteps(t)), xt, t)
             total += self.vlb_terms(x0, xt, t, pm["mean"], pm["logvar"]).double()
         tT = torch.full((x0.shape[0],), self.num_timesteps - 1, device=x0.device, dtype=torch.long)
-        qm = _extract(self.sqrt_alphas_cumprod, tT, x0.shape, x0.dtype) * x0
-        qlv = torch.log(_extract(1.0 - self.alphas_cumprod, tT, x0.shape, x0.dtype))
+        qm = self._extract("sqrt_alphas_cumprod", tT, x0.shape, x0.dtype) * x0
+        qlv = self._extract("log_one_minus_alphas_cumprod", tT, x0.shape, x0.dtype)
         prior = mean_flat(normal_kl(qm, qlv, torch.zeros_like(qm), torch.zeros_like(qlv))) / math.log(2.0)
         return total + prior.double()
 
     # ----------------------------------------------------------------------------------------- sampling
-    @staticmethod
-    def _noise(shape, generator, device, dtype) -> Tensor:
-        """Gaussian noise; with a list of generators, example i draws from generator i.
-
-        Per-example generators make a sample depend only on its own seed, not on what else shares its batch.
-        """
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != shape[0]:
-                raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-            return torch.stack(
-                [torch.randn(tuple(shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
-            ).to(device)
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
-
     @torch.no_grad()
     def sample(
         self,
         model: ModelFn,
         shape: Sequence[int],
         sampler: str = "ddpm",
-        generator: Generators = None,
+        generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         eta: float = 0.0,
         noise: Tensor | None = None,
+        seeds: Tensor | None = None,
     ) -> Tensor:
         """x_T (given, or drawn) -> x_0 through every step of this process, by ancestral sampling ("ddpm", the
-        paper's) or DDIM (Song et al., 2021; eta = 0 is deterministic given x_T)."""
+        paper's) or DDIM (Song et al., 2021; eta = 0 is deterministic given x_T).
+
+        The noise: with `seeds` (per-example keys from `clipsynth_core.noise.example_keys`, on the device), example
+        i's draws depend on its own key only, and are the same on every device (`seeded_normal`: x_T is draw 0,
+        step i's noise draw i + 1); otherwise one stream for the batch from `generator` (on the device).
+        Nothing is copied from the host and nothing read back within the loop.
+        """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
-        x = noise if noise is not None else self._noise(shape, generator, device, torch.float32)
+        if seeds is not None and seeds.shape != (shape[0],):
+            raise ValueError(f"{tuple(seeds.shape)} seeds for a batch of {shape[0]}")
+        device = torch.device(device) if seeds is None else seeds.device
+
+        def draw(counter: int, like: Sequence[int], dtype: torch.dtype) -> Tensor:
+            if seeds is not None:
+                return seeded_normal(seeds, counter, tuple(like[1:]), dtype)
+            return torch.randn(tuple(like), generator=generator, device=device, dtype=dtype)
+
+        x = noise if noise is not None else draw(0, shape, torch.float32)
         n = x.shape[0]
         for i in reversed(range(self.num_timesteps)):
             t = torch.full((n,), i, device=x.device, dtype=torch.long)
             pm = self.p_mean_variance_from_output(model(x, self.model_timesteps(t)), x, t)
             if sampler == "ddpm":
-                x = self._ddpm_step(x, i, pm, generator)
+                # x_{t-1} ~ N(mean, exp(logvar)); the mean itself at the last step
+                x = pm["mean"] if i == 0 else pm["mean"] + torch.exp(0.5 * pm["logvar"]) * draw(i + 1, x.shape, x.dtype)
             else:
-                x = self._ddim_step(x, t, i, pm, generator, eta)
+                x = self._ddim_step(x, t, pm, eta, draw(i + 1, x.shape, x.dtype) if i > 0 and eta > 0 else None)
         return x
 
-    def _ddpm_step(self, x: Tensor, i: int, pm: dict[str, Tensor], generator: Generators) -> Tensor:
-        """x_{t-1} ~ N(mean, exp(logvar)); the mean itself at the last step."""
-        if i == 0:
-            return pm["mean"]
-        return pm["mean"] + torch.exp(0.5 * pm["logvar"]) * self._noise(x.shape, generator, x.device, x.dtype)
-
-    def _ddim_step(
-        self, x: Tensor, t: Tensor, i: int, pm: dict[str, Tensor], generator: Generators, eta: float
-    ) -> Tensor:
-        """DDIM's x_{t-1} from the predicted x_0 and the eps it implies; noise of scale sigma(eta) when eta > 0."""
+    def _ddim_step(self, x: Tensor, t: Tensor, pm: dict[str, Tensor], eta: float, noise: Tensor | None) -> Tensor:
+        """DDIM's x_{t-1} from the predicted x_0 and the eps it implies; noise of scale sigma(eta) when given."""
         eps = self.predict_eps_from_x0(x, t, pm["pred_x0"])
-        abar = _extract(self.alphas_cumprod, t, x.shape, x.dtype)
-        abar_prev = _extract(self.alphas_cumprod_prev, t, x.shape, x.dtype)
+        abar = self._extract("alphas_cumprod", t, x.shape, x.dtype)
+        abar_prev = self._extract("alphas_cumprod_prev", t, x.shape, x.dtype)
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         mean = pm["pred_x0"] * abar_prev.sqrt() + torch.sqrt((1 - abar_prev - sigma**2).clamp(min=0)) * eps
-        if i > 0 and eta > 0:
-            return mean + sigma * self._noise(x.shape, generator, x.device, x.dtype)
-        return mean
+        return mean if noise is None else mean + sigma * noise
 
 
 # The samplers `GaussianDiffusion.sample` runs: ancestral (the paper's) and DDIM.
@@ -409,24 +436,28 @@ SAMPLERS = ("ddpm", "ddim")
 def guided_model(
     model: Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor],
     cond: Tensor,
-    guidance: float | Tensor = 0.0,
+    guidance: float | Sequence[float] | Tensor = 0.0,
     learn_sigma: bool = True,
 ) -> ModelFn:
     """Wrap a conditional model `model(x, t, cond, drop_mask)` as `fn(x, t)` with classifier-free guidance.
 
     eps = eps_uncond + (1 + w) * (eps_cond - eps_uncond); w = 0 is the plain conditional model (one forward
     pass). `guidance` may be per example, so requests with different scales share a batch. The variance
-    channels come from the conditional pass.
+    channels come from the conditional pass. Whether to guide is decided on the host, from `guidance` as given;
+    the scales, the doubled condition and the drop mask go to cond's device once, so a step copies nothing.
     """
-    w = torch.as_tensor(guidance, dtype=torch.float32, device=cond.device)
+    w = torch.as_tensor(guidance, dtype=torch.float32)
+    if w.device.type != "cpu":
+        w = w.cpu()  # once per call: the decision below is the host's
     if not bool((w != 0).any()):
         return lambda x, t: model(x, t, cond, None)
     n = cond.shape[0]
-    w = w.expand(n) if w.dim() == 0 else w
+    w = (w.expand(n) if w.dim() == 0 else w).to(cond.device)
+    both = torch.cat([cond, cond])
+    drop = torch.arange(2 * n, device=cond.device) >= n  # the second half gets the null condition
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
-        drop = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(x.device)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), drop)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), both, drop)
         cond_out, uncond_out = out[:n], out[n:]
         c = x.shape[1]
         ww = w.to(out.dtype).view(-1, *([1] * (x.dim() - 1)))

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,6 +28,7 @@ from .diffusion import DiffusionConfig, GaussianDiffusion, guided_model
 from .hifigan import HiFiGANConfig, HiFiGANGenerator, hifigan_config
 from .mel import MelConfig, MelFrontend
 from .modality_gap import GapReducer
+from .noise import example_keys
 from .query_blend import encode_queries
 from .unet import ConditionalUNet, UNetConfig, unet_config
 from .vocoder import VOCODERS, build_vocoder
@@ -127,15 +129,6 @@ def frames_for_seconds(seconds: float, mel: MelConfig | None = None) -> int:
     return frames
 
 
-def make_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device=device)
-        g.manual_seed(int(s))
-        gens.append(g)
-    return gens
-
-
 class Synthesizer:
     """Batched, seeded text/image-to-audio. `synthesize(queries, steps=, seed=)` -> [B, N] at 16 kHz.
 
@@ -165,6 +158,8 @@ class Synthesizer:
         self.mel = MelFrontend(config.mel).to(self.device)
         self.diffusion = GaussianDiffusion.from_config(config.diffusion)
         self._respaced: dict[int, GaussianDiffusion] = {}
+        # What sampling calls: the U-Net, or its torch.compile'd form (`compile_unet`), which shares its weights.
+        self.denoiser: torch.nn.Module = self.unet
         # The modality-gap statistics fitted on the training data (None: the bundle has none).
         self.gap: GapReducer | None = None
 
@@ -187,10 +182,15 @@ class Synthesizer:
         """The diffusion process respaced to `steps` (cached)."""
         steps = int(steps)
         if steps not in self._respaced:
-            self._respaced[steps] = (
-                self.diffusion if steps == self.diffusion.num_timesteps else self.diffusion.respaced(steps)
-            )
+            process = self.diffusion if steps == self.diffusion.num_timesteps else self.diffusion.respaced(steps)
+            self._respaced[steps] = process.to(self.device)  # its tables on the device once, not per step
         return self._respaced[steps]
+
+    def compile_unet(self, **options) -> Synthesizer:
+        """Sample through torch.compile(unet, **options) from now on (the first batch of each shape compiles:
+        minutes on a CPU, under a minute on a GPU; later ones run the compiled kernels). Returns self."""
+        self.denoiser = cast(torch.nn.Module, torch.compile(self.unet, **options))
+        return self
 
     def encode(self, queries: Sequence, gap: str = "none") -> Tensor:
         """Text queries (str; "a + b", "a*0.7 + b*0.3" blend) or images -> [B, D] condition vectors.
@@ -226,15 +226,17 @@ class Synthesizer:
             seeds = [seed + i for i in range(n)]
         else:
             seeds = list(seed)
-        gens = make_generators(seeds, "cpu")  # CPU generators: the same noise on every device
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} conditions")
         g = torch.as_tensor(guidance, dtype=torch.float32)
         if bool((g != 0).any()) and self.config.diffusion.cond_drop_prob <= 0:
             raise ValueError("guidance needs a model trained with condition dropout (cond_drop_prob > 0)")
-        model = guided_model(self.unet, cond.to(self.device), g.to(self.device), self.config.diffusion.learn_sigma)
+        model = guided_model(self.denoiser, cond.to(self.device), g, self.config.diffusion.learn_sigma)
+        # The noise of example i is a function of seeds[i] alone, drawn on the device: the same sample for the
+        # same seed in any batch and on any device (clipsynth_core.noise.seeded_normal).
+        keys = example_keys(seeds, self.device)
         shape = (n, 1, self.config.mel.n_mels, frames)
-        noise = GaussianDiffusion._noise(shape, gens, self.device, torch.float32)
-        process = self.process(steps)
-        x = process.sample(model, shape, sampler=sampler, generator=gens, device=self.device, eta=eta, noise=noise)
+        x = self.process(steps).sample(model, shape, sampler=sampler, eta=eta, seeds=keys)
         return x[:, 0].clamp(-1, 1)
 
     @torch.no_grad()

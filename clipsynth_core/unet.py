@@ -143,7 +143,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x).reshape(b, c, h * w))  # [B, 3C, L]
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3).unbind(0)
+        # [3, B, heads, L, d], made contiguous: the fused attention kernels (flash, memory-efficient; the CPU's
+        # flash kernel too) need stride 1 in the last dimension, and fall back to the slow math kernel otherwise.
+        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
+        q, k, v = qkv.unbind(0)
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, L, d]
         a = a.permute(0, 1, 3, 2).reshape(b, c, h * w)
         return x + self.proj(a).reshape(b, c, h, w)

@@ -12,12 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from clipsynth_platform.experiments.table1 import CompareConfig, compare_runs
-from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.console import open_console
 from clipsynth_platform.runtime.options import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging()
+    open_console("compare")
     return compare_runs(parse_config(CompareConfig, argv, __doc__))
 
 

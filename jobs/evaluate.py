@@ -38,7 +38,8 @@ model's training run; jobs/compare.py makes Table 1 from them.
 import sys
 
 from clipsynth_platform.evaluation.runner import EvalConfig, run_evaluation
-from clipsynth_platform.runtime.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.console import open_console
+from clipsynth_platform.runtime.logs import get_logger
 from clipsynth_platform.runtime.options import build_parser, parse_config
 from clipsynth_platform.tracking.registry import set_alias
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = parse_config(EvalConfig, argv, __doc__, parser=parser)
     promote_alias = parser.parse_args(argv).promote_alias
-    configure_logging()
+    open_console("evaluate")
     log = get_logger("evaluate")
     try:
         results = run_evaluation(config)

@@ -13,10 +13,10 @@ finished stages (out/stages/*.json). The table is written to OUT/table/ and prin
 import sys
 
 from clipsynth_platform.experiments.table1 import Table1Config, run_table1
-from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.console import open_console
 from clipsynth_platform.runtime.options import parse_config
 
 if __name__ == "__main__":
-    configure_logging()
+    open_console("table1")
     run_table1(parse_config(Table1Config, None, __doc__))
     sys.exit(0)

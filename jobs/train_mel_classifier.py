@@ -14,14 +14,14 @@ import sys
 import mlflow
 
 from clipsynth_platform.evaluation.mel_classifier import MelClassifierTrainConfig, run_mel_classifier_job
-from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.console import open_console
 from clipsynth_platform.runtime.options import parse_config
 from clipsynth_platform.tracking.registry import default_tracking_uri
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(MelClassifierTrainConfig, argv, __doc__)
-    configure_logging()
+    open_console("mel-classifier")
     mlflow.set_tracking_uri(default_tracking_uri())
     run_mel_classifier_job(config)
     return 0

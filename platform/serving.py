@@ -7,8 +7,9 @@ deployments, so each loads only its own part of the bundle:
     load_mel_sampler(bundle_dir)    -> Synthesizer without CLIP or HiFi-GAN weights (U-Net + diffusion)
     load_vocoder(bundle_dir)        -> the serving vocoder (HiFi-GAN or Griffin-Lim, as the bundle says)
 A batch of requests with different step counts, lengths or samplers is split into groups that can share one
-sampling loop (`group_key`); inside a group each example draws its noise from its own seed (the core's
-per-example generators), so a request's audio depends on its own parameters only.
+sampling loop (`group_key`); inside a group each example's noise is a function of its own seed (the core's
+`seeded_normal`, drawn on the device), so a request's audio depends on its own parameters only, and is the
+same on a CPU or a GPU replica.
 """
 
 from __future__ import annotations
@@ -89,12 +90,18 @@ class _AbsentPart(nn.Module):
 
 
 def load_mel_sampler(
-    bundle_dir: str | os.PathLike, config: SynthesizerConfig | None = None, device: torch.device | str = "cpu"
+    bundle_dir: str | os.PathLike,
+    config: SynthesizerConfig | None = None,
+    device: torch.device | str = "cpu",
+    compile_unet: bool = False,
 ) -> Synthesizer:
     """A Synthesizer holding only the U-Net (and the diffusion process): `sample_mels` and `identity` work,
-    `encode` and `vocode` raise. It runs the core's own sampling code, so results match `Synthesizer.load`."""
+    `encode` and `vocode` raise. It runs the core's own sampling code, so results match `Synthesizer.load`.
+
+    `compile_unet`: sample through torch.compile'd U-Net (each new batch shape compiles once, the first request
+    of that shape waits for it; worth it on a GPU replica that serves many requests)."""
     config = config or load_bundle_config(bundle_dir)
-    return Synthesizer(
+    sampler = Synthesizer(
         config,
         unet=load_bundle_unet(bundle_dir, config),
         # stand-ins that raise when used: the sampler never encodes nor vocodes
@@ -103,6 +110,7 @@ def load_mel_sampler(
         vocoder=_AbsentPart("vocoder"),
         device=device,
     )
+    return sampler.compile_unet(dynamic=True) if compile_unet else sampler
 
 
 @dataclass(frozen=True)

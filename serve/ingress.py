@@ -5,7 +5,9 @@
     POST /synthesize/image  multipart: an "image" file as the query, plus the same optional fields
     GET  /healthz           200 JSON with the model's identity once every deployment is ready, else 503
     GET  /                  a small web page to try it
-Bad input of any kind gets a 4xx JSON {"error": "..."}; a full queue gets 503 with Retry-After.
+    GET  /openapi.json      the API's schema (this deployment's bounds), GET /docs: Swagger UI on it
+Bad input of any kind gets a 4xx JSON {"error": "..."}; a full queue gets 503 with Retry-After. With
+CLIPSYNTH_API_TOKEN set, the POST endpoints need a bearer token (serve/auth.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -29,6 +32,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsynth_platform.runtime.logs import configure_logging, get_logger
 
+from .api_schema import (
+    DOCS_ASSETS,
+    HEALTH_ROUTE,
+    SYNTHESIZE_IMAGE_ROUTE,
+    SYNTHESIZE_ROUTE,
+    ServedLimits,
+    build_openapi,
+    docs_asset,
+)
+from .auth import BearerAuth
 from .config import ServeConfig
 from .schemas import RequestError, parse_form_options, parse_json_request, resolve_gap, resolve_spec
 from .wav import wav_bytes
@@ -39,8 +52,21 @@ PAGE = (Path(__file__).with_name("page.html")).read_text()
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and the small option fields next to the image
 HEALTH_TIMEOUT_S = 10.0
 
-# No interactive docs: FastAPI's pages load scripts from a CDN, and the service page needs none.
-api = FastAPI(title="CLIPSynth", docs_url=None, redoc_url=None)
+# FastAPI's own /docs loads Swagger UI from a CDN and its /openapi.json cannot await the served model's bounds:
+# the ingress serves both itself (routes below).
+api = FastAPI(
+    title="CLIPSynth",
+    version="1.0.0",
+    description="Text- or image-queried sound synthesis (CLIPSynth, Dong et al. 2023): POST a query, get a WAV. "
+    'Every error is JSON {"error": "..."}; a full queue answers 503 with Retry-After.',
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+
+
+class WavResponse(Response):
+    media_type = "audio/wav"
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -151,6 +177,9 @@ class SynthesizerIngress:
         self._info: dict | None = None
         self._encoder_info: dict | None = None
         self._health: dict | None = None
+        self._limits: ServedLimits | None = None
+        # From this replica's environment (CLIPSYNTH_API_TOKEN); None: no authentication.
+        self.auth = BearerAuth.from_environment()
 
     # ------------------------------------------------------------------------------------------ helpers
     async def _call(self, response):
@@ -176,6 +205,27 @@ class SynthesizerIngress:
             self._encoder_info = await self._call(self.encoder.info.remote())
         return list(self._encoder_info.get("gap", {}).get("methods", ["none"]))
 
+    async def _served_limits(self) -> ServedLimits | None:
+        """The served model's bounds for the schema; None while it is not loaded (asked again next time)."""
+        if self._limits is None:
+            try:
+                info, methods = await asyncio.wait_for(
+                    asyncio.gather(self._model_info(), self._gap_methods()), timeout=HEALTH_TIMEOUT_S
+                )
+            except Exception as exc:
+                logger.warning("openapi: the model's bounds are not known yet (%s)", type(exc).__name__)
+                return None
+            self._limits = ServedLimits(
+                max_steps=min(int(info["trained_steps"]), self.config.max_steps),
+                guidance_allowed=bool(info["guidance_allowed"]),
+                gap_methods=tuple(methods),
+            )
+        return self._limits
+
+    def _authorize(self, request: Request) -> None:
+        if self.auth is not None:
+            self.auth.require(request.headers.get("authorization"))
+
     async def _synthesize(self, cond: np.ndarray, spec: dict, info: dict) -> Response:
         sample = await self._call(self.sampler.sample.remote({**spec, "cond": cond}))
         wave = await self._call(self.vocoder.vocode.remote(sample["mel"]))
@@ -194,7 +244,7 @@ class SynthesizerIngress:
             "X-Batch-Requests": str(sample["batch_size"]),
             "Content-Disposition": f'inline; filename="clipsynth-{spec["seed"]}.wav"',
         }
-        return Response(wav_bytes(wave, info["sample_rate"]), media_type="audio/wav", headers=headers)
+        return WavResponse(wav_bytes(wave, info["sample_rate"]), headers=headers)
 
     # ------------------------------------------------------------------------------------------- routes
     @api.get("/", response_class=HTMLResponse)
@@ -203,8 +253,38 @@ class SynthesizerIngress:
         # As a JS string literal; "<" escaped so that no value can close the <script> element.
         return HTMLResponse(PAGE.replace("__ROOT__", json.dumps(root).replace("<", "\\u003c")))
 
-    @api.get("/healthz")
-    async def healthz(self) -> JSONResponse:
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return JSONResponse(build_openapi(api.openapi(), await self._served_limits(), self.auth is not None, root))
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="CLIPSynth API",
+            swagger_js_url=f"{root}/docs/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/favicon.png",
+        )
+
+    @api.get("/docs/{asset}", include_in_schema=False)
+    async def docs_file(self, asset: str) -> FileResponse:
+        path = docs_asset(asset)
+        if path is None:
+            raise RequestError(404, f"no such file: {asset}")
+        return FileResponse(path, media_type=DOCS_ASSETS[asset], headers={"Cache-Control": "public, max-age=86400"})
+
+    @api.get("/healthz", **HEALTH_ROUTE)
+    async def healthz(self, request: Request) -> JSONResponse:
+        # With a token: a probe (no Authorization header) gets the status only; credentials, when sent, must hold.
+        details = True
+        if self.auth is not None:
+            authorization = request.headers.get("authorization", "")
+            details = bool(authorization.strip())
+            if details:
+                self.auth.require(authorization)
         try:
             sampler, encoder, vocoder = await asyncio.wait_for(
                 asyncio.gather(self.sampler.info.remote(), self.encoder.info.remote(), self.vocoder.info.remote()),
@@ -213,7 +293,7 @@ class SynthesizerIngress:
         except BackPressureError:
             # Loaded, but a queue is full right now: still the model's identity, marked busy.
             if self._health is not None:
-                return JSONResponse({**self._health, "status": "busy"})
+                return JSONResponse(self._health_view({**self._health, "status": "busy"}, details))
             return _error(503, "busy: a queue is full", {"Retry-After": str(math.ceil(self.config.retry_after_s))})
         except Exception as exc:
             return _error(503, f"not ready: {type(exc).__name__}: {exc}", {"Retry-After": "5"})
@@ -221,6 +301,7 @@ class SynthesizerIngress:
         c = self.config
         self._health = {
             "status": "ready",
+            "auth_required": self.auth is not None,
             "model_uri": sampler["model_uri"],
             "identity": sampler["identity"],
             "clip": encoder["clip"],
@@ -241,10 +322,15 @@ class SynthesizerIngress:
             "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
             "vocoder_hop_length": vocoder["hop_length"],
         }
-        return JSONResponse(self._health)
+        return JSONResponse(self._health_view(self._health, details))
 
-    @api.post("/synthesize")
+    @staticmethod
+    def _health_view(health: dict, details: bool) -> dict:
+        return health if details else {"status": health["status"], "auth_required": health["auth_required"]}
+
+    @api.post("/synthesize", response_class=WavResponse, **SYNTHESIZE_ROUTE)
     async def synthesize(self, request: Request) -> Response:
+        self._authorize(request)  # before reading anything
         media = _media_type(request)
         if media and media != "application/json" and not media.endswith("+json"):
             raise RequestError(415, f"send JSON (Content-Type: application/json), not {media}")
@@ -255,8 +341,9 @@ class SynthesizerIngress:
         cond = await self._call(self.encoder.encode_text.remote(req.query, spec["gap"]))
         return await self._synthesize(cond, spec, info)
 
-    @api.post("/synthesize/image")
+    @api.post("/synthesize/image", response_class=WavResponse, **SYNTHESIZE_IMAGE_ROUTE)
     async def synthesize_image(self, request: Request) -> Response:
+        self._authorize(request)
         if _media_type(request) != "multipart/form-data":
             raise RequestError(415, 'send multipart/form-data with the image in a file field named "image"')
         body = await read_body(request, self.config.max_image_bytes + MULTIPART_OVERHEAD)

@@ -42,3 +42,7 @@ def tiny_clip():
     from clipsynth_core import ClipConfig, ClipQueryEncoder
 
     return ClipQueryEncoder(ClipConfig(model_name="tiny", pretrained="none"))
+
+
+# The Serve app of the service tests, started once per session (tests/serve_service.py).
+from serve_service import client, registered_model, serve_http, served_bundle, service  # noqa: E402, F401

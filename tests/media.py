@@ -43,7 +43,6 @@ class Case:
     time_coded: bool = False  # luma encodes time (see module doc)
     video_decoder: str = "decord"
     audio_decoder: str = "torchcodec"
-    silent: bool = False
     frame_short_side: int = 224
 
 
@@ -188,8 +187,8 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
         "-shortest",
         out,
     )
-    # Digital silence is valid audio: accepted, mel all -1, counted as a warning.
-    out = add(Case("misc/silent.mp4", "ok", chunks=1, time_coded=True, silent=True))
+    # Digital silence: a readable clip that teaches nothing, rejected by the hygiene rule (--silence-db).
+    out = add(Case("misc/silent.mp4", "failed", "hygiene", "silent: audio level -inf dBFS (RMS) is below"))
     run_ffmpeg(
         *time_coded_input(6),
         "-f",
@@ -223,7 +222,7 @@ def build_corpus(root: str | os.PathLike, with_segfault: bool = True) -> dict[st
     run_ffmpeg(*time_coded_input(6), *H264, out)
     out = add(Case("bad/audio_only.mp4", "failed", "decode", "no video track"))
     run_ffmpeg(*tone_input(440, 6), "-c:a", "aac", out)
-    out = add(Case("bad/short.mp4", "failed", "chunk", "too short"))
+    out = add(Case("bad/short.mp4", "failed", "hygiene", "s of audio, need 4.16 s for one window"))
     run_ffmpeg(*time_coded_input(3), *tone_input(440, 3), *H264, "-c:a", "aac", "-shortest", out)
     if with_segfault:
         # Listed last, so the worker that replaces the crashed one is not on the test's critical path.

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import norm
 
 from clipsynth_core import DiffusionConfig, GaussianDiffusion, cosine_betas, space_timesteps
+from clipsynth_core.noise import example_keys
 
 
 def f_cos(t: float, s: float = 0.008) -> float:
@@ -171,16 +172,18 @@ def test_sampling_is_seeded_and_batch_independent():
     def model(x, t):
         return torch.cat([0.5 * x, torch.zeros_like(x)], 1)
 
-    def gens(seeds):
-        return [torch.Generator().manual_seed(s) for s in seeds]
+    def keys(seeds):
+        return example_keys(seeds)
 
-    a = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
-    b = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 3]))
+    a = d.sample(model, (3, 1, 4, 4), seeds=keys([1, 2, 3]))
+    b = d.sample(model, (3, 1, 4, 4), seeds=keys([1, 2, 3]))
     assert torch.equal(a, b)
-    single = d.sample(model, (1, 1, 4, 4), generator=gens([2]))
+    single = d.sample(model, (1, 1, 4, 4), seeds=keys([2]))
     torch.testing.assert_close(single[0], a[1])
-    c = d.sample(model, (3, 1, 4, 4), generator=gens([1, 2, 4]))
+    c = d.sample(model, (3, 1, 4, 4), seeds=keys([1, 2, 4]))
     assert torch.equal(c[:2], a[:2]) and not torch.equal(c[2], a[2])
+    with pytest.raises(ValueError, match=r"\(2,\) seeds for a batch of 3"):
+        d.sample(model, (3, 1, 4, 4), seeds=keys([1, 2]))
 
 
 def test_ddim_draws_noise_only_when_eta_is_positive():

@@ -24,6 +24,7 @@ from clipsynth_platform.ingest.config import TEST_HOOKS_ENV
 from clipsynth_platform.ingest.decode import chunk_bounds, frame_targets, process_video
 from clipsynth_platform.ingest.failures import short_error
 from clipsynth_platform.ingest.frames import frame_size, select_frames
+from clipsynth_platform.ingest.inputs import list_inputs
 from clipsynth_platform.ingest.labels import (
     detect_format,
     load_label_index,
@@ -159,14 +160,15 @@ def test_plan_sources_lists_videos_and_uses_the_index_split(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     (tmp_path / "vgg.csv").write_text("x,10,dog,test\ny,0,cat,train\n")
     index = load_label_index(str(tmp_path / "vgg.csv"))
-    sources = plan_sources(str(tmp_path), IngestConfig().extensions, 0.1, index, exclude=str(tmp_path / "out"))
-    assert [(s.relative_path, s.label, s.split) for s in sources] == [
-        ("a/x_000010.mp4", "dog", "test"),
-        ("b/y_000000.webm", "cat", "train"),
+    files = list_inputs([str(tmp_path)], IngestConfig().extensions, exclude=str(tmp_path / "out"))
+    sources = plan_sources(files, {}, 0.1, index)
+    assert [(s.relative_path, s.label, s.split, s.label_from, s.split_from) for s in sources] == [
+        ("a/x_000010.mp4", "dog", "test", "index", "index"),
+        ("b/y_000000.webm", "cat", "train", "index", "index"),
     ]
     assert sources[0].video_id == video_id_of(str(tmp_path / "a/x_000010.mp4"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        plan_sources(str(tmp_path / "nope"), (".mp4",), 0.1)
+        list_inputs([str(tmp_path / "nope")], (".mp4",))
 
 
 def test_config_validation_messages():
@@ -402,7 +404,7 @@ def test_cli_parses_every_option_into_the_config(monkeypatch):
          "--frame-sampling", "keyframe", "--extensions", "mp4", "MKV", "--videos-per-task", "3"]
     )  # fmt: skip
     assert (config.input, config.labels, config.clip_model, config.clip_pretrained) == (
-        "s3://b/v",
+        ("s3://b/v",),
         "l.json",
         "tiny",
         "none",

@@ -16,6 +16,7 @@ from media import run_ffmpeg, time_coded_input, tone_input
 from clipsynth_platform.ingest import IngestConfig
 from clipsynth_platform.ingest.commit import LOST_REASON, Committer, RunStats
 from clipsynth_platform.ingest.decode import decode_videos, process_video
+from clipsynth_platform.ingest.readers import ReadUnit
 from clipsynth_platform.ingest.records import (
     CRASHED_REASON,
     RECORD_CHUNK,
@@ -48,7 +49,12 @@ def _source(uri: str, vid: str, split: str = "train") -> dict:
 def test_a_native_crash_fails_one_video_and_the_task_goes_on(video, tmp_path):
     crash = tmp_path / "x__segfault__.mp4"
     crash.write_bytes(Path(video).read_bytes())
-    batch = pa.Table.from_pylist([_source(video, "a"), _source(str(crash), "b"), _source(video, "c")])
+    sources = [VideoSource(uri, Path(uri).name, vid, "train", None) for uri, vid in [(video, "a"), (str(crash), "b")]]
+    units = [
+        ReadUnit("video", None, tuple(sources)),
+        ReadUnit("video", None, (VideoSource(video, "c", "c", "train", None),)),
+    ]
+    batch = pa.Table.from_pylist([{"unit": u.to_json()} for u in units])
     tables = list(decode_videos(batch, SETTINGS.to_dict()))  # in this process: a crash here would kill pytest
     rows = pa.concat_tables(tables).to_pylist()
     videos = {r["video_id"]: r for r in rows if r["record"] == "video"}

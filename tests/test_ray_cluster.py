@@ -55,3 +55,12 @@ def test_a_running_ray_is_kept(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init called while Ray runs"))
     assert connect_ray("ray://elsewhere:10001") == "the Ray this process already runs"
+
+
+def test_a_local_ray_names_its_dashboard(monkeypatch):
+    import types
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: types.SimpleNamespace(dashboard_url="127.0.0.1:8265"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert connect_ray("local", LocalRay(num_cpus=3)) == "a local Ray (3 logical CPUs, dashboard http://127.0.0.1:8265)"

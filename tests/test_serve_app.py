@@ -1,6 +1,6 @@
 """The Ray Serve app end to end on the session's local Ray, serving a tiny bundle registered in a temporary
-MLflow registry (SQLite) and loaded by its models:/ URI: HTTP API, dynamic batching, every kind of bad input,
-backpressure (503), and the web page in headless Chromium.
+MLflow registry (SQLite) and loaded by its models:/ URI (tests/serve_service.py starts it): HTTP API, dynamic
+batching, every kind of bad input, backpressure (503), and the web page in headless Chromium.
 
 Audio is checked against the core Synthesizer run in this process on the same bundle, seed and steps.
 """
@@ -8,45 +8,20 @@ Audio is checked against the core Synthesizer run in this process on the same bu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
-import socket
-import sys
 import wave
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from serve_service import CHROMIUM_ARGS, chromium_page, mlflow_tracking
 
-from clipsynth_core import (
-    Synthesizer,
-    SynthesizerConfig,
-)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `serve` package lives at the repo root
+from clipsynth_core import Synthesizer
 
 pytestmark = pytest.mark.ray
 
 SECONDS_TO_SAMPLES = {4.16: 66_560, 8.32: 132_096}  # (frames - 1) * hop + n_fft
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# Small CPU reservations: the session cluster is shared with other tests on a 2-core machine.
-SMALL_REPLICAS = {f"{part}.num_cpus": "0.25" for part in ("encoder", "sampler", "vocoder", "ingress")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_wav(data: bytes) -> tuple[int, int, int, np.ndarray]:
@@ -61,95 +36,18 @@ def pcm16(wave_float: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    synth = Synthesizer.untrained(SynthesizerConfig.tiny())
-    return synth.save(tmp_path_factory.mktemp("serve_app") / "bundle")
+def reference(served_bundle) -> Synthesizer:
+    return Synthesizer.load(served_bundle)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bundle) -> Synthesizer:
-    return Synthesizer.load(tiny_bundle)
-
-
-@pytest.fixture(scope="module")
-def serve_http(ray_cluster):
-    """Serve on a free port for this module; shut down at its end."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-
-
-@contextlib.contextmanager
-def mlflow_tracking(uri: str):
-    """Point MLflow (its global and MLFLOW_TRACKING_URI, which it sets too) at `uri`, then back."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None unsets both
-
-
-@pytest.fixture(scope="module")
-def registered_model(tiny_bundle, tmp_path_factory) -> tuple[str, str]:
-    """The tiny bundle registered as version 1 of a model in a temporary SQLite MLflow."""
-    import mlflow
-
-    from clipsynth_platform.tracking.registry import ensure_experiment, log_bundle_model
-
-    root = tmp_path_factory.mktemp("mlflow")
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    with mlflow_tracking(tracking), mlflow.start_run(experiment_id=ensure_experiment("serve", root / "artifacts")):
-        info = log_bundle_model(tiny_bundle, registered_name="clipsynth-serve-test")
-    assert int(info.registered_model_version) == 1
-    return tracking, "models:/clipsynth-serve-test/1"
-
-
-def test_the_registered_model_resolves_to_the_same_bundle(registered_model, tiny_bundle, tmp_path):
+def test_the_registered_model_resolves_to_the_same_bundle(registered_model, served_bundle, tmp_path):
     from clipsynth_platform.tracking.registry import resolve_bundle
 
     tracking, model_uri = registered_model
     with mlflow_tracking(tracking):
         local = resolve_bundle(model_uri, dst=tmp_path)
     for name in ("bundle.json", "unet.safetensors", "vocoder.safetensors", "clip.safetensors"):
-        assert (local / name).read_bytes() == (tiny_bundle / name).read_bytes(), name
-
-
-@pytest.fixture(scope="module")
-def service(serve_http, registered_model) -> str:
-    """The app, loaded from the MLflow registry, with a small sampler queue (for the overload test)."""
-    from ray import serve
-
-    from serve import app_builder
-
-    tracking, model_uri = registered_model
-    args = {
-        "model_uri": model_uri,
-        "mlflow_tracking_uri": tracking,
-        "default_steps": "2",
-        # A long batching window so that concurrent test requests meet in one batch on a busy machine.
-        "sampler_batch_wait_s": "0.3",
-        "sampler_max_batch_size": "4",
-        "sampler.max_ongoing_requests": "4",
-        # Serve counts a request as queued until a replica takes it, so a simultaneous burst of n requests
-        # needs a queue of n even when the replica has room: 5 covers the concurrency test's burst.
-        "sampler.max_queued_requests": "5",
-        "retry_after_s": "2",
-        **SMALL_REPLICAS,
-    }
-    serve.run(app_builder(args), name="clipsynth", route_prefix="/", blocking=False)
-    return serve_http
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    with httpx.Client(base_url=service, timeout=120) as c:
-        yield c
+        assert (local / name).read_bytes() == (served_bundle / name).read_bytes(), name
 
 
 def post_many(base: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
@@ -165,7 +63,7 @@ def test_healthz_reports_the_identity_of_the_model_from_the_mlflow_registry(clie
     r = client.get("/healthz")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "ready"
+    assert body["status"] == "ready" and body["auth_required"] is False
     assert body["model_uri"] == "models:/clipsynth-serve-test/1"
     assert body["identity"] == reference.identity
     assert body["trained_steps"] == 100 and body["guidance_allowed"] is False
@@ -346,21 +244,6 @@ def test_the_web_page_synthesizes_and_plays_in_headless_chromium(service):
             assert page.get_attribute("#download", "download") == "clipsynth-4.wav"
             assert page.is_visible("#download")
             assert "seed 4" in page.text_content("#status")
-        finally:
-            browser.close()
-
-
-@contextlib.contextmanager
-def chromium_page(url: str):
-    """A headless Chromium page opened at `url`, closed afterwards."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            yield page
         finally:
             browser.close()
 

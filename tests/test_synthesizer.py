@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -75,6 +76,19 @@ def test_seeded_and_independent_of_batch_mates(synth):
     assert not torch.allclose(other[1], a[1])
 
 
+def test_a_compiled_sampler_gives_the_eager_samples(synth):
+    """compile_unet (what serving.load_mel_sampler's compile_unet turns on) samples through torch.compile's
+    module, which shares the U-Net's weights: the same mels (the eager backend: no kernel build in a test)."""
+    cond = synth.encode(["a violin", "a dog"])
+    eager = synth.sample_mels(cond, steps=2, seed=[1, 2])
+    try:
+        synth.compile_unet(backend="eager")
+        assert synth.denoiser is not synth.unet
+        torch.testing.assert_close(synth.sample_mels(cond, steps=2, seed=[1, 2]), eager)
+    finally:
+        synth.denoiser = synth.unet
+
+
 def test_text_and_image_queries_use_one_space(synth):
     imgs = np.random.default_rng(0).integers(0, 255, (2, 40, 50, 3), dtype=np.uint8)
     cond = synth.encode(imgs)
@@ -125,10 +139,13 @@ def test_guidance_needs_condition_dropout(synth):
     assert not torch.allclose(w3[1], w0[1])
 
 
-def test_missing_clip_weights_name_the_fix(tmp_path):
+def test_missing_clip_weights_name_the_fix(tmp_path, caplog):
     cfg = ClipConfig(model_name="ViT-B-32", pretrained="openai", cache_dir=str(tmp_path), allow_download=False)
-    with pytest.raises(ClipWeightsError) as err:
+    with caplog.at_level(logging.DEBUG), pytest.raises(ClipWeightsError) as err:
         ClipQueryEncoder(cfg)
+    # open_clip's own "Failed to download weights" line is kept, at DEBUG: the error above already says it
+    failed = [r for r in caplog.records if r.getMessage().startswith("Failed to download weights")]
+    assert failed and all(r.levelno == logging.DEBUG for r in failed)
     msg = str(err.value)
     assert "--clip-pretrained /path/to" in msg and "--clip-pretrained none" in msg and "open_clip" in msg
     with pytest.raises(ClipWeightsError, match="no file at"):

@@ -1,5 +1,5 @@
 """A tracking server killed mid-run for longer than MLflow's client will wait (issue 28, item 1), through the
-real step loop (clipsynth_platform.train.steps.run_steps) and RunTracker against a real MLflow server process,
+step loop's pieces as the training loops run them (clipsynth_platform.train.loop, .checkpoints) and RunTracker against a real MLflow server process,
 killed with SIGKILL and started again on the same port:
 
 attempt A logs a few steps, the server dies; A goes on, checkpoints at step 40 while the server is away (what
@@ -18,8 +18,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -29,19 +31,20 @@ from fault_record import record_fault
 from tracking_server import TrackingServer
 
 from clipsynth_platform.tracking.outbox import OPS_FILE, PENDING_DIR, OutboxLimits
-from clipsynth_platform.train import steps
-from clipsynth_platform.train.common import Resumption, TimeBudget, WorkerPlace
+from clipsynth_platform.train.checkpoints import Resumption, TrainingState, resume, save_checkpoint
 from clipsynth_platform.train.config import HiFiGANTrainConfig
+from clipsynth_platform.train.loop import IntervalSums, StepLoop
 from clipsynth_platform.train.registration import (
     BundleRegistration,
     RunCompletionConfig,
     complete_run,
     register_bundle,
 )
-from clipsynth_platform.train.state import TrainingState
 from clipsynth_platform.train.tracking import RUN_RECORD, RunTracker
+from clipsynth_platform.train.worker import WorkerPlace
 
 CPU = WorkerPlace(rank=0, world=1, device=torch.device("cpu"))
+JOB = {"storage_path": "unused", "run_name": "unused", "global_batch_size": 2}  # the fault drill is off
 QUICK = OutboxLimits(first_retry_s=0.2, max_retry_s=1.0)  # the back-off caps at 1 s: the test waits less
 
 
@@ -78,50 +81,67 @@ def lines():
 
 @pytest.fixture
 def checkpoints(monkeypatch, tmp_path) -> dict[int, Path]:
-    """Checkpoint reports as run_steps makes them, rank 0's directory written where Ray would take it from."""
+    """Checkpoints as save_checkpoint hands them to Ray Train, copied to where Ray Train would keep them; a worker
+    that resumes is handed the newest (ray.train.get_checkpoint)."""
+    import pyarrow.fs as pafs
+    import ray.train
+
     made: dict[int, Path] = {}
 
-    def report(step, metrics, rank, write_state, rank_info):
-        made[step] = tmp_path / "checkpoints" / f"checkpoint_{step:09d}"
-        made[step].mkdir(parents=True)
-        write_state(made[step])
+    def report(metrics, checkpoint, checkpoint_dir_name):
+        step = int(checkpoint_dir_name.rpartition("_")[2])
+        made[step] = tmp_path / "checkpoints" / checkpoint_dir_name
+        shutil.copytree(checkpoint.path, made[step])
 
-    monkeypatch.setattr(steps, "report_checkpoint", report)
+    def newest():
+        return ray.train.Checkpoint(str(made[max(made)]), filesystem=pafs.LocalFileSystem()) if made else None
+
+    monkeypatch.setattr(ray.train, "report", report)
+    monkeypatch.setattr(ray.train, "get_checkpoint", newest)
     return made
 
 
-def _parts(tmp_path: Path, on_step, values: dict[int, float]) -> steps.StepParts:
+def _sample(tracker: RunTracker, step: int, tmp_path: Path) -> None:
+    out = tmp_path / "sample"
+    out.mkdir(exist_ok=True)
+    (out / "mels.png").write_text(f"step {step}")
+    tracker.log_artifacts(out, f"samples/step_{step:08d}")
+
+
+def interval_mean(step: int, scale: float, every: int = 5) -> float:
+    """What the loop logs at `step`: the mean of the interval's losses, scale / k for each step k in it."""
+    return sum(scale / k for k in range(step - every + 1, step + 1)) / every
+
+
+def _train(
+    cfg: HiFiGANTrainConfig, start_tracking: Callable[[Resumption], RunTracker], on_step, scale: float, tmp_path: Path
+) -> int:
+    """One attempt of a worker, shaped as the training loops are (diffusion_loop.py): resumed from the newest
+    whole checkpoint, its tracker started with what that checkpoint kept (`start_tracking`, as loop.start_tracking
+    does), its losses (scale / step) summed on the device and read at log intervals, samples, checkpoints with
+    what the tracker has not sent. Returns the last step done."""
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
-
-    def update(step: int, batch) -> dict[str, float]:
+    state = TrainingState(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    start = resume(state, CPU.device, CPU.rank, logging.getLogger("t"))
+    tracker = start_tracking(start)
+    loop = StepLoop(cfg, JOB, CPU, start)
+    sums = IntervalSums(("loss",), CPU.device)
+    batches = itertools.repeat({})
+    for step in loop:
+        loop.next_batch(batches)
         on_step(step)
         time.sleep(0.02)  # a step's work
-        values[step] = 1.0 / step
-        return {"loss": values[step]}
-
-    def sample(tracker: RunTracker, step: int) -> None:
-        out = tmp_path / "sample"
-        out.mkdir(exist_ok=True)
-        (out / "mels.png").write_text(f"step {step}")
-        tracker.log_artifacts(out, f"samples/step_{step:08d}")
-
-    return steps.StepParts(
-        update=update,
-        interval_means=lambda count: {"loss": values[max(values)]},  # the last step's: what MLflow should hold
-        describe=lambda m: "",
-        lr=lambda: 0.1,
-        checkpoint_metrics=lambda last: {},
-        state=TrainingState(model, torch.optim.SGD(model.parameters(), lr=0.1)),
-        kind="test",
-        sample=sample,
-    )
-
-
-def _run(cfg, start: Resumption, parts, tracker) -> int:
-    batches = itertools.repeat({})
-    job = {"storage_path": "unused", "run_name": "unused"}  # the fault drill is off
-    return steps.run_steps(cfg, job, CPU, start, TimeBudget(0), batches, parts, tracker, logging.getLogger("t"))
+        sums.add({"loss": torch.tensor(scale / step)})
+        loop.finish(step)
+        if loop.due(cfg.log_every, step):
+            loop.log(step, sums, tracker, 0.1, "", logging.getLogger("t"))
+        if loop.due(cfg.sample_every, step):
+            _sample(tracker, step, tmp_path)
+        if loop.due(cfg.checkpoint_every, step):
+            fields = loop.checkpoint_fields(tracker, "test")
+            save_checkpoint(step, state, 0, metrics={"step": step}, fields=fields, rank_info={}, tracker=tracker)
+    return loop.last_step
 
 
 @pytest.mark.slow  # three server starts: about two minutes on a loaded 2-core machine
@@ -130,7 +150,6 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
 ):
     record = str(tmp_path / "runs" / "r" / RUN_RECORD)
     cfg = HiFiGANTrainConfig(data="x", max_steps=100, log_every=5, checkpoint_every=20, sample_every=15)
-    values_a: dict[int, float] = {}
     a = RunTracker(server.uri, "exp", "r", record, {"kind": "test"}, limits=QUICK)
     a.log_params({"lr": "0.1"})
     pending_while_down: list[int] = []
@@ -147,7 +166,7 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
             raise Crash
 
     with pytest.raises(Crash):
-        _run(cfg, Resumption(), _parts(tmp_path, a_step, values_a), a)
+        _train(cfg, lambda start: a if start.step == 0 else pytest.fail("resumed"), a_step, 1.0, tmp_path)
     a.outbox.abandon()  # the worker is gone: what it held in memory with it
     # The loop never waited for the dead server: what it logged piled up while it kept stepping.
     assert pending_while_down[-1] >= 5 and pending_while_down == sorted(pending_while_down)
@@ -157,20 +176,25 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
     assert any(json.loads(x).get("artifact_path") == "samples/step_00000030" for x in kept[1:])
 
     # Attempt B resumes from the checkpoint of step 40 while the server is still away; it comes back mid-run.
-    values_b: dict[int, float] = {}
-    b = RunTracker(
-        server.uri, "exp", "r", record, {"kind": "test"}, previous=checkpoints[40] / PENDING_DIR, limits=QUICK
-    )
-    assert b.resumed and b.run_id == a.run_id
+    # What A kept in that checkpoint comes out of it with the resume and goes to B's tracker.
+    tracked: dict[str, RunTracker] = {}
     restart = threading.Thread(target=server.start)
-    restart.start()
+
+    def start_b(start: Resumption) -> RunTracker:
+        assert start.step == 40 and start.tracking_pending is not None
+        b = RunTracker(server.uri, "exp", "r", record, {"kind": "test"}, previous=start.tracking_pending, limits=QUICK)
+        assert b.resumed and b.run_id == a.run_id
+        restart.start()
+        tracked["b"] = b
+        return b
 
     def b_step(step: int) -> None:
         if step == 90:
             restart.join()  # the server is back before the run's last ten steps
             outage.setdefault("back", time.time())
 
-    assert _run(cfg, Resumption(step=40), _parts(tmp_path, b_step, values_b), b) == 100
+    assert _train(cfg, start_b, b_step, 2.0, tmp_path) == 100  # B's losses are twice A's: whose MLflow holds
+    b = tracked["b"]
     assert b.finish()
     assert b.outbox.stats.outages == 1 and b.outbox.stats.failed_sends >= 1
 
@@ -178,8 +202,8 @@ def test_training_goes_on_through_tracking_outages_and_mlflow_gets_every_step_on
     history = {m.step: m.value for m in client.get_metric_history(a.run_id, "loss")}
     assert len(client.get_metric_history(a.run_id, "loss")) == len(history)  # no step twice
     assert sorted(history) == list(range(5, 101, 5))
-    assert all(history[s] == pytest.approx(values_a[s]) for s in range(5, 41, 5))  # A's, sent by B
-    assert all(history[s] == pytest.approx(values_b[s]) for s in range(45, 101, 5))  # B's replay of 45
+    assert all(history[s] == pytest.approx(interval_mean(s, 1.0)) for s in range(5, 41, 5))  # A's, sent by B
+    assert all(history[s] == pytest.approx(interval_mean(s, 2.0)) for s in range(45, 101, 5))  # B's replay of 45
     run = client.get_run(a.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
     samples = sorted(x.path for x in client.list_artifacts(a.run_id, "samples"))

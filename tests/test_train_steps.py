@@ -1,25 +1,29 @@
-"""The step loop both training loops share (clipsynth_platform.train.steps) and what their checkpoints hold
-(train.state), without Ray: the log, sample and checkpoint intervals, the interval means, the checkpoint's
-state.json and rank digests, the time budget, and a save/load round trip of a training state."""
+"""The pieces both training loops share (clipsynth_platform.train.loop, .checkpoints), run as a loop runs them
+but without Ray: the log, sample and checkpoint intervals, the interval means (device sums read at log
+intervals), the checkpoint's state.json and rank digests, the time budget, and a save/load round trip of a
+training state."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from clipsynth_core import EMA, state_digest
-from clipsynth_platform.train import steps
-from clipsynth_platform.train.common import Resumption, TimeBudget, WorkerPlace
+from clipsynth_platform.tracking.outbox import PENDING_DIR
+from clipsynth_platform.train.checkpoints import Resumption, TrainingState, save_checkpoint
 from clipsynth_platform.train.config import HiFiGANTrainConfig
-from clipsynth_platform.train.state import TrainingState
+from clipsynth_platform.train.loop import IntervalSums, StepLoop
+from clipsynth_platform.train.whole_checkpoints import MANIFEST_FILE, check_whole
+from clipsynth_platform.train.worker import WorkerPlace
 
 CPU = WorkerPlace(rank=0, world=1, device=torch.device("cpu"))
-JOB = {"storage_path": "unused", "run_name": "unused"}  # the fault drill is off (fail_at_step 0)
+JOB = {"storage_path": "unused", "run_name": "unused", "global_batch_size": 2}  # the fault drill is off
 
 
 class Tracker:
@@ -27,14 +31,16 @@ class Tracker:
 
     def __init__(self) -> None:
         self.logged: dict[int, dict[str, float]] = {}
-        self.pending_saved_in: list[str] = []
+        self.pending_saves = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.logged[step] = metrics
 
     def save_pending(self, directory: Path) -> int:
-        self.pending_saved_in.append(directory.name)
-        return 0
+        self.pending_saves += 1
+        (directory / PENDING_DIR).mkdir()
+        (directory / PENDING_DIR / "ops.jsonl").write_text(f"save {self.pending_saves}\n")
+        return 1
 
 
 def linear_state(seed: int) -> TrainingState:
@@ -51,59 +57,55 @@ def linear_state(seed: int) -> TrainingState:
 
 @pytest.fixture
 def reports(monkeypatch, tmp_path):
-    """Checkpoint reports as run_steps makes them; rank 0's state written where Ray would take it from."""
+    """What save_checkpoint hands ray.train.report: the metrics and a copy of the checkpoint directory."""
+    import ray.train
+
     made = []
 
-    def report(step, metrics, rank, write_state, rank_info):
-        directory = tmp_path / f"checkpoint_{step}"
-        directory.mkdir()
-        write_state(directory)
-        made.append({"step": step, "metrics": metrics, "rank_info": rank_info, "dir": directory})
+    def report(metrics, checkpoint, checkpoint_dir_name):
+        directory = tmp_path / checkpoint_dir_name
+        shutil.copytree(checkpoint.path, directory)
+        made.append({"metrics": metrics, "dir": directory})
 
-    monkeypatch.setattr(steps, "report_checkpoint", report)
+    monkeypatch.setattr(ray.train, "report", report)
     return made
 
 
-def test_step_loop_intervals_means_and_checkpoints(reports):
+def test_a_loop_of_the_shared_pieces_logs_samples_and_checkpoints(reports):
     cfg = HiFiGANTrainConfig(data="x", max_steps=7, log_every=3, checkpoint_every=5, sample_every=4, batch_size=2)
     state = linear_state(0)
-    losses: list[float] = []
-    sums = {"loss": 0.0}
-    sampled: list[int] = []
+    start = Resumption(rank_info={"resumed_from_step": 0})
+    tracker, losses, sampled = Tracker(), [], []
+    batches = itertools.repeat({"x": torch.ones(2, 3)})
 
-    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    loop = StepLoop(cfg, JOB, CPU, start)
+    sums = IntervalSums(("loss",), CPU.device)
+    for step in loop:
+        batch = loop.next_batch(batches)
         loss = (state.model(batch["x"]) ** 2).mean()
         state.optimizer.zero_grad()
         loss.backward()
         state.optimizer.step()
-        value = float(loss.detach())
-        losses.append(value)
-        sums["loss"] += value
-        return {"loss": value}
+        losses.append(float(loss.detach()))
+        sums.add({"loss": loss})
+        loop.finish(step)
+        if loop.due(cfg.log_every, step):
+            loop.log(step, sums, tracker, 0.1, "loss {loss:.3f}", logging.getLogger("t"))
+        if loop.due(cfg.sample_every, step):
+            sampled.append(step)
+        if loop.due(cfg.checkpoint_every, step):
+            save_checkpoint(
+                step,
+                state,
+                CPU.rank,
+                metrics={"step": step, "loss": losses[-1]},
+                fields={**loop.checkpoint_fields(tracker, "test"), "note": "mine"},
+                rank_info=start.rank_info,
+                files=lambda d, step=step: (d / "extra.txt").write_text(str(step)),
+                tracker=tracker,
+            )
 
-    def interval_means(count: int) -> dict[str, float]:
-        means = {"loss": sums["loss"] / count}
-        sums["loss"] = 0.0
-        return means
-
-    parts = steps.StepParts(
-        update=update,
-        interval_means=interval_means,
-        describe=lambda m: f"loss {m['loss']:.3f}",
-        lr=lambda: 0.1,
-        checkpoint_metrics=lambda last: {"loss": last["loss"]},
-        state=state,
-        kind="test",
-        extra_state=lambda: {"note": "mine"},
-        checkpoint_files=lambda step, d: (d / "extra.txt").write_text(str(step)),
-        sample=lambda tracker, step: sampled.append(step),
-    )
-    tracker = Tracker()
-    start = Resumption(rank_info={"resumed_from_step": 0})
-    batches = itertools.repeat({"x": torch.ones(2, 3)})
-    final = steps.run_steps(cfg, JOB, CPU, start, TimeBudget(0), batches, parts, tracker, logging.getLogger("t"))
-
-    assert final == 7 and len(losses) == 7
+    assert loop.last_step == 7 and len(losses) == 7
     # logs at every 3rd step and the last, each the mean over its own interval
     assert sorted(tracker.logged) == [3, 6, 7]
     for step, interval in ((3, losses[0:3]), (6, losses[3:6]), (7, losses[6:7])):
@@ -112,11 +114,16 @@ def test_step_loop_intervals_means_and_checkpoints(reports):
         assert metrics["lr"] == 0.1 and metrics["data_wait_s_per_step"] >= 0 and metrics["samples_per_s"] > 0
     assert sampled == [4, 7]
     # checkpoints at every 5th step and the last: the last step's loss, the digests, the resumed info
-    assert [r["step"] for r in reports] == [5, 7]
-    assert tracker.pending_saved_in == ["checkpoint_5", "checkpoint_7"]  # what MLflow has not taken, kept in each
+    assert [r["dir"].name for r in reports] == ["checkpoint_000000005", "checkpoint_000000007"]
+    # what MLflow has not taken is kept in each (rank 0's tracker), and the manifest, written last, lists it
+    assert [(r["dir"] / PENDING_DIR / "ops.jsonl").read_text() for r in reports] == ["save 1\n", "save 2\n"]
+    for r in reports:
+        assert check_whole(r["dir"]).whole
+        assert f"{PENDING_DIR}/ops.jsonl" in json.loads((r["dir"] / MANIFEST_FILE).read_text())["files"]
     last = reports[-1]
     assert last["metrics"] == {"step": 7, "loss": losses[-1]}
-    assert last["rank_info"] == {**state.digests(), "resumed_from_step": 0}
+    rank_file = json.loads((last["dir"] / "rank_0.json").read_text())
+    assert rank_file == {"rank": 0, "step": 7, **state.digests(), "resumed_from_step": 0}
     assert set(state.digests()) == {"model_digest", "ema_digest", "critic_digest"}
     saved = json.loads((last["dir"] / "state.json").read_text())
     assert (saved["step"], saved["kind"], saved["mlflow_run_id"], saved["note"]) == (7, "test", "run-1", "mine")
@@ -128,25 +135,22 @@ def test_step_loop_intervals_means_and_checkpoints(reports):
     assert fresh.digests() != state.digests()
     assert fresh.load(last["dir"], CPU.device)["step"] == 7
     assert fresh.digests() == state.digests()
-    assert state_digest(fresh.model) == last["rank_info"]["model_digest"]
+    assert state_digest(fresh.model) == rank_file["model_digest"]
 
 
-def test_a_spent_budget_runs_no_step(reports):
+def test_a_spent_budget_runs_no_step():
     cfg = HiFiGANTrainConfig(data="x", max_steps=9, train_seconds=1e-9)
-    parts = steps.StepParts(
-        update=lambda step, batch: pytest.fail("no step should run"),
-        interval_means=lambda count: {},
-        describe=lambda m: "",
-        lr=lambda: 0.0,
-        checkpoint_metrics=lambda last: {},
-        state=linear_state(0),
-        kind="test",
-    )
-    start = Resumption(step=4, train_seconds=5.0)
-    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
-    batches = iter(())  # never drawn from
-    assert steps.run_steps(cfg, JOB, CPU, start, budget, batches, parts, None, logging.getLogger("t")) == 4
-    assert reports == []
+    loop = StepLoop(cfg, JOB, CPU, Resumption(step=4, train_seconds=5.0))
+    assert list(loop) == [] and loop.last_step == 4
+
+
+def test_a_lone_worker_decides_its_budget_on_the_host(monkeypatch):
+    """No tensor crosses to the device for the time budget of a single worker (it did, every step)."""
+    cfg = HiFiGANTrainConfig(data="x", max_steps=1000, train_seconds=3600.0)
+    loop = StepLoop(cfg, JOB, CPU, Resumption())
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: pytest.fail("the budget made a tensor"))
+    assert not loop.finish(1) and not loop.last
+    assert 0 <= loop.budget.agreed < 60
 
 
 def test_training_state_saves_every_object(tmp_path: Path):

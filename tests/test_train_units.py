@@ -32,15 +32,16 @@ from clipsynth_platform.datasets.synthetic import write_synthetic_dataset
 from clipsynth_platform.runtime.logs import configure_logging
 from clipsynth_platform.runtime.preflight import ClusterView
 from clipsynth_platform.train import DatasetError, DiffusionTrainConfig, HiFiGANTrainConfig, inspect_dataset
-from clipsynth_platform.train.common import TimeBudget, fault_drill
 from clipsynth_platform.train.config import config_from_dict, parse_config
 from clipsynth_platform.train.data import (
     column_bytes,
 )
 from clipsynth_platform.train.diffusion_loop import build_bundle
+from clipsynth_platform.train.loop import TimeBudget, fault_drill
 from clipsynth_platform.train.runner import check_cluster_resources, prepare_diffusion, prepare_hifigan
 from clipsynth_platform.train.tracking import RunTracker, read_run_record, run_record_uri, write_samples
 from clipsynth_platform.train.vocoder import load_hifigan, load_hifigan_dir, save_vocoder
+from clipsynth_platform.train.worker import WorkerPlace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +88,7 @@ def test_paper_defaults_and_cli_overrides():
     assert cfg.sample_queries == ("a dog", "rain") and cfg.register_as == ""
     assert config_from_dict(DiffusionTrainConfig, json.loads(cfg.to_json())) == cfg
     hifi = parse_config(HiFiGANTrainConfig, ["--data", "d"], "x")
-    assert (hifi.lr, hifi.adam_b1, hifi.adam_b2, hifi.lr_decay, hifi.batch_size, hifi.segment_frames) == (
+    assert (hifi.lr, hifi.adam_b1, hifi.adam_b2, hifi.lr_decay, hifi.batch_plan().global_size, hifi.segment_frames) == (
         2e-4,
         0.8,
         0.99,
@@ -158,6 +159,13 @@ def test_inspect_dataset_reads_the_shards(dataset, tiny_clip):
     expected = tiny_clip.encode_text(["cello", "flute", "violin"]).numpy()
     np.testing.assert_allclose(np.asarray(job["sample_conds"]), expected, atol=1e-6)
     assert job["params"]["unet.cond_dim"] == "64" and job["params"]["diffusion.num_steps"] == "4000"
+    # the batch as it divides, logged with the run: the paper's 128 on one worker, in one pass
+    assert {k: job["params"][f"batch.{k}"] for k in ("global_size", "per_worker", "microbatch", "accumulation")} == {
+        "global_size": "128",
+        "per_worker": "128",
+        "microbatch": "128",
+        "accumulation": "1",
+    }
     assert job["tags"]["variant"] == "image" and job["tags"]["clip_model"] == "tiny"
 
 
@@ -178,7 +186,7 @@ def test_column_bytes_and_the_cache_decision(dataset, tiny_clip):
     assert job["dataset"]["share_mb_per_worker"] == round(
         column_bytes(info, ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim"]) / 1e6, 1
     )
-    assert prepare_diffusion(DiffusionTrainConfig(**base, cache_max_mb=0))[0]["cache_in_worker"] is False
+    assert prepare_diffusion(DiffusionTrainConfig(**base, cache_max_mb=1e-3))[0]["cache_in_worker"] is False
     assert prepare_diffusion(DiffusionTrainConfig(**base, cache_in_worker="off"))[0]["cache_in_worker"] is False
     voc, _ = prepare_hifigan(HiFiGANTrainConfig(data=dataset, model_size="tiny", cache_in_worker="on"))
     assert voc["cache_in_worker"] is True
@@ -317,16 +325,20 @@ def test_fault_drill_fires_once_on_rank_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("os._exit", fake_exit)
     configure_logging()  # (a Train worker's run_worker sends the same lines to the process's own stdout)
     waits = []
-    monkeypatch.setattr("clipsynth_platform.train.common._wait_for_committed_checkpoints", lambda: waits.append(1))
-    fault_drill(3, 3, rank=0, world_size=2, storage_path=str(tmp_path), run_name="r")  # rank 0: no
-    fault_drill(3, 2, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # other step: no
+    monkeypatch.setattr("clipsynth_platform.train.loop.wait_for_committed_checkpoints", lambda: waits.append(1))
+
+    def drill(at: int, step: int, rank: int, world: int) -> None:
+        fault_drill(at, step, WorkerPlace(rank, world, torch.device("cpu")), str(tmp_path), "r")
+
+    drill(3, 3, rank=0, world=2)  # rank 0: no
+    drill(3, 2, rank=1, world=2)  # other step: no
     with pytest.raises(Exited):
-        fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")
+        drill(3, 3, rank=1, world=2)
     assert (tmp_path / "r" / "fault_drill_step_3.done").exists() and waits == [1]  # after the commit
     assert capsys.readouterr().out == "[fault drill] rank 1 exits at step 3\n"  # once, where the jobs read it
-    fault_drill(3, 3, rank=1, world_size=2, storage_path=str(tmp_path), run_name="r")  # marker: not again
+    drill(3, 3, rank=1, world=2)  # marker: not again
     with pytest.raises(Exited):
-        fault_drill(4, 4, rank=0, world_size=1, storage_path=str(tmp_path), run_name="r")  # alone: rank 0
+        drill(4, 4, rank=0, world=1)  # alone: rank 0
 
 
 def test_sample_artifacts_are_audio_and_images(tmp_path):

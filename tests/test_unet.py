@@ -147,3 +147,33 @@ def test_condition_enters_the_timestep_embedding_only_when_asked():
         x, t = torch.randn(1, 1, 64, 64), torch.tensor([7])
         a, b = extra(x, t, torch.randn(1, 16)), extra(x, t, torch.randn(1, 16))
     assert (a - b).abs().mean() > 1e-5
+
+
+def test_attention_feeds_the_fused_kernels():
+    """q, k and v reach scaled_dot_product_attention contiguous, so the fused kernels take them (the CPU's flash
+    kernel here; CUDA's flash and memory-efficient ones check the same stride-1 last dimension); with the fused
+    kernel alone allowed, the block runs and agrees with the math kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from clipsynth_core.unet import AttentionBlock
+
+    torch.manual_seed(0)
+    block = _randomize(AttentionBlock(64, 32)).eval()
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        fused = block(x)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        reference = block(x)
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_the_unet_traces_as_one_graph(unet):
+    """torch.compile (--compile, the served sampler's compile_unet) captures the whole U-Net without a graph break
+    (fullgraph=True raises at the first one); the eager backend checks the capture without building kernels."""
+    torch._dynamo.reset()
+    compiled = torch.compile(unet, backend="eager", fullgraph=True)
+    x, t, c = torch.randn(2, 1, 64, 16), torch.tensor([3, 40]), torch.randn(2, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compiled(x, t, c, torch.tensor([False, True])), unet(x, t, c, torch.tensor([False, True]))
+        )

@@ -17,8 +17,7 @@ from fault_record import record_fault
 from ray.train import Checkpoint
 
 from clipsynth_core import state_digest
-from clipsynth_platform.train import common
-from clipsynth_platform.train.state import TrainingState
+from clipsynth_platform.train.checkpoints import TrainingState, save_checkpoint
 from clipsynth_platform.train.whole_checkpoints import (
     MANIFEST_FILE,
     check_whole,
@@ -162,9 +161,9 @@ def test_a_checkpoint_report_writes_the_manifest_last(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ray.train, "report", report)
     state = make_state(1)
-    common.report_checkpoint(5, {"step": 5}, 0, lambda d: state.save(d, 5, {}), {"model_digest": "x"})
+    save_checkpoint(5, state, 0, metrics={"step": 5}, fields={}, rank_info={"resumed_from_step": 0})
     assert seen["whole"].whole
     assert seen["listed"] == ["model.safetensors", "optimizer.pt", "rank_0.json", "state.json"]
     assert seen["files"] == sorted([*seen["listed"], MANIFEST_FILE])
-    common.report_checkpoint(5, {"step": 5}, 1, None, {})  # other ranks add only their rank file
+    save_checkpoint(5, state, 1, metrics={"step": 5}, fields={}, rank_info={})  # other ranks: their rank file only
     assert seen["files"] == ["rank_1.json"] and not seen["whole"].whole

@@ -46,6 +46,7 @@ def train_model(train: list[dict], steps: int, cond_drop: float, args, device) -
     from safetensors.torch import load_file, save_file
 
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
+    from clipsynth_core.noise import device_generator
     from clipsynth_core.training import DiffusionStep, resolve_bf16
     from clipsynth_platform.train.data import diffusion_examples
 
@@ -75,7 +76,7 @@ def train_model(train: list[dict], steps: int, cond_drop: float, args, device) -
         ema,
         cond_drop_prob=cond_drop,
         bf16=resolve_bf16("auto", device),
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=device_generator(device, args.seed),
     )
     rng = np.random.default_rng(args.seed)
     columns = ["chunk_id", "mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim"]
@@ -113,16 +114,13 @@ def load_unet(path: str, embed_dim: int, model_size: str, device) -> torch.nn.Mo
 
 
 def sample(model, process, cond: torch.Tensor, seeds: list[int], guidance: float, device) -> np.ndarray:
-    from clipsynth_core import GaussianDiffusion
     from clipsynth_core.diffusion import guided_model
-    from clipsynth_core.synthesizer import make_generators
+    from clipsynth_core.noise import example_keys
 
-    gens = make_generators(seeds, "cpu")
     shape = (len(seeds), 1, 64, 64)
-    noise = GaussianDiffusion._noise(shape, gens, device, torch.float32)
     with torch.no_grad():
         fn = guided_model(model, cond.to(device), guidance)
-        x = process.sample(fn, shape, sampler="ddpm", generator=gens, device=device, noise=noise)
+        x = process.sample(fn, shape, sampler="ddpm", seeds=example_keys(seeds, device))
     return x[:, 0].clamp(-1, 1).float().cpu().numpy()
 
 

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import benchmark_parser, emit, environment, peak_memory_mb, reset_peak, time_it
 
 from clipsynth_core import ConditionalUNet, DiffusionConfig, GaussianDiffusion, diffusion_losses, unet_config
-from clipsynth_core.training import clip_and_step
+from clipsynth_core.noise import device_generator
+from clipsynth_core.training import adamw, clip_and_step
 
 MODES = ("fp32_eager", "channels_last", "bf16_channels_last", "bf16_channels_last_compile")
 
@@ -36,13 +37,13 @@ def run_mode(mode: str, args, device: torch.device) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fn = torch.compile(model) if mode.endswith("compile") else model
-    diffusion = GaussianDiffusion.from_config(DiffusionConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    diffusion = GaussianDiffusion.from_config(DiffusionConfig()).to(device)
+    opt = adamw(model.parameters(), device, lr=1e-4)  # the training loop's: fused on CUDA and CPU
     mel = torch.rand(args.batch_size, 1, 64, args.frames, device=device) * 2 - 1
     if channels_last:
         mel = mel.to(memory_format=torch.channels_last)
     cond = torch.nn.functional.normalize(torch.randn(args.batch_size, cfg.cond_dim, device=device), dim=-1)
-    gen = torch.Generator().manual_seed(0)
+    gen = device_generator(device, 0)
 
     def train_step():
         model.train()

@@ -108,20 +108,16 @@ def sample(
     model, diffusion, cond: torch.Tensor, seeds: list[int], steps: int, sampler: str, device, guidance: float = 0.0
 ) -> np.ndarray:
     from clipsynth_core.diffusion import guided_model
-    from clipsynth_core.synthesizer import make_generators
+    from clipsynth_core.noise import example_keys
 
     process = diffusion.respaced(steps)
-    gens = make_generators(seeds, "cpu")
     shape = (len(seeds), 1, 64, 64)
-    noise = type(diffusion)._noise(shape, gens, device, torch.float32)
     with torch.no_grad():
         x = process.sample(
             guided_model(model, cond.to(device), guidance),
             shape,
             sampler=sampler,
-            generator=gens,
-            device=device,
-            noise=noise,
+            seeds=example_keys(seeds, device),
         )
     return x[:, 0].clamp(-1, 1).float().cpu().numpy()
 
@@ -184,6 +180,7 @@ def train_curve(
     EMA rate is compared on one training trajectory (their update time is not counted as training time).
     """
     from clipsynth_core import EMA, ConditionalUNet, DiffusionConfig, GaussianDiffusion, unet_config
+    from clipsynth_core.noise import device_generator
     from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
     from clipsynth_platform.train.data import diffusion_examples
 
@@ -201,7 +198,7 @@ def train_curve(
         grad_clip=setup.grad_clip or None,
         cond_drop_prob=setup.cond_drop_prob,
         bf16=resolve_bf16(setup.bf16, device),
-        generator=torch.Generator().manual_seed(seed),
+        generator=device_generator(device, seed),
     )
     shadows = {f"ema{d:g}": EMA(model, d, warmup=setup.ema_warmup) for d in extra_decays}
     rng = np.random.default_rng(seed)

@@ -39,8 +39,9 @@ import clipsynth_core.mel as core_mel
 from clipsynth_core import MelConfig, MelFrontend, state_digest
 from clipsynth_core.training import BF16_SETTINGS, autocast_context, resolve_bf16
 from clipsynth_platform.datasets.splits import iter_split_rows
+from clipsynth_platform.runtime.console import progress_bar
 from clipsynth_platform.runtime.devices import resolve_device
-from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 from clipsynth_platform.runtime.options import opt, required
 
 from .embedders import source_digest
@@ -425,18 +426,28 @@ def run_mel_classifier_job(
     from clipsynth_platform.tracking.registry import ensure_experiment
 
     log = log or progress("mel-classifier")
-    log("config " + json.dumps(asdict(config)))
-    with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=run_name):
+    detail = get_logger("mel-classifier").debug  # the whole config and every epoch, in the log file
+    detail("config " + json.dumps(asdict(config)))
+    with (
+        mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=run_name),
+        progress_bar(config.epochs, "mel-classifier", "epochs", log) as bar,
+    ):
         mlflow.log_params({k: str(v) for k, v in asdict(config).items()})
 
         def on_epoch(metrics: dict, epoch: int) -> None:
             mlflow.log_metrics(metrics, step=epoch)
-            log(f"epoch {epoch + 1}/{config.epochs} " + json.dumps(metrics))
+            detail(f"epoch {epoch + 1}/{config.epochs} " + json.dumps(metrics))
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", refresh=False)
+            bar.update(1)
 
         model, metrics = train_mel_classifier(config, on_epoch)
         out = model.save(config.out, training={**metrics, "data": config.data})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tags({"labels": ",".join(model.config.labels)[:5000], "stage": "mel-classifier"})
         mlflow.log_artifacts(str(out), artifact_path="mel_classifier")
-    log(f"saved to {out}: " + json.dumps(metrics))
+    log(
+        f"saved to {out}: test window accuracy {metrics.get('test_window_accuracy', float('nan')):.3f}, "
+        f"{metrics['num_train_clips']} train clips, {metrics['seconds']:.0f} s"
+    )
+    detail("metrics " + json.dumps(metrics))
     return Path(out), metrics

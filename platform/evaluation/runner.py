@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 
 import mlflow
 
-from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 from clipsynth_platform.tracking.registry import default_tracking_uri
 
 from .backbones import Backbones, is_random
@@ -137,7 +137,7 @@ def run_evaluation(config: EvalConfig, log: LogFn | None = None) -> list[EvalRes
     """Evaluate as configured; one MLflow run (and EvalResult) per test query type."""
     log = log or progress("evaluate")
     mlflow.set_tracking_uri(default_tracking_uri())
-    log("config " + json.dumps(asdict(config), sort_keys=True))
+    get_logger("evaluate").debug("config " + json.dumps(asdict(config), sort_keys=True))
     ev = Evaluation.load(config, log)
     ctx = ev.context
     results: list[EvalResult] = []

@@ -18,7 +18,6 @@ Step budgets, not time caps: a run on a busy machine trains the same models as o
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -104,19 +103,6 @@ def compare_runs(config: CompareConfig, log: LogFn | None = None) -> int:
     return 0
 
 
-def _local_bundle(model_uri: str, root: Path, variant: str) -> Path:
-    """A writable copy of a trained variant's bundle (the gap statistics go into it)."""
-    from clipsynth_platform.tracking.registry import resolve_bundle
-
-    dst = root / "bundles" / variant
-    if dst.exists():
-        shutil.rmtree(dst)
-    src = resolve_bundle(model_uri, dst=root / "bundles" / f".download-{variant}")
-    shutil.copytree(src, dst)
-    shutil.rmtree(root / "bundles" / f".download-{variant}", ignore_errors=True)
-    return dst
-
-
 def _train(cfg: Any) -> dict:
     from clipsynth_platform.train.runner import run_diffusion_training
 
@@ -130,6 +116,7 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     from clipsynth_platform.evaluation.runner import DEFAULT_MODEL_NAMES, METRICS_VERSION, EvalConfig, run_evaluation
     from clipsynth_platform.presets import TABLE1
     from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
+    from clipsynth_platform.tracking.registry import writable_bundle_copy
     from clipsynth_platform.train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from clipsynth_platform.train.modality_gap import GapFitJobConfig, fit_gap_job
     from clipsynth_platform.train.runner import run_hifigan_training
@@ -196,7 +183,7 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     def prepare_bundles() -> dict:
         out = {}
         for variant, uri in models.items():
-            bundle = _local_bundle(uri, root, variant)
+            bundle = writable_bundle_copy(uri, root / "bundles" / variant)
             fit_gap_job(
                 GapFitJobConfig(data=config.data, bundle=str(bundle), prior_steps=config.prior_steps, seed=config.seed)
             )

@@ -1,10 +1,14 @@
-"""Ingestion: in-the-wild video (local directory or s3:// prefix) -> training shards in the platform schema.
+"""Ingestion: in-the-wild video (files, WebDataset shards or Parquet files of video bytes; local or s3://) ->
+training shards in the platform schema.
 
     from clipsynth_platform.ingest import IngestConfig, run_ingest
     summary = run_ingest(IngestConfig(input="videos/", output="shards/", labels="MUSIC21_solo_videos.json"))
 
-Modules: config (the dataclass), labels (label index parsers), sources (listing, ids, splits), decode (the
-CPU stage), embed (the CLIP actor stage), store (commit protocol, resume), pipeline (Ray Data wiring).
+Modules: config (the dataclass), inputs (what --input names), containers / tarshard / videoparquet (shards and
+Parquet files: their members, listed and read), readers (one decode task's read unit), labels (label index
+parsers), sources (one VideoSource per video: ids, splits, the label join), decode (the CPU stage), embed (the
+CLIP actor stage), store (commit protocol, resume), coverage and summary (the accounting), tracking (MLflow),
+pipeline (Ray Data wiring).
 """
 
 from .config import IngestConfig

@@ -29,6 +29,12 @@ DEFAULT_VIDEO_EXTENSIONS = (
     ".wmv",
 )
 FRAME_SAMPLING_MODES = ("exact", "keyframe")
+# Columns that name a row's clip in Parquet mirrors, tried in this order when --parquet-id-column is not given.
+PARQUET_ID_COLUMNS = ("clip_id", "key", "__key__", "id", "video_id", "ytid", "youtube_id")
+# A clip whose audio level (RMS over the clip) is below this is rejected as silent. The built-in corpus
+# (jobs/build_corpus.py, 15 classes x 4 videos) measures -31.4 to -9.5 dBFS (median -16.2), so -60 dBFS (FFmpeg
+# silencedetect's default noise floor) leaves 28 dB of margin below its quietest clip.
+DEFAULT_SILENCE_DB = -60.0
 LABEL_FORMATS = ("auto", "vggsound", "music", "csv")
 
 # Test-only hooks (a decoder crash, a forced decoder fallback, an interrupt after N commits). They are off
@@ -42,12 +48,25 @@ class IngestConfig:
     """Everything one ingestion run needs. Defaults follow the paper (10 s chunks, 16 kHz, 1 fps, 10% test)."""
 
     # Input and output.
-    input: str = opt("", "local directory or s3:// prefix of videos (searched recursively); required")
+    input: tuple[str, ...] = opt(
+        (),
+        "what to ingest, one or more of: video files, WebDataset shards (.tar, .tar.gz: {clip_id}.mp4 members, "
+        "optional {clip_id}.json), Parquet files with a video-bytes column; each a file, a local directory or an "
+        "s3:// prefix (searched recursively); required",
+    )
     output: str = opt(
         "", "local directory or s3:// prefix for the dataset (shards, _summary.json, _failures.parquet); required"
     )
     labels: str | None = opt(None, "label index: vggsound.csv, a MUSIC JSON video list, or a path,label[,split] CSV")
     labels_format: str = opt("auto", "label index format", choices=LABEL_FORMATS)
+    parquet_video_column: str = opt(
+        "video", "Parquet inputs: the column of video bytes (binary, or a struct with a 'bytes' field)"
+    )
+    parquet_id_column: str | None = opt(
+        None,
+        "Parquet inputs: the column of clip ids the label index is joined on (default: the first of "
+        f"{', '.join(PARQUET_ID_COLUMNS)} present, else the video struct's 'path', else the row number)",
+    )
     extensions: tuple[str, ...] = opt(
         DEFAULT_VIDEO_EXTENSIONS, "video file extensions to list (space-separated, with or without the dot)"
     )
@@ -74,6 +93,11 @@ class IngestConfig:
         True, "store each chunk's 16 kHz mono int16 PCM (--no-audio leaves the column null)", flag="audio"
     )
     test_fraction: float = opt(0.1, "share of videos hashed to the test split when the index has no split")
+    silence_db: float = opt(
+        DEFAULT_SILENCE_DB,
+        "clips whose audio level (RMS over the whole clip, dBFS) is below this are rejected as silent (stage "
+        "'hygiene'); -200 keeps them all",
+    )
 
     # CLIP (frozen) for frame and label embeddings.
     clip_model: str = opt("ViT-B-32", 'open_clip model name ("tiny" for tests)')
@@ -81,6 +105,12 @@ class IngestConfig:
     clip_template: str = opt("a photo of {query}", "query template for label text embeddings")
     clip_cache_dir: str | None = opt(None, "open_clip / Hugging Face cache directory")
     clip_allow_download: bool = opt(True, "let open_clip download missing weights")
+
+    # Tracking (off unless a URI is given: the demo records ingestion in its own experiment).
+    tracking_uri: str | None = opt(
+        None, "MLflow tracking URI: when given, the run's counts, hygiene, coverage report and failures are logged"
+    )
+    experiment: str = opt("clipsynth-ingest", "MLflow experiment of the ingestion runs (with --tracking-uri)")
 
     # Ray resources.
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else a local cluster)")
@@ -101,13 +131,16 @@ class IngestConfig:
     test_exit_after_commits: int | None = internal(None)
 
     def __post_init__(self) -> None:
+        if isinstance(self.input, str):  # one location, as Python callers give it
+            self.input = (self.input,) if self.input else ()
+        self.input = tuple(self.input)
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in self.extensions)
 
     def validate(self) -> None:
         """Raise ValueError with a clear message for settings that cannot work."""
         check_choices(self)  # frame sampling, label format: what `choices=` declares
-        if not self.input:
-            raise ValueError("--input is required (a local directory or an s3:// prefix)")
+        if not self.input or not all(self.input):
+            raise ValueError("--input is required (files, local directories or s3:// prefixes)")
         if not self.output:
             raise ValueError("--output is required (a local directory or an s3:// prefix)")
         checks = [
@@ -131,6 +164,8 @@ class IngestConfig:
             (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
             (self.max_errored_blocks >= 0, "--max-errored-blocks must be >= 0"),
             ("{query}" in self.clip_template, "--clip-template must contain {query}"),
+            (-200.0 <= self.silence_db <= 0.0, "--silence-db must be in [-200, 0] (dBFS)"),
+            (bool(self.parquet_video_column), "--parquet-video-column must name a column"),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,6 +197,7 @@ class IngestConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["extensions"] = list(self.extensions)
+        d["input"] = list(self.input)
         for f in fields(self):
             if not f.repr:
                 d.pop(f.name)
@@ -178,6 +214,7 @@ class IngestConfig:
             "jpeg_quality": self.jpeg_quality,
             "with_audio": self.with_audio,
             "test_fraction": self.test_fraction,
+            "silence_db": self.silence_db,
             "clip": self.clip_config.identity,
             "clip_template": self.clip_template,
             "mel": MelConfig().to_dict(),

@@ -36,11 +36,14 @@ from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, strip_schem
 from .failures import DecodeFailure, short_error
 from .frames import FrameDecoder, VideoFile, frame_size, open_frame_decoder
 from .isolated import DecoderProcess
+from .readers import ReadUnit, open_unit
 from .records import (
     CRASHED_REASON,
+    HYGIENE_SILENT,
+    HYGIENE_TOO_SHORT,
     RECORD_CHUNK,
-    STAGE_CHUNK,
     STAGE_DECODE,
+    STAGE_HYGIENE,
     STAGE_READ,
     STATUS_FAILED,
     VideoRecord,
@@ -185,6 +188,16 @@ def decode_audio(path: str, decoder, open_error: str | None, notes: list[str]) -
     raise DecodeFailure(STAGE_DECODE, f"cannot decode audio ({'; '.join(errors)})")
 
 
+def rms_dbfs(wave: np.ndarray) -> float:
+    """The level of a waveform in [-1, 1]: 20 log10 of its RMS (full-scale sine: -3 dBFS; silence: -inf)."""
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if len(wave) else 0.0
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def _db_text(level: float) -> str:
+    return "-inf" if level == -math.inf else f"{level:.1f}"
+
+
 # ------------------------------------------------------------------------------------------------- a video
 
 
@@ -210,8 +223,13 @@ def mel_of_chunks(waves: list[np.ndarray]) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def local_copy(uri: str) -> Iterator[tuple[str, int]]:
-    """A local path for `uri` (S3 objects are downloaded to a temporary file) and its size in bytes."""
+def local_copy(source: dict) -> Iterator[tuple[str, int]]:
+    """A local path for the source and its size in bytes: the temporary file its reader wrote (a member of a shard
+    or Parquet file: "local_path"), the file itself, or a download of an S3 object to a temporary file."""
+    if source.get("local_path"):
+        yield source["local_path"], os.path.getsize(source["local_path"])
+        return
+    uri = source["uri"]
     if not is_s3(uri):
         path = strip_scheme(uri)
         try:
@@ -251,6 +269,8 @@ def process_video(source: dict, settings: DecodeSettings) -> Iterator[pa.Table]:
         yield from _video_chunks(source, settings, times, record)
     except DecodeFailure as failure:
         record.fail(failure.stage, failure.reason)
+        if failure.hygiene:
+            record.info["hygiene"] = failure.hygiene
     except Exception as exc:  # a decoder error we did not anticipate: still this file's failure, not the job's
         record.fail(STAGE_DECODE, f"unexpected {type(exc).__name__}: {short_error(exc)}")
     times.seconds["total"] = time.perf_counter() - t_start
@@ -262,7 +282,8 @@ def _video_chunks(source: dict, settings: DecodeSettings, times: StageTimes, rec
     info, notes = record.info, record.info["notes"]
     with contextlib.ExitStack() as files:
         with times.stage("read"):
-            path, size = files.enter_context(local_copy(source["uri"]))
+            path, size = files.enter_context(local_copy(source))
+        times.seconds["read"] += float(source.get("read_seconds") or 0.0)  # a member's read, in the worker
         info["bytes"] = size
         if size == 0:
             raise DecodeFailure(STAGE_READ, "empty file (0 bytes)")
@@ -285,9 +306,19 @@ def _video_chunks(source: dict, settings: DecodeSettings, times: StageTimes, rec
         bounds = chunk_bounds(len(wave), settings.chunk_samples, settings.min_chunk_samples)
         if not bounds:
             raise DecodeFailure(
-                STAGE_CHUNK,
+                STAGE_HYGIENE,
                 f"too short: {len(wave) / SAMPLE_RATE:.2f} s of audio, need "
                 f"{settings.min_chunk_samples / SAMPLE_RATE:.2f} s for one window",
+                HYGIENE_TOO_SHORT,
+            )
+        level = rms_dbfs(wave)
+        info["audio_rms_dbfs"] = round(level, 2) if math.isfinite(level) else None  # None: digital silence
+        if level < settings.silence_db:
+            raise DecodeFailure(
+                STAGE_HYGIENE,
+                f"silent: audio level {_db_text(level)} dBFS (RMS) is below the {settings.silence_db:g} dBFS "
+                "threshold (--silence-db)",
+                HYGIENE_SILENT,
             )
         header_size = (
             frame_size(int(streams.width), int(streams.height), settings.image_size)
@@ -373,18 +404,29 @@ def _chunk_rows(
 _DECODER: DecoderProcess | None = None
 
 
-def decode_videos(batch: pa.Table, settings: dict) -> Iterator[pa.Table]:
-    """Ray Data UDF: a block of video sources -> their chunk rows and "video" rows (RECORD_SCHEMA).
+def decode_videos(batch: pa.Table, settings: dict, parquet_video_column: str = "video") -> Iterator[pa.Table]:
+    """Ray Data UDF: a block of read units (readers.ReadUnit as JSON, column "unit") -> the chunk rows and "video"
+    rows (RECORD_SCHEMA) of every source they hold.
 
-    Each video decodes in this worker's decoder child (isolated.py): a native crash there fails that video
-    (stage "decode", CRASHED_REASON) and the task goes on; the task itself is left to Ray's retries.
+    Members of shards and Parquet files are written to a temporary file here, one at a time; a member that
+    cannot be read fails at stage "read". Each video decodes in this worker's decoder child (isolated.py): a
+    native crash there fails that video (stage "decode", CRASHED_REASON) and the task goes on; the task itself
+    is left to Ray's retries.
     """
     global _DECODER
     if _DECODER is None:
         _DECODER = DecoderProcess()
-    for source in batch.to_pylist():
-        rows = _DECODER.decode(source, settings)
-        if rows is None:
-            crashed = VideoRecord(status=STATUS_FAILED, fail_stage=STAGE_DECODE, fail_reason=CRASHED_REASON)
-            rows = record_table([video_row(source, crashed)])
-        yield rows
+    for text in batch.column("unit").to_pylist():
+        for source, fetched in open_unit(ReadUnit.from_json(text), parquet_video_column):
+            row = source.to_dict()
+            if fetched is not None and fetched.failure is not None:
+                failed = VideoRecord(status=STATUS_FAILED, fail_stage=STAGE_READ, fail_reason=fetched.failure)
+                yield record_table([video_row(row, failed)])
+                continue
+            if fetched is not None:
+                row.update(local_path=fetched.path, read_seconds=fetched.seconds)
+            rows = _DECODER.decode(row, settings)
+            if rows is None:
+                crashed = VideoRecord(status=STATUS_FAILED, fail_stage=STAGE_DECODE, fail_reason=CRASHED_REASON)
+                rows = record_table([video_row(row, crashed)])
+            yield rows

@@ -8,10 +8,11 @@ import re
 class DecodeFailure(Exception):
     """A file that cannot be used, with the stage that found out and a reason for the failures table."""
 
-    def __init__(self, stage: str, reason: str) -> None:
+    def __init__(self, stage: str, reason: str, hygiene: str | None = None) -> None:
         super().__init__(reason)
         self.stage = stage
         self.reason = reason
+        self.hygiene = hygiene  # records.HYGIENE_*: a readable clip rejected by a data-hygiene rule
 
 
 # Source locations that decord ("[12:00:00] /github/.../video_reader.cc:151: Check failed: ...") and torchcodec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from clipsynth_platform.runtime.logs import configure_logging
+from clipsynth_platform.runtime.console import open_console
 from clipsynth_platform.runtime.options import parse_config
 
 from .config import IngestConfig
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> i
 
     from .pipeline import run_ingest
 
-    configure_logging()
+    open_console("ingest")
     config = parse(argv, description)
     try:
         run_ingest(config)

@@ -13,35 +13,37 @@ its videos are recorded as lost. Every listed video ends up committed as ok or f
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from clipsynth_platform.datasets.schema import SCHEMA_VERSION
-from clipsynth_platform.runtime.logs import LogFn, progress
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 from clipsynth_platform.runtime.options import fields_from
 from clipsynth_platform.runtime.preflight import ClusterView, require_shared_locations
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
 
-from .commit import LOST_REASON, Committer, RunStats
+from .commit import Committer, RunStats
 from .config import IngestConfig
+from .containers import ContainerIndex, ListingSettings, index_container, index_inputs
 from .decode import decode_videos
 from .embed import ClipEmbedder
+from .inputs import CONTAINER_KINDS, KIND_VIDEO, InputFile, list_inputs
 from .labels import LabelIndex, load_label_index
-from .records import CRASHED_REASON, STATUS_OK
+from .readers import plan_units
+from .records import STATUS_OK
 from .settings import DecodeSettings
 from .sources import VideoSource, plan_sources
 from .store import OutputStore
+from .summary import RunInputs, summarize
+from .tracking import log_ingest_run
 from .write import rewrite_without, write_staged
 
 # Without --num-gpus, CLIP actors on an autoscaling cluster with unlimited GPU nodes stop at this many.
 MAX_AUTO_GPU_ACTORS = 64
 # CPUs of a write task: it encodes Parquet and uploads it.
 WRITE_CPUS = 0.5
-DECODE_TIMING_KEYS = ("read", "probe", "audio", "video", "mel", "jpeg")
 
 
 def ensure_ray(config: IngestConfig) -> str:
@@ -87,16 +89,18 @@ def plan_clip_stage(config: IngestConfig, view: ClusterView) -> ClipPlan:
     return ClipPlan(True, 1, most, f"no GPU yet: the autoscaler starts GPU nodes for up to {most} actor(s)")
 
 
-def _text_embeddings(config: IngestConfig, labels: list[str]) -> tuple[dict[str, list[float]], int, str]:
+def _clip_encoder(config: IngestConfig):
     """Build CLIP once on the driver: missing weights fail here (ClipWeightsError), before any work."""
     from clipsynth_core import ClipQueryEncoder
 
-    encoder = ClipQueryEncoder(config.clip_config)
-    table = {}
-    if labels:
-        emb = encoder.encode_text(labels).numpy()
-        table = {label: emb[i].tolist() for i, label in enumerate(labels)}
-    return table, encoder.embed_dim, encoder.config.identity
+    return ClipQueryEncoder(config.clip_config)
+
+
+def _text_embeddings(encoder, labels: list[str]) -> dict[str, list[float]]:
+    if not labels:
+        return {}
+    emb = encoder.encode_text(labels).numpy()
+    return {label: emb[i].tolist() for i, label in enumerate(labels)}
 
 
 def _build_dataset(
@@ -104,8 +108,9 @@ def _build_dataset(
 ):
     import ray.data
 
-    blocks = math.ceil(len(pending) / config.videos_per_task)
-    ds: ray.data.Dataset = ray.data.from_items([s.to_dict() for s in pending], override_num_blocks=blocks)
+    # One read unit (files, shard members, a .tar.gz, a Parquet row group: readers.py) per block and task.
+    units = [{"unit": u.to_json()} for u in plan_units(pending, config.videos_per_task)]
+    ds: ray.data.Dataset = ray.data.from_items(units, override_num_blocks=len(units))
     settings = fields_from(DecodeSettings, config, threads=max(1, int(config.decode_cpus)))
     runtime_env = {"env_vars": dict(worker_env)} if worker_env else None
     # Ray Data's own retries stay on (a task lost with its node runs again elsewhere); a decoder that crashes
@@ -114,7 +119,7 @@ def _build_dataset(
         decode_videos,  # type: ignore[arg-type]  # its settings come in fn_kwargs, which Ray's stub ignores
         batch_size=None,  # the whole block: `videos_per_task` videos
         batch_format="pyarrow",
-        fn_kwargs={"settings": settings.to_dict()},
+        fn_kwargs={"settings": settings.to_dict(), "parquet_video_column": config.parquet_video_column},
         num_cpus=config.decode_cpus,
         compute=ray.data.TaskPoolStrategy(size=config.decode_concurrency) if config.decode_concurrency else None,
         runtime_env=runtime_env,
@@ -158,6 +163,56 @@ def _rewriter(config: IngestConfig, worker_env: dict | None) -> Callable[[str, l
     return lambda relative, drop: ray.get(task.remote(config.output, relative, drop))
 
 
+def container_lister(
+    config: IngestConfig, worker_env: dict | None, use_ray: bool
+) -> Callable[[list[InputFile]], list[ContainerIndex]]:
+    """Who lists containers: with `use_ray` (a job on a cluster), Ray tasks, one per container, where the data is
+    read; else threads in this process, which on a local Ray is the same machine, disks and network, without
+    starting Ray workers for it (listing is I/O and zlib, which release the GIL)."""
+    settings = ListingSettings(config.extensions, config.parquet_video_column, config.parquet_id_column)
+
+    def list_all(items: list[InputFile]) -> list[ContainerIndex]:
+        if not use_ray:
+            with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1)) as pool:
+                return list(pool.map(lambda item: index_container(item.uri, item.kind, settings), items))
+        import ray
+
+        ensure_ray(config)
+        task = ray.remote(index_container).options(
+            num_cpus=1, runtime_env={"env_vars": dict(worker_env)} if worker_env else None
+        )
+        return ray.get([task.remote(item.uri, item.kind, settings) for item in items])
+
+    return list_all
+
+
+def _inputs_of_cluster(config: IngestConfig) -> dict[str, str]:
+    return {"input" if i == 0 else f"input_{i}": uri for i, uri in enumerate(config.input)}
+
+
+def plan_inputs(
+    config: IngestConfig, store: OutputStore, labels: LabelIndex | None, worker_env: dict | None, log: LogFn
+) -> RunInputs:
+    """List the inputs, the containers' members (reused from earlier runs when unchanged) and every video."""
+    files = list_inputs(config.input, config.extensions, exclude=config.output)
+    containers = [f for f in files if f.kind in CONTAINER_KINDS]
+    enough = None
+    if config.limit is not None:
+        n_files = sum(f.kind == KIND_VIDEO for f in files)
+        enough = lambda indexes: n_files + sum(len(i.members) for i in indexes.values()) >= config.limit  # noqa: E731
+    indexes = index_inputs(
+        store,
+        containers,
+        ListingSettings(config.extensions, config.parquet_video_column, config.parquet_id_column),
+        container_lister(config, worker_env, use_ray=bool(config.address or os.environ.get("RAY_ADDRESS"))),
+        retry_broken=config.retry_failed,
+        enough=enough,
+        log=log,
+    )
+    sources = plan_sources(files, indexes, config.test_fraction, labels, config.limit)
+    return RunInputs(files, indexes, sources)
+
+
 def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, log: LogFn | None = None) -> dict:
     """Run (or resume) ingestion as `config` says; returns the summary written to _summary.json.
 
@@ -171,24 +226,30 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     config.validate()
     if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
         ensure_ray(config)
-        require_shared_locations(ClusterView.from_ray(), input=config.input, output=config.output)
-    log(f"code from {require_consistent_origin().platform_root}; config:\n{config.describe()}")
+        require_shared_locations(ClusterView.from_ray(), **_inputs_of_cluster(config), output=config.output)
+    log(f"code from {require_consistent_origin().platform_root}")
+    get_logger("ingest").debug(f"config:\n{config.describe()}")
     labels: LabelIndex | None = None
     if config.labels:
-        labels = load_label_index(config.labels, config.labels_format, config.input)
+        labels = load_label_index(config.labels, config.labels_format, config.input[0])
         log(f"label index {config.labels}: {labels.format}, {len(labels.entries)} entries, {len(labels.labels)} labels")
-    sources = plan_sources(config.input, config.extensions, config.test_fraction, labels, config.output, config.limit)
     # CLIP first: missing weights stop the job before it writes anything.
-    text, embed_dim, identity = _text_embeddings(config, sorted({s.label for s in sources if s.label}))
+    encoder = _clip_encoder(config)
+    list_inputs(config.input, config.extensions, exclude=config.output)  # a missing input fails before any write
     store = OutputStore(config.output)
     store.check_settings({**config.row_settings(), "labels_sha1": labels.sha1 if labels else None})
     latest, recovery = store.recover()
+    inputs = plan_inputs(config, store, labels, worker_env, log)
+    sources = inputs.sources
+    text = _text_embeddings(encoder, sorted({s.label for s in sources if s.label}))
     pending = [
         s for s in sources if s.uri not in latest or (config.retry_failed and latest[s.uri]["status"] != STATUS_OK)
     ]
+    members = len(sources) - sum(s.kind == KIND_VIDEO for s in sources)
     log(
-        f"{len(sources)} videos listed under {config.input}; {len(sources) - len(pending)} already done, "
-        f"{len(pending)} to process; CLIP {identity} (dim {embed_dim}); {recovery}"
+        f"{len(sources)} videos listed ({members} in {len(inputs.indexes)} shard or Parquet file(s)) under "
+        f"{' '.join(config.input)}; {len(sources) - len(pending)} already done, {len(pending)} to process; "
+        f"CLIP {encoder.config.identity} (dim {encoder.embed_dim}); {recovery}"
     )
 
     stats = RunStats()
@@ -199,7 +260,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         ray_where = ensure_ray(config)
         view = ClusterView.from_ray()
         # The label index is read here, on the driver; videos are read and shards written on the workers.
-        require_shared_locations(view, input=config.input, output=config.output)
+        require_shared_locations(view, **_inputs_of_cluster(config), output=config.output)
         plan = plan_clip_stage(config, view)
         log(f"Ray: {ray_where}; CLIP stage: {plan.note}")
         context = ray.data.DataContext.get_current()
@@ -223,122 +284,27 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         committer.lost(pending)
         committer.maybe_commit(final=True)
 
-    summary = _summarize(
-        config, store, sources, labels, stats, len(sources) - len(pending), time.perf_counter() - t_start, ray_where
+    summary, failures = summarize(
+        config, store, inputs, labels, stats, len(sources) - len(pending), time.perf_counter() - t_start, ray_where
     )
+    hygiene, coverage = summary["hygiene"]["rejected"], summary["coverage"]
     log(
         f"done in {summary['seconds']:.1f} s: {summary['videos_in']} videos in, {summary['videos_ok']} ok, "
-        f"{summary['videos_failed']} failed ({summary['videos_crashed']} crashed), {summary['chunks_written']} chunks "
-        f"{summary['chunks_by_split']}, {summary['warnings']['silent_chunks']} silent chunks -> {config.output}"
+        f"{summary['videos_failed']} failed ({summary['videos_crashed']} crashed; rejected {hygiene['too_short']} "
+        f"too short, {hygiene['silent']} silent), {summary['chunks_written']} chunks {summary['chunks_by_split']}, "
+        f"{summary['inputs']['containers_unreadable']} unreadable container(s), "
+        f"{summary['split_leaks']['videos_in_both_splits']} source video(s) with kept clips in both splits "
+        f"-> {config.output}"
+        + (
+            f"; coverage of {config.labels}: {coverage['ok']} of {coverage['expected']} clips kept "
+            f"({coverage['found']} found in the inputs), by split "
+            + ", ".join(f"{k} {v['ok']}/{v['expected']}" for k, v in coverage["by_split"].items())
+            if coverage
+            else ""
+        )
     )
-    return summary
-
-
-def _rate(amount: float, seconds: float) -> float | None:
-    return round(amount / seconds, 3) if seconds > 0 else None
-
-
-def _summarize(
-    config: IngestConfig,
-    store: OutputStore,
-    sources: list[VideoSource],
-    labels: LabelIndex | None,
-    stats: RunStats,
-    skipped: int,
-    seconds: float,
-    ray_where: str | None,
-) -> dict:
-    """Account for every listed video from all manifests (this run's and earlier ones'); write the summary."""
-    latest, _ = store.recover()
-    listed = {s.uri for s in sources}
-    entries = [latest[s.uri] for s in sources if s.uri in latest]
-    missing = [s.uri for s in sources if s.uri not in latest]
-    if missing:  # cannot happen after a completed run; guard the invariant videos_in == ok + failed
-        raise RuntimeError(f"{len(missing)} listed videos have no recorded outcome, e.g. {missing[0]}")
-    ok = [e for e in entries if e["status"] == STATUS_OK]
-    failed = [e for e in entries if e["status"] != STATUS_OK]
-    store.write_failures(failed)
-    chunks_by_split: Counter[str] = Counter()
-    videos_by_split: Counter[str] = Counter()
-    for e in ok:
-        chunks_by_split[e["split"]] += e["chunks"]
-        videos_by_split[e["split"]] += 1
-    decode_busy = sum(stats.decode_seconds.get(k, 0.0) for k in DECODE_TIMING_KEYS)
-    this_run = {
-        "seconds": round(seconds, 3),
-        "videos_skipped_as_done": skipped,
-        "videos_processed": stats.videos_committed,
-        "chunks_written": stats.rows_written,
-        "commits": stats.commits,
-        "ray": ray_where,
-    }
-    previous = store.read_summary()
-    runs = [*(previous or {}).get("runs", [])[-20:], this_run]
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "input": config.input,
-        "output": config.output,
-        "videos_in": len(sources),
-        "videos_ok": len(ok),
-        "videos_failed": len(failed),
-        "videos_crashed": sum(e["reason"] == CRASHED_REASON for e in failed),
-        "videos_lost": sum(e["reason"] == LOST_REASON for e in failed),
-        "chunks_written": sum(e["chunks"] for e in ok),
-        "chunks_by_split": {s: chunks_by_split.get(s, 0) for s in ("train", "test")},
-        "videos_by_split": {s: videos_by_split.get(s, 0) for s in ("train", "test")},
-        "audio_hours_written": round(sum(e["info"].get("audio_seconds", 0.0) for e in ok) / 3600, 4),
-        "failures_by_stage": dict(Counter(e["stage"] for e in failed)),
-        "decoders": {
-            "audio": dict(Counter(e["audio_decoder"] for e in ok)),
-            "video": dict(Counter(e["video_decoder"] for e in ok)),
-            "frame_sampling": dict(Counter(e["info"].get("frame_sampling") for e in ok)),
-        },
-        "labels": {
-            "index": config.labels,
-            "format": labels.format if labels else None,
-            "entries": len(labels.entries) if labels else 0,
-            "conflicts": len(labels.conflicts) if labels else 0,
-            "videos_labelled": sum(e["label"] is not None for e in ok),
-            "videos_unlabelled": sum(e["label"] is None for e in ok),
-        },
-        "warnings": {
-            "silent_chunks": sum(e["silent_chunks"] for e in ok),
-            "silent_videos": sum(e["silent_chunks"] > 0 for e in ok),
-            "decoder_fallbacks": sum(bool(e["info"].get("notes")) for e in ok),
-            "outputs_of_unlisted_videos": len(set(latest) - listed),
-        },
-        "seconds": round(seconds, 3),
-        "throughput": {
-            "decode": {
-                "videos": stats.decoded_videos,
-                "busy_seconds": round(decode_busy, 3),
-                "busy_seconds_by_step": {k: round(stats.decode_seconds.get(k, 0.0), 3) for k in DECODE_TIMING_KEYS},
-                "chunks_per_busy_second": _rate(stats.rows_written, decode_busy),
-            },
-            "embed": {
-                "chunks": stats.embedded_chunks,
-                "frames": stats.embedded_frames,
-                "busy_seconds": round(stats.embed_seconds, 3),
-                "chunks_per_busy_second": _rate(stats.embedded_chunks, stats.embed_seconds),
-                "frames_per_busy_second": _rate(stats.embedded_frames, stats.embed_seconds),
-            },
-            "write": {
-                "commits": stats.commits,
-                "rows": stats.rows_written,
-                "bytes": stats.write_bytes,
-                "seconds": round(stats.write_seconds, 3),
-                "rows_per_second": _rate(stats.rows_written, stats.write_seconds),
-            },
-            "end_to_end": {
-                "wall_seconds": round(seconds, 3),
-                "chunks_per_second": _rate(stats.rows_written, seconds),
-                "videos_per_second": _rate(stats.videos_committed, seconds),
-            },
-        },
-        "settings": {**config.row_settings(), "labels_sha1": labels.sha1 if labels else None},
-        "config": config.to_dict(),
-        "runs": runs,
-    }
-    store.write_summary(summary)
-    store.remove_staging()
+    if config.tracking_uri:
+        run_id = log_ingest_run(config, summary, failures, log)
+        if run_id:
+            log(f"logged to MLflow {config.tracking_uri}, experiment {config.experiment}, run {run_id}")
     return summary

@@ -25,8 +25,12 @@ STATUS_FAILED = "failed"
 # Failure stages recorded in _failures.parquet.
 STAGE_READ = "read"
 STAGE_DECODE = "decode"
-STAGE_CHUNK = "chunk"
 STAGE_EMBED = "embed"
+STAGE_HYGIENE = "hygiene"  # a readable clip the data should not hold: too short for one window, or silent
+STAGE_CONTAINER = "container"  # a shard or Parquet file that could not be read (whole, or past some member)
+# What a hygiene rejection was, in the video's info ("hygiene") and the summary's counts.
+HYGIENE_TOO_SHORT = "too_short"
+HYGIENE_SILENT = "silent"
 CRASHED_REASON = "worker crashed (native)"
 
 EXTRA_FIELDS = [

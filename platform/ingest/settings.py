@@ -15,6 +15,7 @@ class DecodeSettings:
     image_size: int = 224
     jpeg_quality: int = 90
     with_audio: bool = True
+    silence_db: float = -60.0  # a clip quieter than this (RMS dBFS) is rejected as silent
     threads: int = 1
     test_hooks: bool = False
 

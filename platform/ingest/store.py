@@ -5,6 +5,7 @@ Layout under the output root (see schema.py):
     _manifests/{h}.json                           commit h: its videos (ok, or failed with stage and reason)
     _settings.json                                the settings that shape rows; a resumed run must match them
     _summary.json, _failures.parquet              written at the end of a run, from all manifests
+    _inputs/{h}.json                              the member list of a shard or Parquet input (containers.py)
     _staging/                                     temporary files, renamed into place when complete
     _staging/parts/                               shards the workers wrote, moved into place by a commit
 
@@ -102,6 +103,14 @@ class OutputStore:
             return None
         with self.fs.open(path, "rb") as f:
             return json.loads(f.read().decode("utf-8"))
+
+    def read_json(self, relative: str) -> dict | None:
+        """A JSON file under the root (None when absent)."""
+        return self._read_json(relative)
+
+    def write_json(self, relative: str, data: dict) -> None:
+        """A JSON file under the root, written to a temporary name and moved into place."""
+        self._write_atomic(relative, json.dumps(data, sort_keys=True).encode())
 
     # ------------------------------------------------------------------------------------------ settings
 

@@ -26,6 +26,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from .console import set_verbose
+
 T = TypeVar("T")
 
 
@@ -133,7 +135,25 @@ def build_parser(
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_config_arguments(parser, cls, defaults)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action=_VerboseAction,
+        help="show everything on the console (Ray's and the workers' output, library logs); by default they go to "
+        "the log file whose path the job prints first (also: CLIPSYNTH_VERBOSE=1)",
+    )
     return parser
+
+
+class _VerboseAction(argparse.Action):
+    """`-v`: a console setting, not part of the job's config; set in the environment, which Ray workers and the
+    stages' own processes inherit (clipsynth_platform.runtime.console)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        set_verbose(True)
 
 
 def config_from_namespace(cls: type[T], args: argparse.Namespace) -> T:

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .console import attach_ray, quiet_libraries
+
 
 @dataclass(frozen=True)
 class LocalRay:
@@ -35,12 +37,14 @@ def connect_ray(address: str | None = None, local: LocalRay | None = None) -> st
     Returns a line saying which (for the job's log)."""
     import ray
 
+    quiet_libraries()  # Ray set up its own console handlers at import: its start-up lines go to the log file
     if ray.is_initialized():
         return "the Ray this process already runs"
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address and address != "local":
         # No runtime_env here: a submitted job's own (working dir, env vars) applies to its workers.
         ray.init(address=address)
+        attach_ray()
         return f"the Ray cluster at {address}"
     local = local or LocalRay()
     if local.worker_niceness is not None:
@@ -53,5 +57,7 @@ def connect_ray(address: str | None = None, local: LocalRay | None = None) -> st
         kwargs["object_store_memory"] = local.object_store_bytes
     if local.env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(local.env_vars)}
-    ray.init(**kwargs)
-    return f"a local Ray ({num_cpus} logical CPUs)"
+    context = ray.init(**kwargs)
+    attach_ray()
+    dashboard = getattr(context, "dashboard_url", None)
+    return f"a local Ray ({num_cpus} logical CPUs" + (f", dashboard http://{dashboard})" if dashboard else ")")

@@ -17,7 +17,11 @@ attempts are counted per process (runtime/s3_requests.py).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 import pyarrow.fs as pafs
@@ -79,3 +83,44 @@ def exists(uri: str) -> bool:
 def makedirs(uri: str) -> None:
     if not is_s3(uri):
         os.makedirs(strip_scheme(uri), exist_ok=True)
+
+
+def write_atomically(uri: str, data: bytes) -> None:
+    """`uri` holds `data` whole, or keeps what it held (see `_atomic_local_write`; an S3 object appears only when
+    its upload completes: S3 never shows a partial object)."""
+    if is_s3(uri):
+        fsspec_filesystem(uri).pipe_file(strip_scheme(uri), data)
+    else:
+        _atomic_local_write(strip_scheme(uri), lambda f: f.write(data))
+
+
+def copy_atomically(local_file: str, uri: str) -> None:
+    """Copy a local file to `uri`, atomically as `write_atomically` says (the source stays where it is)."""
+    if is_s3(uri):
+        fsspec_filesystem(uri).put_file(local_file, strip_scheme(uri))
+        return
+
+    def copy(f: BinaryIO) -> None:
+        with open(local_file, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    _atomic_local_write(strip_scheme(uri), copy)
+
+
+def _atomic_local_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+    """Write under a temporary name beside `path`, then rename it over `path` (a rename within one directory is
+    atomic): a reader sees the old file or the whole new one, and a crash leaves only a `.partial-*` file."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make the file private, unlike any other written here
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -7,6 +7,7 @@ Accepted URIs (`CLIPSYNTH_MODEL_URI`, `--model`): a bundle directory, `models:/N
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,19 @@ def resolve_bundle(uri: str, dst: str | os.PathLike | None = None) -> Path:
         if (c / "bundle.json").exists():
             return c
     raise FileNotFoundError(f"{uri} holds no synthesizer bundle (no bundle.json under {local})")
+
+
+def writable_bundle_copy(model_uri: str, dst: str | os.PathLike) -> Path:
+    """A writable local copy of a model's bundle at `dst` (replaced if there), e.g. to add gap statistics."""
+    dst = Path(dst)
+    download = dst.with_name(f".download-{dst.name}")
+    if dst.exists():
+        shutil.rmtree(dst)
+    try:
+        shutil.copytree(resolve_bundle(model_uri, dst=download), dst)
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    return dst
 
 
 VOCODER_ARTIFACT = "vocoder"

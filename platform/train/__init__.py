@@ -1,9 +1,11 @@
 """Ray Train + MLflow training of CLIPSynth's diffusion model and of its HiFi-GAN vocoder.
 
 Entry points (jobs/train_vggsound.py, jobs/train_music.py, jobs/train_hifigan.py) parse a config and call
-`run_diffusion_training` / `run_hifigan_training`; the worker loops live in diffusion_loop.py and
-hifigan_loop.py (the step loop they share in steps.py, what their checkpoints hold in state.py), data plumbing
-in data.py, MLflow glue in tracking.py.
+`run_diffusion_training` / `run_hifigan_training` (runner.py, the driver side). A worker runs one loop, written
+out top to bottom, one step at a time: diffusion_loop.py, hifigan_loop.py. What they share, each a small named
+piece: worker.py (where the worker runs, its device settings, random streams, DDP), loop.py (the steps of an
+attempt, the time budget, device loss sums, metrics and progress), checkpoints.py (what a checkpoint holds,
+saving one, resuming); data plumbing in data.py, MLflow glue in tracking.py.
 
 Names are imported lazily: Ray Data tasks import `clipsynth_platform.train.data` for its transforms, and
 should not pay for torch and MLflow imports they never use.

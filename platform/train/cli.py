@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from clipsynth_platform.runtime.logs import configure_logging, get_logger
+from clipsynth_platform.runtime.console import open_console
+from clipsynth_platform.runtime.logs import get_logger
 
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, parse_config
 from .data import DatasetError
@@ -33,7 +34,7 @@ def main_hifigan(argv: list[str] | None, description: str, defaults: dict[str, A
 def _run(fn: Callable[[], TrainingSummary]) -> int:
     from clipsynth_platform.runtime.origin import require_consistent_origin
 
-    configure_logging()
+    open_console("train")
     get_logger("train").info(f"code from {require_consistent_origin().platform_root}")
     try:
         summary = fn()

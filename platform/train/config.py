@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from clipsynth_core.training import BF16_SETTINGS, LR_SCHEDULES
 from clipsynth_platform.runtime.options import build_parser, check_choices, config_from_dict, opt, parse_config
@@ -44,7 +44,8 @@ class TrainConfig:
     num_workers: int = opt(
         1, "data-parallel Ray Train workers (one GPU each with --use-gpu); 0: Ray Train's local mode, in this process"
     )
-    use_gpu: bool = opt(False, "train on GPUs (bf16 autocast, channels_last)")
+    use_gpu: bool = opt(False, "train on GPUs (bf16 autocast, channels_last, fused AdamW)")
+    tf32: bool = opt(True, "on GPUs: TF32 tensor cores for float32 matmuls and convolutions (off: full float32)")
     cpus_per_worker: float = opt(1.0, "logical CPUs reserved per Train worker (the rest feed the data pipeline)")
     placement_strategy: str = opt(
         "PACK",
@@ -57,7 +58,18 @@ class TrainConfig:
     train_seconds: float = opt(
         0.0, "stop once this many seconds of training are spent (in total, across resumptions); 0: no time limit"
     )
-    batch_size: int = opt(16, "examples per worker per step (global batch = batch size x workers)")
+    global_batch_size: int = opt(
+        0,
+        "examples per optimiser step over all workers, the number the learning rate goes with; each worker steps "
+        "on global / workers (0: --batch-size x workers, or the paper's batch when neither is given)",
+    )
+    batch_size: int = opt(0, "examples per worker per step (0: --global-batch-size / workers)")
+    microbatch: int = opt(
+        0,
+        "examples per forward/backward pass: a worker's batch is split into batch / microbatch passes whose "
+        "gradients add up (DDP all-reduces only the last) before one optimiser step; for a batch that does not "
+        "fit in the device's memory (0: the whole batch in one pass)",
+    )
     lr: float = opt(2e-4, "learning rate")
     checkpoint_every: int = opt(10_000, "steps between checkpoints (a final one is always written)")
     keep_checkpoints: int = opt(3, "checkpoints kept in storage (the newest)")
@@ -75,7 +87,9 @@ class TrainConfig:
         choices=("auto", "on", "off"),
     )
     cache_max_mb: float = opt(
-        1024.0, "largest share of the train split (uncompressed MB per worker) that --cache-in-worker auto caches"
+        0.0,
+        "largest share of the train split (uncompressed MB per worker) that --cache-in-worker auto caches; 0: a "
+        "quarter of each worker's part of its node's memory, as Ray reports it (1024 when Ray reports none)",
     )
     seed: int = opt(0, "seed of the model initialisation and of the training noise")
     tracking_uri: str = opt("", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
@@ -95,8 +109,22 @@ class TrainConfig:
         0, "fault drill: worker rank 1 (rank 0 when alone) exits hard at this step, once per storage path; 0: off"
     )
 
+    # The global batch of the paper's setting, when neither --global-batch-size nor --batch-size is given.
+    PAPER_GLOBAL_BATCH: ClassVar[int] = 16
+
     def run_name_or_default(self) -> str:
         return self.run_name or self.experiment
+
+    def batch_plan(self) -> BatchPlan:
+        """How a step's examples divide over the workers and over each worker's passes (ValueError when they
+        do not divide)."""
+        return BatchPlan.resolve(
+            global_size=self.global_batch_size or None,
+            per_worker=self.batch_size or None,
+            workers=max(self.num_workers, 1),
+            microbatch=self.microbatch or None,
+            default_global=self.PAPER_GLOBAL_BATCH,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,11 +137,12 @@ class TrainConfig:
         check_choices(self)  # variant, lr schedule, model size, placement strategy: what `choices=` declares
         if not self.data:
             raise ValueError("--data is required: the URI of a preprocessed dataset")
-        positive = ("max_steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
+        positive = ("max_steps", "checkpoint_every", "keep_checkpoints", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer"):
+        non_negative = ("num_workers", "sample_every", "fail_at_step", "local_num_cpus", "shuffle_buffer")
+        for name in (*non_negative, "global_batch_size", "batch_size", "microbatch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.cache_max_mb < 0:
@@ -130,6 +159,62 @@ class TrainConfig:
             raise ValueError("--tracking-wait-seconds must be >= 0")
         if self.max_failures < -1:
             raise ValueError("--max-failures must be -1 (no limit) or >= 0")
+        self.batch_plan()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A step's examples: `global_size` over all workers (what the learning rate goes with), `per_worker` on each
+    of `workers`, in passes of `microbatch` whose gradients accumulate before the optimiser steps."""
+
+    global_size: int
+    workers: int
+    per_worker: int
+    microbatch: int
+
+    @property
+    def accumulation(self) -> int:
+        """Forward/backward passes per optimiser step on a worker."""
+        return self.per_worker // self.microbatch
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        global_size: int | None,
+        per_worker: int | None,
+        workers: int,
+        microbatch: int | None,
+        default_global: int,
+    ) -> BatchPlan:
+        """From what was given (None: not given): the global batch, or the per-worker one, or both when they
+        agree; the paper's global batch when neither is. Raises ValueError, saying what would divide, otherwise."""
+        if global_size is None and per_worker is None:
+            global_size = default_global
+        if global_size is None:
+            global_size = per_worker * workers  # type: ignore[operator]
+        if global_size % workers:
+            lower, upper = global_size // workers * workers, (global_size // workers + 1) * workers
+            raise ValueError(
+                f"a global batch of {global_size} does not divide over {workers} workers: use a multiple of "
+                f"{workers} (such as {lower or upper} or {upper}), or give --batch-size per worker"
+            )
+        if per_worker is not None and per_worker * workers != global_size:
+            raise ValueError(
+                f"--batch-size {per_worker} on {workers} workers is a global batch of {per_worker * workers}, "
+                f"not the --global-batch-size {global_size}: give one of them"
+            )
+        per_worker = global_size // workers
+        microbatch = microbatch or per_worker
+        if microbatch > per_worker or per_worker % microbatch:
+            raise ValueError(
+                f"--microbatch {microbatch} does not divide a worker's batch of {per_worker} (global {global_size} "
+                f"over {workers} workers): use a divisor of {per_worker}"
+            )
+        return cls(global_size, workers, per_worker, microbatch)
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "accumulation": self.accumulation}
 
 
 @dataclass(frozen=True)
@@ -153,8 +238,7 @@ class DiffusionTrainConfig(TrainConfig):
         "besides being concatenated to every layer's output as in the paper (benchmarks/learning: no gain)",
     )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K on VGG-Sound, 100K on MUSIC)")
-    batch_size: int = opt(128, "examples per worker per step (improved-diffusion's 64x64 setting)")
-    lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion)")
+    lr: float = opt(1e-4, "AdamW learning rate (improved-diffusion, with its global batch of 128)")
     weight_decay: float = opt(0.0, "AdamW weight decay (improved-diffusion: 0)")
     lr_schedule: str = opt(
         "constant",
@@ -176,6 +260,10 @@ class DiffusionTrainConfig(TrainConfig):
         choices=BF16_SETTINGS,
     )
     channels_last: bool = opt(True, "channels_last memory format on GPU (ignored on CPU)")
+    compile: bool = opt(
+        False,
+        "torch.compile the U-Net for training (the first steps compile: about a minute on a GPU, minutes on CPUs)",
+    )
     sample_steps: int = opt(25, "respaced diffusion steps for the periodic samples (the EMA model)")
     sample_queries: tuple[str, ...] = opt(
         (),
@@ -202,9 +290,18 @@ class DiffusionTrainConfig(TrainConfig):
         "latest-train",
         "alias the registered version gets (serve models:/NAME@ALIAS; evaluation promotes to @champion); empty: none",
     )
+    init_from: str = opt(
+        "",
+        "fine-tune: start from a trained synthesizer's weights and EMA (a bundle directory, or models:/NAME@ALIAS, "
+        "models:/NAME/VERSION, runs:/...) with a fresh optimiser, in a new run (default name: ...-finetune); the "
+        "U-Net and the diffusion process are the bundle's (--model-size, --diffusion-steps and "
+        "--cond-in-embedding do not apply), its variant and CLIP must be this run's and the data's",
+    )
+
+    PAPER_GLOBAL_BATCH: ClassVar[int] = 128  # improved-diffusion's 64x64 setting
 
     def run_name_or_default(self) -> str:
-        return self.run_name or f"{self.experiment}-{self.variant}"
+        return self.run_name or f"{self.experiment}-{self.variant}{'-finetune' if self.init_from else ''}"
 
     def check(self) -> None:
         super().check()
@@ -229,7 +326,6 @@ class HiFiGANTrainConfig(TrainConfig):
     experiment: str = opt("clipsynth-hifigan", "MLflow experiment name")
     model_size: str = opt("paper", "HiFi-GAN size: paper (V1), small, tiny (tests)", choices=MODEL_SIZES)
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K)")
-    batch_size: int = opt(16, "segments per worker per step (HiFi-GAN V1)")
     lr: float = opt(2e-4, "AdamW learning rate of generator and discriminator (HiFi-GAN V1)")
     adam_b1: float = opt(0.8, "AdamW beta1 (HiFi-GAN V1)")
     adam_b2: float = opt(0.99, "AdamW beta2 (HiFi-GAN V1)")
@@ -237,6 +333,8 @@ class HiFiGANTrainConfig(TrainConfig):
     lr_decay: float = opt(0.999, "learning-rate decay per epoch (a pass over the training chunks)")
     segment_frames: int = opt(32, "mel frames per training segment (x 1024 samples)")
     num_samples: int = opt(2, "fixed reference segments reconstructed at each sample interval")
+
+    PAPER_GLOBAL_BATCH: ClassVar[int] = 16  # HiFi-GAN V1's batch
 
     def check(self) -> None:
         super().check()

@@ -19,7 +19,8 @@ pass stalls the step for seconds at every boundary and its map tasks take CPU fr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from clipsynth_platform.datasets.schema import split_dir
+from clipsynth_platform.runtime.preflight import ClusterView
 from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, pyarrow_filesystem, strip_scheme
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ class DatasetError(ValueError):
 
 @dataclass
 class DatasetInfo:
-    """Facts about the train split that configure a run (all JSON-serialisable)."""
+    """Facts about the train split that configure a run (all JSON-serialisable), read once from the shards."""
 
     uri: str
     files: list[str]  # full URIs of the train shards
@@ -56,6 +58,8 @@ class DatasetInfo:
     labels: list[str] = field(default_factory=list)
     rows_with_text: int | None = None  # None: the Parquet statistics did not say
     rows_with_audio: int | None = None
+    column_bytes: dict[str, int] = field(default_factory=dict)  # uncompressed bytes of each column, all shards
+    label_rows: dict[str, list[int]] = field(default_factory=dict)  # a label -> [file index, row] of its first row
 
     @property
     def clip_model_name(self) -> str:
@@ -100,88 +104,140 @@ def _non_null_rows(meta: pq.FileMetaData, column: str) -> int | None:
     return total
 
 
-def inspect_dataset(uri: str, sample_labels: int = SAMPLE_LABELS) -> DatasetInfo:
-    """Read what a run needs to know from the train shards: sizes, CLIP identity, labels, text and audio."""
+REQUIRED_COLUMNS = ("mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "clip_model")
+SHARD_READERS = 16  # shards described at once: their footers and small columns are small reads, mostly waiting
+
+
+@dataclass
+class _ShardFacts:
+    """What one shard contributes to the dataset's description (its footer and small columns)."""
+
+    num_rows: int
+    embed_dims: set[int]
+    clip_models: set[str]
+    n_mels: set[int]
+    min_frames: int | None
+    label_rows: dict[str, int]  # each label's first row
+    labels: set[str]
+    rows_with_text: int | None
+    rows_with_audio: int | None
+    column_bytes: dict[str, int]
+
+
+def _describe_shard(uri: str, fs: Any) -> _ShardFacts:
+    pf = pq.ParquetFile(strip_scheme(uri), filesystem=fs)
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise DatasetError(
+            f"shard {uri} lacks columns {missing}; is it a CLIPSynth dataset (platform/datasets/schema.py)?"
+        )
+    meta = pf.metadata
+    column_bytes: dict[str, int] = {}
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for j in range(group.num_columns):
+            col = group.column(j)
+            name = col.path_in_schema.split(".")[0]
+            column_bytes[name] = column_bytes.get(name, 0) + col.total_uncompressed_size
+    small = pf.read(columns=["embed_dim", "clip_model", "n_mels", "mel_frames", "label"])
+    labels = small.column("label").to_pylist()
+    label_rows: dict[str, int] = {}
+    for row, label in enumerate(labels):
+        if label and label not in label_rows:
+            label_rows[label] = row
+    has_text = "text_embedding" in names
+    frames = small.column("mel_frames").to_pylist()
+    return _ShardFacts(
+        num_rows=meta.num_rows,
+        embed_dims=set(small.column("embed_dim").to_pylist()),
+        clip_models=set(small.column("clip_model").to_pylist()),
+        n_mels=set(small.column("n_mels").to_pylist()),
+        min_frames=min(frames) if frames else None,
+        label_rows=label_rows,
+        labels={v for v in labels if v},
+        rows_with_text=_non_null_rows(meta, "text_embedding") if has_text else 0,
+        rows_with_audio=_non_null_rows(meta, "audio") if "audio" in names else 0,
+        column_bytes=column_bytes,
+    )
+
+
+def _sum_or_unknown(counts: list[int | None]) -> int | None:
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
+
+
+def inspect_dataset(uri: str, readers: int = SHARD_READERS) -> DatasetInfo:
+    """Read what a run needs to know from the train shards, each opened once, `readers` at a time: sizes, CLIP
+    identity, labels (and where a text embedding of each is), rows with text and audio, each column's bytes."""
     files = list_train_files(uri)
     fs, _ = pyarrow_filesystem(uri)
-    num_rows = 0
-    embed_dims: set[int] = set()
-    clip_models: set[str] = set()
-    n_mels: set[int] = set()
-    min_frames = None
-    labels: set[str] = set()
-    rows_with_text: int | None = 0
-    rows_with_audio: int | None = 0
-    for f in files:
-        path = strip_scheme(f)
-        pf = pq.ParquetFile(path, filesystem=fs)
-        names = set(pf.schema_arrow.names)
-        missing = [
-            c for c in ("mel", "n_mels", "mel_frames", "image_embeddings", "embed_dim", "clip_model") if c not in names
-        ]
-        if missing:
-            raise DatasetError(
-                f"shard {f} lacks columns {missing}; is it a CLIPSynth dataset (platform/datasets/schema.py)?"
-            )
-        meta = pf.metadata
-        num_rows += meta.num_rows
-        small = pf.read(columns=["embed_dim", "clip_model", "n_mels", "mel_frames", "label"])
-        embed_dims.update(small.column("embed_dim").to_pylist())
-        clip_models.update(small.column("clip_model").to_pylist())
-        n_mels.update(small.column("n_mels").to_pylist())
-        if small.num_rows:
-            frames = min(small.column("mel_frames").to_pylist())
-            min_frames = frames if min_frames is None else min(min_frames, frames)
-        labels.update(v for v in small.column("label").to_pylist() if v)
-        for column, counter in (("text_embedding", "text"), ("audio", "audio")):
-            n = _non_null_rows(meta, column) if column in names else 0
-            if counter == "text":
-                rows_with_text = None if n is None or rows_with_text is None else rows_with_text + n
-            else:
-                rows_with_audio = None if n is None or rows_with_audio is None else rows_with_audio + n
+    with ThreadPoolExecutor(max_workers=max(1, min(readers, len(files)))) as pool:
+        shards = list(pool.map(lambda f: _describe_shard(f, fs), files))
+    num_rows = sum(s.num_rows for s in shards)
     if num_rows == 0:
         raise DatasetError(f"the train split of {uri} has no rows")
+    embed_dims = set().union(*(s.embed_dims for s in shards))
+    clip_models = set().union(*(s.clip_models for s in shards))
+    n_mels = set().union(*(s.n_mels for s in shards))
     if len(embed_dims) != 1:
         raise DatasetError(f"shards mix CLIP embedding widths {sorted(embed_dims)}; train on one CLIP's embeddings")
     if len(clip_models) != 1:
         raise DatasetError(f"shards mix CLIP models {sorted(clip_models)}; train on one CLIP's embeddings")
     if len(n_mels) != 1:
         raise DatasetError(f"shards mix mel band counts {sorted(n_mels)}")
+    column_bytes: dict[str, int] = {}
+    label_rows: dict[str, list[int]] = {}
+    for i, shard in enumerate(shards):
+        for name, size in shard.column_bytes.items():
+            column_bytes[name] = column_bytes.get(name, 0) + size
+        for label, row in shard.label_rows.items():
+            label_rows.setdefault(label, [i, row])
+    frames = [s.min_frames for s in shards if s.min_frames is not None]
     return DatasetInfo(
         uri=uri,
         files=files,
         num_rows=num_rows,
         embed_dim=int(embed_dims.pop()),
         clip_model=str(clip_models.pop()),
-        min_mel_frames=int(min_frames or 0),
+        min_mel_frames=int(min(frames) if frames else 0),
         n_mels=int(n_mels.pop()),
-        labels=sorted(labels),
-        rows_with_text=rows_with_text,
-        rows_with_audio=rows_with_audio,
+        labels=sorted(set().union(*(s.labels for s in shards))),
+        rows_with_text=_sum_or_unknown([s.rows_with_text for s in shards]),
+        rows_with_audio=_sum_or_unknown([s.rows_with_audio for s in shards]),
+        column_bytes=column_bytes,
+        label_rows=label_rows,
     )
 
 
 def label_text_embeddings(info: DatasetInfo, max_labels: int = SAMPLE_LABELS) -> dict[str, list[float]]:
-    """Stored CLIP text embeddings of up to `max_labels` labels (the first in sorted order that have one).
-
-    Reads only the label and text_embedding columns, batch by batch, and stops once it has them all.
-    """
-    wanted = [lab for lab in info.labels][: max(0, max_labels)]
-    out: dict[str, list[float]] = {}
-    if not wanted:
-        return out
+    """Stored CLIP text embeddings of up to `max_labels` labels (the first in sorted order that have one), each
+    from the row group that holds the label's first row (a row without one, rare, skips that label)."""
     fs, _ = pyarrow_filesystem(info.uri)
-    for f in info.files:
-        pf = pq.ParquetFile(strip_scheme(f), filesystem=fs)
+    out: dict[str, list[float]] = {}
+    for label in info.labels:
+        if len(out) >= max(0, max_labels) or label not in info.label_rows:
+            continue
+        file_index, row = info.label_rows[label]
+        pf = pq.ParquetFile(strip_scheme(info.files[file_index]), filesystem=fs)
         if "text_embedding" not in pf.schema_arrow.names:
-            return out
-        for batch in pf.iter_batches(columns=["label", "text_embedding"], batch_size=256):
-            for label, emb in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                if label in wanted and label not in out and emb is not None:
-                    out[label] = [float(x) for x in emb]
-            if len(out) == len(wanted):
-                return {k: out[k] for k in wanted}
-    return {k: out[k] for k in wanted if k in out}
+            continue
+        group, _ = _row_group_of(pf.metadata, row)
+        table = pf.read_row_group(group, columns=["label", "text_embedding"])
+        for name, emb in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
+            if name == label and emb is not None:
+                out[label] = [float(x) for x in emb]
+                break
+    return out
+
+
+def _row_group_of(meta: pq.FileMetaData, row: int) -> tuple[int, int]:
+    """(row group, row within it) of a file's row."""
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if row < rows:
+            return group, row
+        row -= rows
+    raise IndexError(f"row beyond the file's {meta.num_rows} rows")
 
 
 def first_rows(info: DatasetInfo, columns: list[str], count: int) -> list[dict]:
@@ -203,19 +259,8 @@ def diffusion_columns(variant: str) -> list[str]:
 
 
 def column_bytes(info: DatasetInfo, columns: list[str]) -> int:
-    """Uncompressed bytes of `columns` over the train shards, from the Parquet footers (no data is read)."""
-    fs, _ = pyarrow_filesystem(info.uri)
-    wanted = set(columns)
-    total = 0
-    for f in info.files:
-        meta = pq.ParquetFile(strip_scheme(f), filesystem=fs).metadata
-        for rg in range(meta.num_row_groups):
-            group = meta.row_group(rg)
-            for j in range(group.num_columns):
-                col = group.column(j)
-                if col.path_in_schema.split(".")[0] in wanted:
-                    total += col.total_uncompressed_size
-    return total
+    """Uncompressed bytes of `columns` over the train shards (from the description: no file is read)."""
+    return sum(info.column_bytes.get(c, 0) for c in set(columns))
 
 
 def should_cache(mode: str, share_bytes: float, max_mb: float) -> bool:
@@ -223,6 +268,33 @@ def should_cache(mode: str, share_bytes: float, max_mb: float) -> bool:
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"cache mode must be auto, on or off, got {mode!r}")
     return mode == "on" or (mode == "auto" and share_bytes <= max_mb * 1e6)
+
+
+CACHE_MEMORY_SHARE = 0.25  # of a worker's part of its node's memory: the model, Ray Data's stages and the
+# object store need the rest
+FALLBACK_CACHE_MB = 1024.0
+
+
+def cache_budget_mb(view: ClusterView | None, worker: Mapping[str, float], share: float = CACHE_MEMORY_SHARE) -> float:
+    """--cache-max-mb 0: the row cache a worker may hold, `share` of its part of the memory Ray reports for the
+    nodes that can hold a worker (the smallest such part, as workers may land on any of them); 1024 MB when Ray
+    reports no such node (a cluster that scales up from nothing)."""
+    parts = []
+    for node in view.nodes if view is not None else ():
+        fits = min((float(node.get(r, 0)) // need for r, need in worker.items() if need > 0), default=0.0)
+        if fits >= 1 and node.get("memory"):
+            parts.append(float(node["memory"]) / fits)
+    return share * min(parts) / 1e6 if parts else FALLBACK_CACHE_MB
+
+
+MAP_BATCHES_PER_PASS = 2000  # Ray Data tasks a streamed pass is cut into, at most (when rows allow)
+
+
+def map_batch_rows(num_rows: int, smallest: int = 8, largest: int = 256) -> int:
+    """Rows per Ray Data map batch of a streamed pass: small batches keep blocks small, so the streaming split
+    hands examples out evenly (8 rows, on small datasets); on a large one, enough rows that a pass makes at most
+    about MAP_BATCHES_PER_PASS tasks (VGG-Sound's 200,000 chunks: 100 rows, 2,000 tasks instead of 25,000)."""
+    return int(min(largest, max(smallest, math.ceil(num_rows / MAP_BATCHES_PER_PASS))))
 
 
 def repeat_factor(num_rows: int, windows_per_chunk: int, min_examples_per_pass: int) -> int:
@@ -315,12 +387,11 @@ def read_train_dataset(info: DatasetInfo, columns: list[str]) -> ray.data.Datase
 
 def diffusion_dataset(info: DatasetInfo, *, variant: str, window_frames: int, repeat: int) -> ray.data.Dataset:
     ds = read_train_dataset(info, diffusion_columns(variant))
-    # Small map batches keep blocks small, so the streaming split hands out examples evenly.
     return ds.map_batches(
         diffusion_examples,  # type: ignore[arg-type]  # keyword arguments come in fn_kwargs, which Ray's stub ignores
         fn_kwargs={"variant": variant, "window_frames": window_frames, "repeat": repeat},
         batch_format="numpy",
-        batch_size=8,
+        batch_size=map_batch_rows(info.num_rows),
         zero_copy_batch=True,
     )
 
@@ -331,7 +402,7 @@ def vocoder_dataset(info: DatasetInfo, *, segment_samples: int, repeat: int) -> 
         vocoder_examples,  # type: ignore[arg-type]  # keyword arguments come in fn_kwargs, which Ray's stub ignores
         fn_kwargs={"segment_samples": segment_samples, "repeat": repeat},
         batch_format="numpy",
-        batch_size=8,
+        batch_size=map_batch_rows(info.num_rows),
         zero_copy_batch=True,
     )
 
@@ -422,7 +493,18 @@ def cached_batches(
             parts.append(examples)
             held += count
         merged = {k: np.concatenate([p[k] for p in parts])[:batch_size] for k in parts[0]}
-        yield {k: torch.from_numpy(v).to(device if device is not None else "cpu") for k, v in merged.items()}
+        yield {k: _to_device(torch.from_numpy(v), device) for k, v in merged.items()}
+
+
+def _to_device(tensor: Any, device: Any) -> Any:
+    """A batch to the step's device: on CUDA from page-locked memory and without waiting (the copy overlaps the
+    step before it; torch's pinned-memory allocator keeps the buffer until the copy is done)."""
+    import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def training_batches(

@@ -1,10 +1,18 @@
-"""The Ray Train worker function of the diffusion model (one per data-parallel worker).
+"""The Ray Train worker function of the diffusion model (one per data-parallel worker), one training step top
+to bottom in `_train_diffusion_worker`'s loop:
 
-Per step: a batch of (64-frame mel window, CLIP condition) examples from this worker's dataset shard, then
-the core's DiffusionStep: the hybrid loss, backward through DDP (gradients averaged over workers), optional
-gradient clipping, AdamW, EMA. Training stops at --max-steps or when --train-seconds are spent.
-At intervals: metrics averaged over workers (MLflow, rank 0), EMA samples (rank 0), checkpoints (all ranks
-report; rank 0 writes the state). At the end, rank 0 registers the synthesizer bundle with the EMA weights.
+    batch   a batch of (64-frame mel window, CLIP condition) examples from this worker's dataset shard
+    lr      the learning rate for this step (constant, or cosine over the budget)
+    update  the core's DiffusionStep: timesteps, noise and condition dropout drawn on the device; per micro-batch
+            the hybrid loss and its backward (DDP all-reduces the gradients at the last one); clipping, AdamW, EMA
+    sums    the step's losses added to device sums (no host sync)
+    last?   the time budget, agreed over the ranks
+    then, at their intervals: metrics averaged over the ranks (MLflow, rank 0), EMA samples (rank 0),
+            a checkpoint (every rank reports; rank 0 writes the state)
+
+Before the loop: the model, its EMA and optimiser, resumed from Ray Train's checkpoint or (fine-tuning) started
+from a trained bundle's weights, wrapped for DDP (and compiled with --compile). After it, rank 0 registers the
+synthesizer bundle with the EMA weights. Training stops at --max-steps or when --train-seconds are spent.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_safetensors
 
 from clipsynth_core import (
     EMA,
@@ -32,27 +41,23 @@ from clipsynth_core import (
     SynthesizerConfig,
     UNetConfig,
 )
-from clipsynth_core.synthesizer import bundles_clip_weights, make_generators
-from clipsynth_core.training import DiffusionStep, resolve_bf16, scheduled_lr
+from clipsynth_core.noise import device_generator, example_keys
+from clipsynth_core.synthesizer import bundles_clip_weights
+from clipsynth_core.training import DiffusionStep, adamw, resolve_bf16, scheduled_lr
 from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.runtime.uri import fsspec_filesystem, strip_scheme
 
-from .common import (
-    TimeBudget,
-    WorkerPlace,
-    resume,
-    run_worker,
-    start_tracking,
-    stream_seed,
-)
+from .checkpoints import TrainingState, resume, save_checkpoint
 from .config import DiffusionTrainConfig
-from .data import diffusion_examples
+from .data import diffusion_examples, training_batches
+from .loop import IntervalSums, StepLoop, start_tracking
 from .registration import BundleRegistration, register_bundle
-from .state import TrainingState
-from .steps import StepParts, run_steps, worker_batches
 from .tracking import RunTracker, log_samples
 from .vocoder import load_hifigan
+from .worker import RankStreams, WorkerPlace, configure_device, prepare_model, run_worker
 
 log = get_logger("train")
+TERMS = ("loss", "mse", "vb", "grad_norm")
 
 
 class _ReferencedClip(torch.nn.Module):
@@ -112,11 +117,11 @@ def sample_mels(
     n_mels: int,
     seed: int,
 ) -> torch.Tensor:
-    """EMA-model samples [K, n_mels, frames] (DDPM over the respaced steps), example i seeded with seed + i."""
-    device = cond.device
-    gens = make_generators([seed + i for i in range(cond.shape[0])], "cpu")
+    """EMA-model samples [K, n_mels, frames] (DDPM over the respaced steps), example i seeded with seed + i (the
+    serving sampler's noise, drawn on the device)."""
+    keys = example_keys([seed + i for i in range(cond.shape[0])], cond.device)
     shape = (cond.shape[0], 1, n_mels, frames)
-    x = diffusion.sample(lambda x, t: model(x, t, cond, None), shape, generator=gens, device=device)
+    x = diffusion.sample(lambda x, t: model(x, t, cond, None), shape, seeds=keys)
     return x[:, 0].clamp(-1, 1)
 
 
@@ -160,108 +165,127 @@ def train_diffusion_worker(loop_config: dict) -> None:
 def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The diffusion loop itself (see the module docstring)."""
     import ray.train
-    import ray.train.torch
 
-    rank, world, device = place.rank, place.world, place.device
-    on_gpu = device.type == "cuda"
-    bf16 = resolve_bf16(cfg.bf16, device)
-
+    rank, device = place.rank, place.device
+    configure_device(device, cfg.tf32)
+    channels_last = device.type == "cuda" and cfg.channels_last
     unet_config = UNetConfig.from_dict(job["unet"])
     diffusion_config = DiffusionConfig(**job["diffusion"])
-    diffusion = GaussianDiffusion.from_config(diffusion_config)
+    diffusion = GaussianDiffusion.from_config(diffusion_config).to(device)  # its tables on the device, once
 
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    # The model (the same initial weights on every rank: DDP also broadcasts rank 0's), its EMA and optimiser.
+    torch.manual_seed(cfg.seed)
     model = ConditionalUNet(unet_config).to(device)
-    if on_gpu and cfg.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-
+    optimizer = adamw(model.parameters(), device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainingState(model, optimizer, ema=ema)
     start = resume(state, device, rank, log)
-    start_step, resumed = start.step, start.rank_info
-    ddp_model = ray.train.torch.prepare_model(model)
-
-    # Noise and timesteps: a stream per rank and per attempt, reproducible from the seed.
-    noise_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, rank, start_step))
-    examples = partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames)
-    batches = worker_batches(cfg, job, place, start_step, examples)
-
-    tracker: RunTracker | None = None
-    sample = None
-    if rank == 0:
-        tracker = start_tracking(cfg, job, start, world, log)
-        vocoder: torch.nn.Module
-        if cfg.vocoder:
-            generator, _ = load_hifigan(cfg.vocoder)
-            vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
-        else:
-            vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
-        tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step) if resumed else "0"})
-        sample = partial(
-            _log_ema_samples,
-            cfg=cfg,
-            names=job["sample_names"],
-            model=ema.model,
-            diffusion=diffusion.respaced(cfg.sample_steps),
-            cond=torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device),
-            n_mels=unet_config.input_height,
-            vocoder=vocoder,
-            vocoder_name=vocoder_name,
-        )
-
-    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
-
-    step_fn = DiffusionStep(
-        ddp_model,
+    if not start.resumed and job.get("init_from"):
+        _start_from_trained(model, ema, job["init_from"])
+    streams = RankStreams(cfg.seed, rank, start.step)
+    torch.manual_seed(streams.dropout)  # each rank its own dropout, now that the weights are made
+    plan = job["batch"]
+    update = DiffusionStep(
+        prepare_model(model, broadcast_buffers=False, compiled=cfg.compile),  # the U-Net has no buffers
         diffusion,
         optimizer,
         ema,
         grad_clip=cfg.grad_clip or None,
         cond_drop_prob=diffusion_config.cond_drop_prob,
-        bf16=bf16,
-        generator=noise_gen,
+        bf16=resolve_bf16(cfg.bf16, device),
+        generator=device_generator(device, streams.noise),
+        microbatch=plan["microbatch"],
     )
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_examples, variant=cfg.variant, window_frames=cfg.window_frames),
+        batch_size=plan["per_worker"],
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=streams.data,
+        device=device,
+    )
+    tracker = start_tracking(cfg, job, start, place.world, log) if rank == 0 else None
+    sample = _ema_sampler(cfg, job, ema, diffusion_config, device, tracker, start.step) if tracker else None
 
-    # Running sums stay on the device (no host sync per step); they are read at log intervals.
-    term_keys = ("loss", "mse", "vb", "grad_norm")
-    sums = torch.zeros(len(term_keys), dtype=torch.float64, device=device)
-
-    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    loop = StepLoop(cfg, job, place, start)
+    sums = IntervalSums(TERMS, device)
+    update.model.train()
+    for step in loop:
+        batch = loop.next_batch(batches)
         if cfg.lr_schedule != "constant":
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, budget.fraction(step - 1, cfg.max_steps))
+                group["lr"] = scheduled_lr(cfg.lr_schedule, cfg.lr, loop.budget.fraction(step - 1, cfg.max_steps))
         mel = batch["mel"].unsqueeze(1).float()
-        cond = batch["cond"].float()
-        if on_gpu and cfg.channels_last:
+        if channels_last:
             mel = mel.contiguous(memory_format=torch.channels_last)
-        terms = step_fn(mel, cond, step)
-        sums.add_(torch.stack([terms[k] for k in term_keys]).double())
-        return terms
+        terms = update(mel, batch["cond"].float(), step)
+        sums.add(terms)
+        loop.finish(step)
 
-    def interval_means(count: int) -> dict[str, float]:
-        means = dict(zip(term_keys, (sums / count).tolist()))
-        sums.zero_()
-        return means
-
-    def describe(m: dict[str, float]) -> str:
-        return f"loss {m['loss']:.4f} mse {m['mse']:.4f} vb {m['vb']:.4f} grad {m['grad_norm']:.3f}"
-
-    parts = StepParts(
-        update=update,
-        interval_means=interval_means,
-        describe=describe,
-        lr=lambda: optimizer.param_groups[0]["lr"],
-        checkpoint_metrics=lambda terms: {"loss": float(terms["loss"].detach())},
-        state=state,
-        kind="diffusion",
-        sample=sample,
-    )
-    ddp_model.train()
-    last_checkpoint = run_steps(cfg, job, place, start, budget, batches, parts, tracker, log)
+        if loop.due(cfg.log_every, step):
+            lr = optimizer.param_groups[0]["lr"]
+            loop.log(step, sums, tracker, lr, "loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} grad {grad_norm:.3f}", log)
+        if sample is not None and loop.due(cfg.sample_every, step):
+            sample(step)
+        if loop.due(cfg.checkpoint_every, step):
+            save_checkpoint(
+                step,
+                state,
+                rank,
+                metrics={"step": step, "loss": float(terms["loss"])},
+                fields=loop.checkpoint_fields(tracker, "diffusion"),
+                rank_info=start.rank_info,
+                tracker=tracker,
+            )
 
     if tracker is not None:
-        _finish(cfg, job, tracker, ema, unet_config, diffusion_config, last_checkpoint)
+        _finish(cfg, job, tracker, ema, unet_config, diffusion_config, loop.last_step)
+
+
+def _start_from_trained(model: torch.nn.Module, ema: EMA, init: dict) -> None:
+    """Fine-tuning's start: the trained bundle's U-Net weights (its EMA weights, which the bundle carries) in
+    both the model and its EMA, read from the copy the driver put in the run's storage."""
+    fs = fsspec_filesystem(init["weights"])
+    with fs.open(strip_scheme(init["weights"]), "rb") as f:
+        weights = load_safetensors(f.read())
+    model.load_state_dict(weights)
+    ema.load_state_dict(weights)
+    log.info(f"starting from the weights of {init['uri']} (run {init['source_run']}, step {init['source_step']})")
+
+
+def _ema_sampler(
+    cfg: DiffusionTrainConfig,
+    job: dict,
+    ema: EMA,
+    diffusion_config: DiffusionConfig,
+    device: torch.device,
+    tracker: RunTracker,
+    start_step: int,
+):
+    """Rank 0's periodic samples: the EMA model on the fixed conditions, voiced by the --vocoder's HiFi-GAN
+    (or Griffin-Lim), logged to the run at each sample interval."""
+    vocoder: torch.nn.Module
+    if cfg.vocoder:
+        generator, _ = load_hifigan(cfg.vocoder)
+        vocoder, vocoder_name = HiFiGANVocoder(generator).eval(), f"hifigan:{cfg.vocoder}"
+    else:
+        vocoder, vocoder_name = GriffinLimVocoder(), GriffinLimVocoder.name
+    tracker.set_tags({"sample_vocoder": vocoder_name, "resumed_at_step": str(start_step)})
+    return partial(
+        _log_ema_samples,
+        tracker,
+        cfg=cfg,
+        names=job["sample_names"],
+        model=ema.model,
+        diffusion=GaussianDiffusion.from_config(diffusion_config).respaced(cfg.sample_steps).to(device),
+        cond=torch.tensor(np.asarray(job["sample_conds"], dtype=np.float32), device=device),
+        n_mels=UNetConfig.from_dict(job["unet"]).input_height,
+        vocoder=vocoder,
+        vocoder_name=vocoder_name,
+    )
 
 
 def _finish(
@@ -293,6 +317,7 @@ def _finish(
         "ema_decay": cfg.ema_decay,
         "vocoder": vocoder_note,
         "experiment": cfg.experiment,
+        **({"init_from": job["init_from"]["uri"]} if job.get("init_from") else {}),
     }
     with tempfile.TemporaryDirectory(prefix="clipsynth-bundle-") as tmp:
         ema_state = {k: v.detach().cpu() for k, v in ema.state_dict().items()}

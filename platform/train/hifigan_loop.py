@@ -30,19 +30,13 @@ from clipsynth_core import (
 from clipsynth_platform.runtime.logs import get_logger
 from clipsynth_platform.tracking.registry import VOCODER_ARTIFACT
 
-from .common import (
-    TimeBudget,
-    WorkerPlace,
-    resume,
-    run_worker,
-    start_tracking,
-)
+from .checkpoints import TrainingState, resume, save_checkpoint
 from .config import HiFiGANTrainConfig
-from .data import vocoder_examples
-from .state import TrainingState
-from .steps import StepParts, run_steps, worker_batches
+from .data import training_batches, vocoder_examples
+from .loop import IntervalSums, StepLoop, start_tracking
 from .tracking import RunTracker, log_samples
 from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
+from .worker import RankStreams, WorkerPlace, configure_device, prepare_model, run_worker
 
 log = get_logger("hifigan")
 LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
@@ -60,9 +54,9 @@ def train_hifigan_worker(loop_config: dict) -> None:
 def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace) -> None:
     """The HiFi-GAN loop itself (see the module docstring)."""
     import ray.train
-    import ray.train.torch
 
     rank, world, device = place.rank, place.world, place.device
+    configure_device(device, cfg.tf32)
     hcfg = HiFiGANConfig.from_dict(job["hifigan"])
 
     torch.manual_seed(cfg.seed)
@@ -81,66 +75,67 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     if start.state:
         sched_g.load_state_dict(start.state["scheduler_g"])
         sched_d.load_state_dict(start.state["scheduler_d"])
-    start_step = start.step
+    streams = RankStreams(cfg.seed, rank, start.step)
 
-    g_ddp = ray.train.torch.prepare_model(generator)
-    d_ddp = ray.train.torch.prepare_model(discriminator)
+    # spectral and weight norm keep buffers that change in training: DDP broadcasts them
+    g_ddp = prepare_model(generator, broadcast_buffers=True)
+    d_ddp = prepare_model(discriminator, broadcast_buffers=True)
     mel_frontend = MelFrontend(MelConfig()).to(device)
     step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
-    segments = partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length)
-    batches = worker_batches(cfg, job, place, start_step, segments)
+    batches = training_batches(
+        ray.train.get_dataset_shard("train"),
+        cached=job["cache_in_worker"],
+        make_examples=partial(_segments, segment_samples=cfg.segment_frames * hcfg.hop_length),
+        batch_size=job["batch"]["per_worker"],
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=streams.data,
+        device=device,
+    )
     steps_per_epoch = max(1, int(job["steps_per_epoch"]))
 
-    tracker = None
-    if rank == 0:
-        tracker = start_tracking(cfg, job, start, world, log)
+    tracker = start_tracking(cfg, job, start, world, log) if rank == 0 else None
     reference = torch.tensor(np.asarray(job["sample_audio"], dtype=np.float32))
-    budget = TimeBudget(cfg.train_seconds, start.train_seconds)
 
     def vocoder_file(step: int, d: Path) -> None:
         # A checkpoint is also a vocoder directory (vocoder.py): --vocoder accepts it as it is.
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
-    sums = dict.fromkeys(LOSS_KEYS, 0.0)
-
-    def update(step: int, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        wave = batch["audio"].float()
+    loop = StepLoop(cfg, job, place, start)
+    sums = IntervalSums(LOSS_KEYS, device)
+    g_ddp.train()
+    d_ddp.train()
+    for step in loop:
+        wave = loop.next_batch(batches)["audio"].float()
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
         losses = step_fn(mel, wave)
-        for k in LOSS_KEYS:
-            sums[k] += losses[k]
+        sums.add(losses)
         if step % steps_per_epoch == 0:
             sched_g.step()
             sched_d.step()
-        return losses
+        loop.finish(step)
 
-    def interval_means(count: int) -> dict[str, float]:
-        means = {k: v / count for k, v in sums.items()}
-        sums.update(dict.fromkeys(LOSS_KEYS, 0.0))
-        return means
-
-    def describe(m: dict[str, float]) -> str:
-        return f"mel-L1 {m['loss_mel']:.4f} G {m['loss_g']:.3f} D {m['loss_d']:.3f}"
-
-    def sample(tracker: RunTracker, step: int) -> None:
-        _log_reconstructions(tracker, step, generator, step_fn, reference, device)
-
-    parts = StepParts(
-        update=update,
-        interval_means=interval_means,
-        describe=describe,
-        lr=lambda: opt_g.param_groups[0]["lr"],
-        checkpoint_metrics=lambda losses: {"loss_mel": losses["loss_mel"]},
-        state=state,
-        kind="hifigan",
-        extra_state=lambda: {"scheduler_g": sched_g.state_dict(), "scheduler_d": sched_d.state_dict()},
-        checkpoint_files=vocoder_file,
-        sample=sample if len(reference) else None,
-    )
-    g_ddp.train()
-    d_ddp.train()
-    final_step = run_steps(cfg, job, place, start, budget, batches, parts, tracker, log)
+        if loop.due(cfg.log_every, step):
+            lr = opt_g.param_groups[0]["lr"]
+            loop.log(step, sums, tracker, lr, "mel-L1 {loss_mel:.4f} G {loss_g:.3f} D {loss_d:.3f}", log)
+        if tracker is not None and len(reference) and loop.due(cfg.sample_every, step):
+            _log_reconstructions(tracker, step, generator, step_fn, reference, device)
+        if loop.due(cfg.checkpoint_every, step):
+            save_checkpoint(
+                step,
+                state,
+                rank,
+                metrics={"step": step, "loss_mel": float(losses["loss_mel"])},
+                fields={
+                    **loop.checkpoint_fields(tracker, "hifigan"),
+                    "scheduler_g": sched_g.state_dict(),
+                    "scheduler_d": sched_d.state_dict(),
+                },
+                rank_info=start.rank_info,
+                files=partial(vocoder_file, step),
+                tracker=tracker,
+            )
+    final_step = loop.last_step
 
     if tracker is not None:
         done = tracker.record.get("vocoder_step")

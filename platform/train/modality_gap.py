@@ -83,4 +83,4 @@ def fit_gap_job(config: GapFitJobConfig) -> dict:
     )
     reducer = fit_gap_reducer(fit, encoder)
     reducer.save(config.bundle)
-    return {"bundle": config.bundle, **reducer.describe()}
+    return {"bundle": config.bundle, **reducer.describe(), "labels": list(reducer.info.get("labels", []))}

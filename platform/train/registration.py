@@ -90,14 +90,7 @@ def register_bundle(
                     "model_alias": done.alias_uri or "",
                 }
             )
-            tracker.update_record(
-                bundle_step=what.step,
-                model_uri=done.model_uri,
-                registered_model=what.register_as or None,
-                registered_version=done.version,
-                registered_alias=done.alias_uri,
-                pending_registration=None,
-            )
+            tracker.update_record(**_registered(what, done))
             return done
         except Exception as exc:  # MLflow away or failing: retried, then kept for later
             error = exc
@@ -127,6 +120,18 @@ def _log_and_register(run_id: str, bundle_dir: Path, what: BundleRegistration, d
         done.version = int(mlflow.register_model(done.model_uri, what.register_as).version)
     if done.version is not None and what.alias and done.alias_uri is None:
         done.alias_uri = set_alias(f"models:/{what.register_as}/{done.version}", what.alias)
+
+
+def _registered(what: BundleRegistration, done: RegistrationResult) -> dict:
+    """The run record's fields once the bundle is registered."""
+    return {
+        "bundle_step": what.step,
+        "model_uri": done.model_uri,
+        "registered_model": what.register_as or None,
+        "registered_version": done.version,
+        "registered_alias": done.alias_uri,
+        "pending_registration": None,
+    }
 
 
 def _copy_dir(local: Path, uri: str) -> None:
@@ -203,13 +208,6 @@ def complete_run(config: RunCompletionConfig) -> RunCompletion:
         for key, value in {**tags, "model_alias": registration.alias_uri or ""}.items():
             client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status="FINISHED")
-        record.update(
-            bundle_step=what.step,
-            model_uri=registration.model_uri,
-            registered_model=what.register_as or None,
-            registered_version=registration.version,
-            registered_alias=registration.alias_uri,
-            pending_registration=None,
-        )
+        record.update(_registered(what, registration))
         write_run_record(join(run_dir, RUN_RECORD), record)
     return RunCompletion(run_id, outbox.stats.sent_ops, unsent, registration)

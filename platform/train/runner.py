@@ -19,23 +19,27 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, hifigan_config, unet_config
+from clipsynth_core import ClipConfig, DiffusionConfig, MelConfig, UNetConfig, hifigan_config, unet_config
+from clipsynth_core.synthesizer import read_bundle_config
 from clipsynth_platform.runtime.logs import get_logger
 from clipsynth_platform.runtime.preflight import ClusterView, Preflight, check_request, require_shared_locations
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
-from clipsynth_platform.runtime.uri import is_s3, pyarrow_filesystem, strip_scheme
+from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, join, pyarrow_filesystem, strip_scheme
+from clipsynth_platform.tracking.registry import resolve_bundle
 
 from .config import DiffusionTrainConfig, HiFiGANTrainConfig, TrainConfig
 from .data import (
     VOCODER_COLUMNS,
     DatasetError,
     DatasetInfo,
+    cache_budget_mb,
     column_bytes,
     diffusion_columns,
     diffusion_dataset,
     first_rows,
     inspect_dataset,
     label_text_embeddings,
+    map_batch_rows,
     read_train_dataset,
     repeat_factor,
     should_cache,
@@ -75,8 +79,7 @@ def check_cluster_resources(cfg: TrainConfig, view: ClusterView | None = None) -
     """Refuse a layout that no node the cluster has or can start would hold, or that leaves the data pipeline
     no CPU (the known TorchTrainer + Ray Data hang); warn when it fits only once the autoscaler adds nodes."""
     view = view or ClusterView.from_ray()
-    bundle = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
-    result = check_request(view, bundle, cfg.num_workers, spare_cpus=1.0, what="training")
+    result = check_request(view, worker_bundle(cfg), cfg.num_workers, spare_cpus=1.0, what="training")
     if result.refused:
         raise RuntimeError(
             f"{result.messages[0]}. Each Train worker reserves its CPUs, so Ray Data would get none and the run "
@@ -110,18 +113,26 @@ def resolve_storage(storage_path: str) -> str:
     return str(Path(strip_scheme(os.path.expanduser(storage_path))))
 
 
+PrepareJob = Callable[[ClusterView], tuple[dict, DatasetInfo]]
+
+
 def launch(
-    cfg: TrainConfig, job: dict, make_dataset: Callable[[], ray.data.Dataset], worker: Callable[[dict], None]
+    cfg: TrainConfig,
+    prepare: PrepareJob,
+    make_dataset: Callable[[dict, DatasetInfo], ray.data.Dataset],
+    worker: Callable[[dict], None],
 ) -> TrainingSummary:
-    """What every training job does once its job dict is prepared: Ray, the dataset, the plan, the trainer."""
+    """What every training job does: Ray, the cluster checks, the job prepared for this cluster (the data's
+    description, the row cache sized from the workers' memory), the dataset, the plan, the trainer."""
     connect_training_ray(cfg)
     view = ClusterView.from_ray()
     check_cluster_resources(cfg, view)
+    job, info = prepare(view)
     require_shared_locations(
         view, data=cfg.data, storage_path=job["storage_path"], tracking_uri=job["tracking_uri"], vocoder=_vocoder(cfg)
     )
     configure_data_context()
-    dataset = make_dataset()  # after connect_training_ray: a Dataset built first would start Ray with default resources
+    dataset = make_dataset(job, info)  # after connect_training_ray: a Dataset built first would start Ray with defaults
     print_plan(cfg, job)
     return run_trainer(cfg, worker, job, dataset)
 
@@ -189,18 +200,27 @@ def _warn_about_job_local_tracking(cfg: TrainConfig) -> None:
         )
 
 
-def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str, columns: list[str]) -> dict:
+def worker_bundle(cfg: TrainConfig) -> dict[str, float]:
+    """The resources each Train worker reserves."""
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {})}
+
+
+def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str, columns: list[str], view: ClusterView | None) -> dict:
     _warn_about_job_local_tracking(cfg)
     storage = resolve_storage(cfg.storage_path)
     run_name = cfg.run_name_or_default()
-    share_bytes = column_bytes(info, columns) / max(cfg.num_workers, 1)
+    plan = cfg.batch_plan()
+    share_bytes = column_bytes(info, columns) / plan.workers
+    cache_mb = cfg.cache_max_mb or cache_budget_mb(view, worker_bundle(cfg))
     return {
-        "cache_in_worker": should_cache(cfg.cache_in_worker, share_bytes, cfg.cache_max_mb),
+        "cache_in_worker": should_cache(cfg.cache_in_worker, share_bytes, cache_mb),
         "kind": kind,
         "storage_path": storage,
         "run_name": run_name,
         "record_uri": run_record_uri(storage, run_name),
         "tracking_uri": resolve_tracking_uri(cfg.tracking_uri),
+        "batch": {"global": plan.global_size, "per_worker": plan.per_worker, "microbatch": plan.microbatch},
+        "global_batch_size": plan.global_size,
         "dataset": {
             "uri": info.uri,
             "train_rows": info.num_rows,
@@ -209,6 +229,8 @@ def _common_job(cfg: TrainConfig, info: DatasetInfo, kind: str, columns: list[st
             "clip_model": info.clip_model,
             "labels": len(info.labels),
             "share_mb_per_worker": round(share_bytes / 1e6, 1),
+            "cache_max_mb": round(cache_mb, 1),
+            "map_batch_rows": map_batch_rows(info.num_rows),
         },
     }
 
@@ -248,7 +270,7 @@ def sample_conditions(cfg: DiffusionTrainConfig, info: DatasetInfo) -> tuple[lis
     return names, conds, "frame embeddings of fixed chunks"
 
 
-def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
+def prepare_diffusion(cfg: DiffusionTrainConfig, view: ClusterView | None = None) -> tuple[dict, DatasetInfo]:
     """Everything the workers need, resolved on the driver (raises DatasetError for unusable data)."""
     info = inspect_dataset(cfg.data)
     if info.n_mels != MelConfig().n_mels:
@@ -262,12 +284,19 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
             f"--variant {cfg.variant} needs label text embeddings, but no training row has one (unlabeled data): "
             "use --variant image"
         )
-    unet = unet_config(cfg.model_size, cond_dim=info.embed_dim, cond_in_embedding=cfg.cond_in_embedding)
-    diffusion = DiffusionConfig(num_steps=cfg.diffusion_steps, cond_drop_prob=cfg.cond_drop_prob)
+    job = _common_job(cfg, info, "diffusion", diffusion_columns(cfg.variant), view)
+    start = starting_weights(cfg, info, job) if cfg.init_from else None
+    if start is not None:
+        unet, trained = start
+        diffusion = DiffusionConfig(**{**trained.to_dict(), "cond_drop_prob": cfg.cond_drop_prob})
+    else:
+        unet = unet_config(cfg.model_size, cond_dim=info.embed_dim, cond_in_embedding=cfg.cond_in_embedding)
+        diffusion = DiffusionConfig(num_steps=cfg.diffusion_steps, cond_drop_prob=cfg.cond_drop_prob)
+    if cfg.sample_steps > diffusion.num_steps:
+        raise ValueError(f"--sample-steps {cfg.sample_steps} exceeds the model's {diffusion.num_steps} diffusion steps")
     clip = ClipConfig(model_name=info.clip_model_name, pretrained=info.clip_pretrained, template=cfg.clip_template)
     names, conds, sample_kind = sample_conditions(cfg, info)
     repeat = repeat_factor(info.num_rows, cfg.windows_per_chunk, cfg.min_examples_per_pass)
-    job = _common_job(cfg, info, "diffusion", diffusion_columns(cfg.variant))
     job.update(
         {
             "unet": unet.to_dict(),
@@ -282,6 +311,7 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
     job["params"] = flatten_params(
         {
             **cfg.to_dict(),
+            "batch": cfg.batch_plan().to_dict(),
             "unet": unet.to_dict(),
             "diffusion": diffusion.to_dict(),
             "optim": {"betas": [0.9, 0.999]},
@@ -293,31 +323,78 @@ def prepare_diffusion(cfg: DiffusionTrainConfig) -> tuple[dict, DatasetInfo]:
                 "cache_in_worker": job["cache_in_worker"],
             },
             "samples": {"kind": sample_kind, "names": names},
+            **({"init": job["init_from"]} if start is not None else {}),
         }
     )
-    job["tags"] = _tags(cfg, info, "diffusion", {"variant": cfg.variant, "model_size": cfg.model_size})
+    lineage = {"init_from": cfg.init_from, "init_from_run": str(job["init_from"]["source_run"])} if start else {}
+    job["tags"] = _tags(cfg, info, "diffusion", {"variant": cfg.variant, "model_size": cfg.model_size, **lineage})
     return job, info
+
+
+INIT_WEIGHTS = "init_from.safetensors"
+
+
+def starting_weights(cfg: DiffusionTrainConfig, info: DatasetInfo, job: dict) -> tuple[UNetConfig, DiffusionConfig]:
+    """--init-from: the trained bundle's U-Net and diffusion process, once its variant and CLIP are checked
+    against this run's, and its weights copied into the run's storage (job["init_from"]["weights"]), where every
+    worker (on any node, and after a restart) reads the same file."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clipsynth-init-") as tmp:
+        try:
+            bundle = resolve_bundle(cfg.init_from, tmp)
+        except (FileNotFoundError, OSError, ValueError) as exc:
+            raise DatasetError(f"--init-from {cfg.init_from}: {exc}") from exc
+        trained = read_bundle_config(bundle)
+        variant = trained.metadata.get("variant")
+        if variant != cfg.variant:
+            raise DatasetError(
+                f"--init-from {cfg.init_from} was trained with --variant {variant or '(unrecorded)'}, this run is "
+                f"--variant {cfg.variant}: its condition meant another thing; fine-tune with --variant {variant}"
+                if variant
+                else f"--init-from {cfg.init_from} does not record its variant (metadata.variant): it was not "
+                "written by the training job, so whether its conditions mean this run's cannot be checked"
+            )
+        if trained.clip.identity != info.clip_model:
+            raise DatasetError(
+                f"--init-from {cfg.init_from} was trained on CLIP {trained.clip.identity} embeddings, the shards at "
+                f"{cfg.data} hold {info.clip_model}'s: the conditions would mean nothing to it (re-embed the data "
+                "with the model's CLIP, or train from scratch)"
+            )
+        weights = join(job["storage_path"], job["run_name"], INIT_WEIGHTS)
+        fs = fsspec_filesystem(weights)
+        if not is_s3(weights):
+            os.makedirs(os.path.dirname(strip_scheme(weights)), exist_ok=True)
+        with open(bundle / "unet.safetensors", "rb") as src, fs.open(strip_scheme(weights), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    job["init_from"] = {
+        "uri": cfg.init_from,
+        "weights": weights,
+        "source_run": trained.metadata.get("mlflow_run_id"),
+        "source_step": trained.metadata.get("step"),
+    }
+    return trained.unet, trained.diffusion
 
 
 def run_diffusion_training(cfg: DiffusionTrainConfig) -> TrainingSummary:
     from .diffusion_loop import train_diffusion_worker
 
     cfg.check()
-    job, info = prepare_diffusion(cfg)
 
-    def make_dataset() -> ray.data.Dataset:
+    def make_dataset(job: dict, info: DatasetInfo) -> ray.data.Dataset:
         if job["cache_in_worker"]:  # rows: the workers cut the examples from their cached share
             return read_train_dataset(info, diffusion_columns(cfg.variant))
         return diffusion_dataset(info, variant=cfg.variant, window_frames=cfg.window_frames, repeat=job["repeat"])
 
-    return launch(cfg, job, make_dataset, train_diffusion_worker)
+    return launch(cfg, lambda view: prepare_diffusion(cfg, view), make_dataset, train_diffusion_worker)
 
 
 # -------------------------------------------------------------------------------------------- HiFi-GAN
 REFERENCE_FRAMES = 64  # reference segments for reconstructions: 4.16 s
 
 
-def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
+def prepare_hifigan(cfg: HiFiGANTrainConfig, view: ClusterView | None = None) -> tuple[dict, DatasetInfo]:
     info = inspect_dataset(cfg.data)
     if info.rows_with_audio == 0:
         raise DatasetError(
@@ -335,8 +412,8 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
     for i, r in enumerate(rows[: len(reference)]):
         pcm = np.asarray(r["audio"][:ref_len], dtype=np.int16)
         reference[i, : len(pcm)] = pcm.astype(np.float32) / 32768.0
-    job = _common_job(cfg, info, "hifigan", VOCODER_COLUMNS)
-    steps_per_epoch = max(1, info.num_rows // (cfg.batch_size * max(cfg.num_workers, 1)))
+    job = _common_job(cfg, info, "hifigan", VOCODER_COLUMNS, view)
+    steps_per_epoch = max(1, info.num_rows // job["global_batch_size"])
     job.update(
         {
             "hifigan": hifigan.to_dict(),
@@ -348,6 +425,7 @@ def prepare_hifigan(cfg: HiFiGANTrainConfig) -> tuple[dict, DatasetInfo]:
     job["params"] = flatten_params(
         {
             **cfg.to_dict(),
+            "batch": cfg.batch_plan().to_dict(),
             "hifigan": hifigan.to_dict(),
             "mel": asdict(MelConfig()),
             "segment_samples": cfg.segment_frames * hifigan.hop_length,
@@ -368,19 +446,19 @@ def run_hifigan_training(cfg: HiFiGANTrainConfig) -> TrainingSummary:
     from .hifigan_loop import train_hifigan_worker
 
     cfg.check()
-    job, info = prepare_hifigan(cfg)
     segment = cfg.segment_frames * MelConfig().hop_length
 
-    def make_dataset() -> ray.data.Dataset:
+    def make_dataset(job: dict, info: DatasetInfo) -> ray.data.Dataset:
         if job["cache_in_worker"]:
             return read_train_dataset(info, VOCODER_COLUMNS)
         return vocoder_dataset(info, segment_samples=segment, repeat=job["repeat"])
 
-    return launch(cfg, job, make_dataset, train_hifigan_worker)
+    return launch(cfg, lambda view: prepare_hifigan(cfg, view), make_dataset, train_hifigan_worker)
 
 
 def print_plan(cfg: TrainConfig, job: dict) -> None:
     """The resolved configuration, printed at start (the same values go to MLflow as params)."""
     shown = {k: v for k, v in job.items() if k not in ("params", "sample_conds", "sample_audio", "tags")}
-    get_logger(job["kind"]).info(f"config:\n{cfg.to_json()}")
-    get_logger(job["kind"]).info(f"resolved:\n{json.dumps(shown, indent=2, default=str)}")
+    # the whole config and what it resolved to, in the log file (and the run's MLflow params)
+    get_logger(job["kind"]).debug(f"config:\n{cfg.to_json()}")
+    get_logger(job["kind"]).debug(f"resolved:\n{json.dumps(shown, indent=2, default=str)}")

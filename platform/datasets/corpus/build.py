@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from clipsynth_platform.runtime import logs
+from clipsynth_platform.runtime.console import progress_bar
 from clipsynth_platform.runtime.logs import LogFn
 
 from .audio import _tool_version, find_tools, render_audio, write_wav
@@ -258,16 +259,18 @@ def build_corpus(
         + (f" with {min(workers, len(todo))} workers" if todo else "")
     )
     if todo:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        detail = logs.get_logger("corpus").debug  # one line per video, in the log file
+        with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(len(todo), "corpus", "videos", say) as bar:
             futures = {pool.submit(build_video, root, e, m, config, tools): e for e, m in todo}
             for done, future in enumerate(as_completed(futures), start=1):
                 entry = futures[future]
                 entry.sha256 = future.result()
                 manifest.built.append(entry.id)
-                say(
+                detail(
                     f"[{done}/{len(todo)}] {entry.video}: {entry.seconds:.1f} s, {entry.tempo_bpm} bpm, "
                     f"notes {entry.lowest_note}-{entry.highest_note}"
                 )
+                bar.update(1)
     manifest.built.sort()
     write_label_index(root, manifest)
     write_split_index(root, manifest)

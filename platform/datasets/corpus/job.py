@@ -7,7 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from clipsynth_platform.runtime.logs import configure_logging, progress
+from clipsynth_platform.runtime.console import open_console
+from clipsynth_platform.runtime.logs import progress
 from clipsynth_platform.runtime.options import build_parser, config_from_namespace
 
 from .build import build_corpus
@@ -23,7 +24,7 @@ def parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, description: str | None = None) -> int:
-    configure_logging()
+    open_console("corpus")
     p = parser(description)
     args = p.parse_args(argv)
     if args.list_classes:

@@ -9,16 +9,19 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from clipsynth_platform.runtime.logs import LogFn
+from clipsynth_platform.runtime.console import progress_bar
+from clipsynth_platform.runtime.logs import LogFn, get_logger
 
 from .config import DemoConfig
 
 
-def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> list[dict]:
-    """Start the Serve app on the running Ray, ask it for each query, save the wav files."""
+def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> tuple[list[dict], dict]:
+    """Start the Serve app on the running Ray, ask it for each query, save the wav files. Returns what was
+    written and the service's /healthz (its model card)."""
     from ray import serve
     from ray._common.utils import import_attr
 
+    detail = get_logger("demo").debug  # one line per request, in the log file
     samples = config.root / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     builder = import_attr(config.serve_import_path)
@@ -31,7 +34,12 @@ def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> list
         try:
             with urllib.request.urlopen(f"{base}/healthz", timeout=10) as r:
                 if r.status == 200:
-                    log(f"serve: ready at {base} ({r.read().decode()[:200]})")
+                    health = json.loads(r.read())
+                    card = health.get("card", {})
+                    log(
+                        f"serve: ready at {base}: {health.get('model_uri')}, trained on "
+                        f"{len(card.get('classes', []))} classes, gap reduction {health['defaults']['gap_reduction']}"
+                    )
                     break
         except OSError:
             pass
@@ -48,7 +56,8 @@ def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> list
         path = samples / f"{query.replace(' ', '_')}_{k}.wav"
         path.write_bytes(wav)
         seconds = time.perf_counter() - t0
-        log(f"serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {seconds:.1f} s)")
+        detail(f"serve: 'a photo of {query}' (seed {seed}) -> {path} ({len(wav)} bytes, {seconds:.1f} s)")
+        bar.update(1)
         return {"query": f"a photo of {query}", "label": label, "seed": seed, "file": str(path), "seconds": seconds}
 
     asks = [
@@ -58,9 +67,13 @@ def synthesize_over_http(config: DemoConfig, model_uri: str, log: LogFn) -> list
     ]
     # As clients would: several requests in flight, so the service's dynamic batching runs them together (a
     # request's audio depends only on its query and seed, not on its batch mates; tests/test_serve_units.py).
-    with ThreadPoolExecutor(max_workers=config.serve_concurrency, thread_name_prefix="client") as clients:
+    with (
+        progress_bar(len(asks), "serve", "requests", log) as bar,
+        ThreadPoolExecutor(max_workers=config.serve_concurrency, thread_name_prefix="client") as clients,
+    ):
         written = list(clients.map(lambda a: ask(*a), asks))
-    return written
+    log(f"serve: {len(written)} wav files in {samples}")
+    return written, health
 
 
 def judge_served_audio(config: DemoConfig, written: list[dict], log: LogFn):

@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from clipsynth_platform.presets import DEMO
-from clipsynth_platform.runtime.logs import LogFn, configure_logging, progress
+from clipsynth_platform.runtime.console import open_console
+from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 
 from . import stage_configs
 from .budget import diffusion_train_seconds
 from .clip import frames_zero_shot, resolve_clip
 from .config import DemoConfig
+from .gap import register_with_gap
 from .listening import compare_served_vocoders, judge_served_audio, synthesize_over_http
 from .report import banner, closing_lines
 from .stages import Stages, use_local_tracking
 from .tracking import log_ingest_run, tag_clip
 
 # The Serve app (`serve:app_builder`) lives at the repository root, like `serve run serve:app` expects.
-PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+PROJECT_ROOT = str(Path(__file__).resolve().parents[3])
 
 
 def _serve_app_importable() -> None:
@@ -76,7 +78,7 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     tracking = use_local_tracking(root)
-    say("config " + json.dumps(asdict(config), default=str))
+    get_logger("demo").debug("config " + json.dumps(asdict(config), default=str))
     stages = Stages(root, say)
 
     # 1. corpus, while CLIP is found or trained: rendering waits on FluidSynth and ffmpeg processes and leaves
@@ -129,7 +131,11 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
     )
     run_cfg = replace(diff_cfg, train_seconds=seconds)
     diff = stages.run("train_diffusion", asdict(diff_cfg), lambda: run_diffusion_training(run_cfg).to_dict())
-    model_uri = _model_uri(config, diff)
+    trained_uri = _model_uri(config, diff)
+    gap = stages.run(
+        "gap_statistics", {"model": trained_uri}, lambda: register_with_gap(config, trained_uri, shards, say)
+    )
+    model_uri = gap["model_uri"]  # served, evaluated and reported: the trained weights plus the gap statistics
 
     # 5. evaluation: text and image queries, and the retriever
     _warn_missing_backbones(say)
@@ -155,7 +161,7 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
     tag_clip(config.experiment, clip)
 
     # 6. the service, asked for every class's text query; what it returns is judged as audio
-    written = synthesize_over_http(config, model_uri, say)
+    written, health = synthesize_over_http(config, model_uri, say)
     listened = judge_served_audio(config, written, say)
     vocoders = stages.run(
         "compare_vocoders",
@@ -179,6 +185,7 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
         "clip_zero_shot": ingest_summary.get("clip_zero_shot"),
         "serving_vocoder": config.serving_vocoder,
         "samples": written,
+        "service": {"card": health.get("card", {}), "defaults": health.get("defaults", {})},
         "served_audio": listened.to_dict(),
         "vocoders": vocoders,
         "metrics": metrics,
@@ -199,7 +206,7 @@ def run_demo(config: DemoConfig, log: LogFn | None = None) -> dict:
 
 
 def main(config: DemoConfig) -> int:
-    configure_logging()
+    open_console("demo", config.root / "logs")
     try:
         run_demo(config)
     except KeyboardInterrupt:

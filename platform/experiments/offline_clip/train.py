@@ -23,6 +23,7 @@ from clipsynth_core import ClipConfig, ClipQueryEncoder
 from clipsynth_core.clip_encoder import build_local_clip
 from clipsynth_platform.datasets.captions import captions
 from clipsynth_platform.datasets.corpus.config import INSTRUMENTS
+from clipsynth_platform.runtime.console import progress_bar
 from clipsynth_platform.runtime.logs import LogFn, progress
 
 from .pictures import draw_pictures
@@ -130,22 +131,24 @@ def train_offline_clip(
     groups, n = config.groups_per_step, len(classes)
     rows = torch.arange(n).repeat(groups)  # group g holds every class once, at rows g*n .. (g+1)*n - 1
     loss = torch.zeros(())
-    for step in range(1, config.steps + 1):
-        x = pool[rows, torch.from_numpy(rng.integers(0, config.pictures_per_class, len(rows)))]
-        if config.max_shift:
-            dy, dx = (int(v) for v in rng.integers(-config.max_shift, config.max_shift + 1, 2))
-            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        text = tokens[rows, torch.from_numpy(rng.integers(0, tokens.shape[1], len(rows)))]
-        image_features, text_features, logit_scale = model(x, text)
-        loss = grouped_clip_loss(loss_fn, image_features, text_features, logit_scale, groups=groups)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():  # CLIP's clamp: the temperature stays above 1/100
-            model.logit_scale.clamp_(0, math.log(100))
-        if step % 250 == 0 or step == config.steps:
-            log(f"step {step}/{config.steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+    with progress_bar(config.steps, "offline-clip", "steps", log) as bar:
+        for step in range(1, config.steps + 1):
+            x = pool[rows, torch.from_numpy(rng.integers(0, config.pictures_per_class, len(rows)))]
+            if config.max_shift:
+                dy, dx = (int(v) for v in rng.integers(-config.max_shift, config.max_shift + 1, 2))
+                x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            text = tokens[rows, torch.from_numpy(rng.integers(0, tokens.shape[1], len(rows)))]
+            image_features, text_features, logit_scale = model(x, text)
+            loss = grouped_clip_loss(loss_fn, image_features, text_features, logit_scale, groups=groups)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():  # CLIP's clamp: the temperature stays above 1/100
+                model.logit_scale.clamp_(0, math.log(100))
+            if step % 250 == 0 or step == config.steps:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update(1)
     model.eval().requires_grad_(False)
 
     heldout, heldout_targets = draw_pictures(classes, config.heldout_per_class, config.seed + 1)
