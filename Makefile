@@ -47,9 +47,9 @@ table1: bootstrap
 	test -d demo_output/shards || $(PY) jobs/demo.py
 	$(PY) jobs/table1.py --data demo_output/shards --mel-classifier demo_output/mel_classifier --out table1_output
 
-# The faults of issue 28, injected: S3 that throttles, resets and stalls (ingestion, training), an MLflow server
-# killed mid-run and at the end, checkpoints cut short or missing a file. Each test's account (injected, what the
-# platform did, what was lost) goes to benchmarks/results/faults_cpu.json.
+# The faults of issue 28, injected: S3 that throttles, resets and stalls (ingestion, fetching, training), an
+# MLflow server killed mid-run and at the end, checkpoints cut short or missing a file. Each test's account
+# (injected, what the platform did, what was lost) goes to benchmarks/results/faults_cpu.json.
 faults: bootstrap
 	rm -f benchmarks/results/faults_cpu.json
 	CLIPSYNTH_FAULT_RECORD=benchmarks/results/faults_cpu.json $(PY) -m pytest -q tests/test_s3_faults.py \

@@ -6,6 +6,8 @@ must carry every stage through with nothing lost or half-committed:
 
 - ingestion: every input accounted for, every committed shard listed by a manifest and every manifest's
   shard present, no row twice, nothing left in staging;
+- fetching (`run_fetch`, yt-dlp actors from a loopback site into S3): every clip written once and whole, the
+  ledger and summary in S3, and a re-run that reads the ledger back through the faults and downloads nothing;
 - training (`jobs/train_music.py`, one Ray Train worker): shards streamed from S3 by Ray Data, checkpoints
   saved to S3 by Ray Train, and a second run of the same command that resumes from S3, skipping a checkpoint
   whose model file was cut short (item 3) for the whole one before it.
@@ -26,10 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fault_record import record_fault
+from loopback_videos import LoopbackServer, tone_seconds, tone_video
 from media import H264, run_ffmpeg, time_coded_input, tone_input
 from s3_faults import FaultPlan, S3FaultProxy, s3_env, start_moto
 
+from clipsynth_platform.datasets.manifest import MANIFEST_FILE
 from clipsynth_platform.datasets.schema import validate_table
+from clipsynth_platform.fetch import LEDGER_FILE, SUMMARY_FILE, FetchConfig, Ledger, run_fetch
 from clipsynth_platform.ingest import IngestConfig, run_ingest
 from clipsynth_platform.ingest.store import MANIFEST_DIR, STAGING_DIR
 from clipsynth_platform.runtime.s3_requests import s3_request_counts
@@ -134,6 +139,59 @@ def test_ingestion_under_faults_accounts_for_every_input_and_commits_whole_shard
         },
         lost={"rows_missing": 0, "rows_duplicated": 0, "uncommitted_shards": 0, "staging_left": False},
         command="pytest -q tests/test_s3_faults.py -k ingestion",
+    )
+
+
+def test_fetching_under_faults_writes_every_clip_once_and_whole(object_store, ray_cluster, tmp_path):
+    site_root = tmp_path / "site"
+    site_root.mkdir()
+    tone_video(site_root / "v1.mp4", seconds=25)
+    tone_video(site_root / "v2.mp4", seconds=15, gray=60)
+    fs = fsspec_filesystem("s3://fetchfaults")
+    fs.mkdir("fetchfaults")
+    fs.pipe_file("fetchfaults/vggsound.csv", b"v1,0,dog,train\nv1,10,dog,train\nv2,0,cat,test\ngone,0,owl,train\n")
+    with LoopbackServer(site_root) as site:
+        config = FetchConfig(
+            manifest="s3://fetchfaults/vggsound.csv",
+            output="s3://fetchfaults/clips",
+            url_template=site.url("{id}.mp4"),
+            concurrency=2,
+            retries=0,
+            extractors=("generic",),
+        )
+        object_store.set_plan(FAULTS)
+        start, before = object_store.counts.to_dict(), s3_request_counts()
+        summary = run_fetch(config, worker_env=s3_env(object_store.endpoint))
+        downloads = site.total_requests
+        rerun = run_fetch(config, worker_env=s3_env(object_store.endpoint))  # the ledger, read through the faults
+        end, after = object_store.counts.to_dict(), s3_request_counts()
+        object_store.set_plan(FaultPlan())
+        assert site.total_requests == downloads  # the re-run downloaded nothing
+
+    injected = {k: end[k] - start[k] for k in ("requests", "slowdown", "reset", "cut_body", "slow")}
+    assert injected["slowdown"] + injected["reset"] + injected["cut_body"] > 0, injected
+    assert (summary.clips_in, summary.ok, summary.failed_by_class) == (4, 3, {"unavailable": 1})
+    assert (rerun.ok, rerun.run.fetched_ok, rerun.run.skipped_ok) == (3, 0, 3)
+    clips = {"v1_000000": 0, "v1_000010": 10, "v2_000000": 0}
+    listed = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("fetchfaults/clips"))
+    assert listed == sorted([LEDGER_FILE, SUMMARY_FILE, MANIFEST_FILE, *(f"{c}.mp4" for c in clips)])
+    for clip, first_second in clips.items():  # each clip whole: its ten seconds of tones, in order
+        (tmp_path / "c.mp4").write_bytes(fs.cat_file(f"fetchfaults/clips/{clip}.mp4"))
+        assert tone_seconds(tmp_path / "c.mp4") == list(range(first_second, first_second + 10)), clip
+    ledger = Ledger.read("s3://fetchfaults/clips")
+    assert all(ledger.get(c).location == f"{c}.mp4" for c in clips)
+    assert json.loads(fs.cat_file(f"fetchfaults/clips/{SUMMARY_FILE}"))["ok"] == 3
+    driver = {k: getattr(after, k) - getattr(before, k) for k in after.to_dict()}
+    record_fault(
+        "s3_fetch",
+        injected={"plan": FAULTS.to_dict(), "proxy_counts": injected},
+        platform={
+            "driver_botocore_counts": driver,
+            "first_run": summary.line(),
+            "rerun": rerun.line(),
+        },
+        lost={"clips_missing": 0, "clips_cut": 0, "downloads_repeated": 0},
+        command="pytest -q tests/test_s3_faults.py -k fetching",
     )
 
 

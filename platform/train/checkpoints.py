@@ -155,7 +155,8 @@ def resume(state: TrainingState, device: torch.device, rank: int, log: logging.L
     def load(directory: Path, path: str) -> dict:
         return restore(path, directory, lambda d: state.load(d, device))
 
-    restored = restore_whole(checkpoint, load, log, carry=(PENDING_DIR,))
+    # rank 0's tracker sends what the checkpoint kept for MLflow: a local copy of it outlives the download
+    restored = restore_whole(checkpoint, load, log, carry=(PENDING_DIR,) if rank == 0 else ())
     if restored is None:
         return Resumption()
     saved = restored.saved
