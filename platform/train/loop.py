@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -256,7 +257,17 @@ def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, l
     """Rank 0's MLflow run (created, or continued after a restart) with the job's parameters, and the start line."""
     from .tracking import RunTracker
 
-    tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+    tracker = RunTracker(
+        job["tracking_uri"],
+        cfg.experiment,
+        job["run_name"],
+        job["record_uri"],
+        job["tags"],
+        previous=start.tracking_pending,  # what the attempt that wrote the checkpoint had not sent
+        wait_seconds=cfg.tracking_wait_seconds,
+    )
+    if start.tracking_pending is not None:  # queued by the tracker (artifacts copied to its spool): the copy goes
+        shutil.rmtree(start.tracking_pending, ignore_errors=True)
     tracker.log_params(job["params"])
     if start.step < cfg.max_steps:
         batch = job["batch"]
