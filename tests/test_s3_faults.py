@@ -255,6 +255,10 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
     assert steps == [3, 6, 8]  # each once: the second run's step 6 (a replay) is not logged again
     assert client.get_model_version("test-faults", "2").run_id == run_id
+    # the worker's own S3 requests (run record, checkpoint uploads), logged with its metrics: one attempt at least
+    worker_s3 = {k: client.get_metric_history(run_id, f"s3_{k}") for k in ("attempts", "retried", "calls_given_up")}
+    assert all(worker_s3.values()) and max(m.value for m in worker_s3["attempts"]) > 0
+    worker_s3_last = {k: max(history, key=lambda m: m.step).value for k, history in worker_s3.items()}
     record_fault(
         "s3_training_and_a_checkpoint_cut_short",
         injected={
@@ -265,6 +269,7 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
         platform={
             "first_run": "6 steps: shards streamed from S3, checkpoints 3 and 6 saved to S3",
             "second_run": "skipped checkpoint 6 (not whole, said why), resumed from 3, trained to 8, registered v2",
+            "worker_botocore_counts_at_step_8": worker_s3_last,
         },
         lost={"steps": "none: 4-6 trained again from the whole checkpoint", "metric_steps_in_mlflow": steps},
         command="pytest -q tests/test_s3_faults.py -k training",
