@@ -102,7 +102,7 @@ def ingested(object_store, ray_cluster, tmp_path_factory):
     after = s3_request_counts()
     counts = object_store.counts.to_dict()
     object_store.set_plan(FaultPlan())
-    driver = {k: getattr(after, k) - getattr(before, k) for k in after.to_dict()}
+    driver = after.since(before).to_dict()
     return summary, counts, driver
 
 
@@ -129,11 +129,15 @@ def test_ingestion_under_faults_accounts_for_every_input_and_commits_whole_shard
     rows_in_manifests = sum(sum(m["rows"].values()) for m in manifests)
     assert rows_in_manifests == table.num_rows
     assert driver["retried"] > 0 and driver["attempts"] > driver["retried"]
+    # the summary reports the driver's own counts: all of them but what came after it (writing the summary)
+    reported = summary["runs"][-1]["s3_requests_driver"]
+    assert 0 < reported["retried"] <= driver["retried"] and 0 < reported["attempts"] <= driver["attempts"]
     record_fault(
         "s3_ingestion",
         injected={"plan": FAULTS.to_dict(), "proxy_counts": counts},
         platform={
             "driver_botocore_counts": driver,
+            "reported_in_summary": reported,
             "commits": len(manifests),
             "summary": {k: summary[k] for k in ("videos_in", "videos_ok", "videos_failed", "chunks_written")},
         },
@@ -181,7 +185,12 @@ def test_fetching_under_faults_writes_every_clip_once_and_whole(object_store, ra
     ledger = Ledger.read("s3://fetchfaults/clips")
     assert all(ledger.get(c).location == f"{c}.mp4" for c in clips)
     assert json.loads(fs.cat_file(f"fetchfaults/clips/{SUMMARY_FILE}"))["ok"] == 3
-    driver = {k: getattr(after, k) - getattr(before, k) for k in after.to_dict()}
+    driver = after.since(before).to_dict()
+    # each run's summary reports the driver's counts, which are all of them but the summary's own write
+    reported = [r.run.s3_requests_driver for r in (summary, rerun)]
+    assert all(r["attempts"] > 0 for r in reported) and sum(r["attempts"] for r in reported) <= driver["attempts"]
+    assert sum(r["retried"] for r in reported) <= driver["retried"]
+    assert json.loads(fs.cat_file(f"fetchfaults/clips/{SUMMARY_FILE}"))["run"]["s3_requests_driver"] == reported[1]
     record_fault(
         "s3_fetch",
         injected={"plan": FAULTS.to_dict(), "proxy_counts": injected},
@@ -189,6 +198,7 @@ def test_fetching_under_faults_writes_every_clip_once_and_whole(object_store, ra
             "driver_botocore_counts": driver,
             "first_run": summary.line(),
             "rerun": rerun.line(),
+            "reported_by_the_runs": reported,
         },
         lost={"clips_missing": 0, "clips_cut": 0, "downloads_repeated": 0},
         command="pytest -q tests/test_s3_faults.py -k fetching",
