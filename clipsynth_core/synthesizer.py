@@ -29,6 +29,7 @@ from .hifigan import HiFiGANConfig, HiFiGANGenerator, hifigan_config
 from .mel import MelConfig, MelFrontend
 from .modality_gap import GapReducer
 from .noise import example_keys
+from .precision import AutocastDenoiser, resolve_precision
 from .query_blend import encode_queries
 from .unet import ConditionalUNet, UNetConfig, unet_config
 from .vocoder import VOCODERS, build_vocoder
@@ -186,10 +187,20 @@ class Synthesizer:
             self._respaced[steps] = process.to(self.device)  # its tables on the device once, not per step
         return self._respaced[steps]
 
+    def sample_in(self, precision: str) -> Synthesizer:
+        """Run the U-Net's forward passes of sampling in `precision` ("fp32", "bf16", "auto": bf16 on CUDA);
+        the sampler's arithmetic stays float32. Call before `compile_unet` to compile the autocast graph.
+        Returns self."""
+        if resolve_precision(precision, self.device) == "bf16":
+            self.denoiser = AutocastDenoiser(self.unet, self.device.type, torch.bfloat16)
+        else:
+            self.denoiser = self.unet
+        return self
+
     def compile_unet(self, **options) -> Synthesizer:
         """Sample through torch.compile(unet, **options) from now on (the first batch of each shape compiles:
         minutes on a CPU, under a minute on a GPU; later ones run the compiled kernels). Returns self."""
-        self.denoiser = cast(torch.nn.Module, torch.compile(self.unet, **options))
+        self.denoiser = cast(torch.nn.Module, torch.compile(self.denoiser, **options))
         return self
 
     def encode(self, queries: Sequence, gap: str = "none") -> Tensor:

@@ -94,12 +94,14 @@ def load_mel_sampler(
     config: SynthesizerConfig | None = None,
     device: torch.device | str = "cpu",
     compile_unet: bool = False,
+    precision: str = "fp32",
 ) -> Synthesizer:
     """A Synthesizer holding only the U-Net (and the diffusion process): `sample_mels` and `identity` work,
     `encode` and `vocode` raise. It runs the core's own sampling code, so results match `Synthesizer.load`.
 
     `compile_unet`: sample through torch.compile'd U-Net (each new batch shape compiles once, the first request
-    of that shape waits for it; worth it on a GPU replica that serves many requests)."""
+    of that shape waits for it; worth it on a GPU replica that serves many requests). `precision`: the U-Net's
+    forward passes in "fp32", "bf16" or "auto" (bf16 on CUDA), the sampler's arithmetic in float32."""
     config = config or load_bundle_config(bundle_dir)
     sampler = Synthesizer(
         config,
@@ -110,6 +112,7 @@ def load_mel_sampler(
         vocoder=_AbsentPart("vocoder"),
         device=device,
     )
+    sampler.sample_in(precision)
     return sampler.compile_unet(dynamic=True) if compile_unet else sampler
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from clipsynth_core.diffusion import SAMPLERS
+from clipsynth_core.precision import PRECISIONS
 
 MODEL_URI_ENV = "CLIPSYNTH_MODEL_URI"
 ALLOWED_SECONDS = (4.16, 8.32)  # 64 and 128 mel frames, the paper's two lengths
@@ -76,6 +77,12 @@ class ServeConfig:
     # MLflow tracking server for models:/ and runs:/ URIs; empty: MLFLOW_TRACKING_URI of the replicas.
     mlflow_tracking_uri: str = ""
     device: str = "auto"  # "auto": CUDA when the replica has a GPU, else CPU
+    # The sampler's U-Net passes: "auto" is bf16 autocast on a GPU (about twice the fp32 rate on tensor cores)
+    # and fp32 on a CPU; the diffusion arithmetic stays fp32 either way (clipsynth_core.precision).
+    sampler_precision: str = "auto"
+    # torch.compile the served U-Net (dynamic shapes: each new batch size compiles once, under a minute on a
+    # GPU, several on a CPU; the replica's first requests of that size wait for it).
+    compile_sampler: bool = False
     # Request defaults. The paper samples with 1,000 steps; the service defaults to a fast respacing that
     # benchmarks/serve/run.py measures (10x fewer U-Net passes; improved-DDPM's learned variances keep
     # sample quality close to the full schedule at 100 steps, Nichol & Dhariwal 2021, fig. 8).
@@ -124,6 +131,8 @@ class ServeConfig:
             raise ValueError("max_steps must be in 1..1000")
         if not 1 <= self.default_steps <= self.max_steps:
             raise ValueError(f"default_steps must be in 1..max_steps ({self.max_steps})")
+        if self.sampler_precision not in ("auto", *PRECISIONS):
+            raise ValueError(f"sampler_precision must be one of auto, {', '.join(PRECISIONS)}")
         if self.default_sampler not in SAMPLERS:
             raise ValueError(f"default_sampler must be one of {SAMPLERS}")
         if not any(abs(self.default_seconds - s) < 1e-6 for s in ALLOWED_SECONDS):

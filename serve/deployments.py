@@ -17,6 +17,7 @@ import torch
 from ray import serve
 
 from clipsynth_core.modality_gap import GapReducer
+from clipsynth_core.precision import resolve_precision
 from clipsynth_core.query_blend import encode_queries
 from clipsynth_platform import serving
 from clipsynth_platform.runtime.devices import resolve_device
@@ -109,7 +110,11 @@ class DiffusionSampler:
 
     def __init__(self, config: ServeConfig) -> None:
         self.model_uri, self.bundle_dir, device = _prepare(config, config.sampler, "DiffusionSampler")
-        self.synthesizer = serving.load_mel_sampler(self.bundle_dir, device=device)
+        self.synthesizer = serving.load_mel_sampler(
+            self.bundle_dir, device=device, compile_unet=config.compile_sampler, precision=config.sampler_precision
+        )
+        self.precision = resolve_precision(config.sampler_precision, device)
+        self.compiled = config.compile_sampler
         self._sample_batch.set_max_batch_size(config.sampler_max_batch_size)
         self._sample_batch.set_batch_wait_timeout_s(config.sampler_batch_wait_s)
         self.batches = 0
@@ -135,6 +140,8 @@ class DiffusionSampler:
     def info(self) -> dict:
         return {
             **serving.model_info(self.synthesizer, self.model_uri, self.bundle_dir),
+            "precision": self.precision,  # of the U-Net's passes
+            "compiled": self.compiled,
             "batches": self.batches,
             "requests": self.requests,
             "largest_batch": self.largest_batch,

@@ -106,3 +106,31 @@ def test_worker_output_routed_line_by_line(ray_cluster, quiet_console, capsys):
     while time.time() < deadline and "Moving model to device" not in quiet_console.read_text():
         time.sleep(0.5)
     assert "(chatty pid=" in quiet_console.read_text() and "Moving model to device: cpu" in quiet_console.read_text()
+
+
+def test_mlflow_registration_notes_go_to_the_log_file(quiet_console, tmp_path, monkeypatch, capfd):
+    """MLflow prints "Registered model ... already exists" / "Created version" and its artifact progress bars to
+    stderr itself, and warns about the input example: none of it reaches the console, the notes reach the file."""
+    import json
+
+    import mlflow
+
+    from clipsynth_platform.tracking.registry import log_bundle_model, resolve_bundle
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({"format": "test"}))
+    mlflow.set_experiment("quiet")
+    capfd.readouterr()
+    for _ in range(2):  # the second registration is the one MLflow notes as "already exists"
+        with mlflow.start_run():
+            info = log_bundle_model(bundle, registered_name="quiet-synth")
+    resolve_bundle(f"models:/quiet-synth/{info.registered_model_version}", tmp_path / "dl")
+    out, err = capfd.readouterr()
+    assert "Registered model" not in err and "Downloading artifacts" not in err and "input example" not in err
+    assert "Registered model" not in out and "Downloading artifacts" not in out
+    text = quiet_console.read_text()
+    assert "Registered model 'quiet-synth' already exists" in text and "Created version '2'" in text

@@ -218,6 +218,7 @@ def test_group_indices_keeps_order_of_first_appearance():
     assert group_indices([]) == []
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_parts_loaded_separately_reproduce_the_whole_synthesizer(bundle):
     whole = Synthesizer.load(bundle)
     config = load_bundle_config(bundle)
@@ -240,6 +241,7 @@ def test_parts_loaded_separately_reproduce_the_whole_synthesizer(bundle):
     assert info["identity"] == whole.identity and info["trained_steps"] == 100 and not info["guidance_allowed"]
 
 
+@pytest.mark.slow  # 12 s on 2 shared cores: out of make test-fast
 def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
     sampler = load_mel_sampler(bundle)
     encoder = load_query_encoder(bundle)
@@ -298,6 +300,7 @@ def test_checked_in_serve_config_is_what_serve_build_writes_for_the_app():
     assert all(d["max_queued_requests"] > 0 for d in app["deployments"])  # every queue is bounded
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_guided_and_unguided_requests_never_share_a_sampling_loop():
     synth = Synthesizer.untrained(tiny_config(cond_drop_prob=0.1), seed=1)
     conds = synth.encode(["flute", "flute", "drum"])
@@ -312,3 +315,33 @@ def test_guided_and_unguided_requests_never_share_a_sampling_loop():
         alone = synth.sample_mels(conds[i : i + 1], steps=1, seed=[spec.seed], guidance=spec.guidance)[0].numpy()
         assert_same_up_to_rounding(outs[i].mel, alone)
     assert np.abs(outs[0].mel - outs[1].mel).max() > 1e-4  # same seed, guidance changes the sample
+
+
+def test_gpu_serve_config_asks_for_gpu_fractions_bf16_and_a_compiled_sampler():
+    """serve/serve_config_gpu.yaml is what `serve deploy` accepts, and its args build an app whose deployments ask
+    Ray for the GPU fractions it names (the sampler's and vocoder's batches fit their queues)."""
+    import yaml
+    from ray.serve._private.build_app import build_app
+    from ray.serve.schema import ServeDeploySchema
+
+    import serve
+
+    repo = Path(__file__).resolve().parents[1]
+    checked_in = yaml.safe_load((repo / "serve" / "serve_config_gpu.yaml").read_text())
+    ServeDeploySchema.model_validate(checked_in)
+    app = checked_in["applications"][0]
+    assert app["import_path"] == "serve:app_builder"
+    config = ServeConfig.from_args(app["args"])  # every key a known field, every value in bounds
+    assert (config.sampler_precision, config.compile_sampler) == ("bf16", True)
+    built = build_app(serve.app_builder(app["args"]), name="clipsynth")
+    gpus = {d.name: d.ray_actor_options["num_gpus"] for d in built.deployments}
+    assert gpus == {"ClipEncoder": 0.1, "DiffusionSampler": 0.5, "Vocoder": 0.25, "SynthesizerIngress": 0.0}
+    assert sum(gpus.values()) <= 1.0  # the three models share one GPU
+    sampler = next(d for d in built.deployments if d.name == "DiffusionSampler")
+    assert sampler.max_ongoing_requests >= config.sampler_max_batch_size == 64
+
+
+def test_sampler_precision_is_validated():
+    with pytest.raises(ValueError, match="sampler_precision must be one of auto, fp32, bf16"):
+        ServeConfig.from_args({"sampler_precision": "fp16"})
+    assert ServeConfig.from_args({"compile_sampler": "true"}).compile_sampler is True

@@ -139,6 +139,7 @@ def test_a_loop_of_the_shared_pieces_logs_samples_and_checkpoints(reports):
     assert state_digest(fresh.model) == rank_file["model_digest"]
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_a_resumed_worker_sends_what_its_checkpoint_kept_for_mlflow(reports, monkeypatch, tmp_path):
     """An attempt whose MLflow went away keeps its unsent operations in the checkpoint; the worker that resumes
     from it gets them out of the checkpoint (resume) into its tracker (start_tracking), which sends them once and

@@ -13,7 +13,7 @@ from clipsynth_platform.datasets.schema import SCHEMA_VERSION
 from .commit import LOST_REASON, RunStats
 from .config import IngestConfig
 from .containers import ContainerIndex
-from .coverage import coverage_report, split_leaks
+from .coverage import coverage_report, index_split_leaks, split_leaks
 from .inputs import KIND_VIDEO, InputFile
 from .labels import LabelIndex
 from .records import CRASHED_REASON, STAGE_CONTAINER, STATUS_OK
@@ -154,6 +154,7 @@ def summarize(
             "format": labels.format if labels else None,
             "entries": len(labels.entries) if labels else 0,
             "conflicts": len(labels.conflicts) if labels else 0,
+            "index_split_leaks": index_split_leaks(labels),
             "videos_labelled": sum(e["label"] is not None for e in ok),
             "videos_unlabelled": sum(e["label"] is None for e in ok),
         },

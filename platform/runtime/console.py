@@ -120,6 +120,9 @@ def open_console(job: str, log_dir: str | os.PathLike | None = None) -> Path | N
     if root.level > logging.INFO or root.level == logging.NOTSET:
         console.set_level(root, logging.INFO)
     logging.captureWarnings(True)  # Python warnings -> "py.warnings" -> the file
+    # MLflow draws a progress bar on stderr for every artifact download (a bundle is a dozen files); the
+    # platform's own lines say what is loaded. Set before MLflow reads it; Ray workers inherit it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     quiet_libraries()
     get_logger(job).info("full log: %s", path)
     return path

@@ -6,8 +6,11 @@ Accepted URIs (`CLIPSYNTH_MODEL_URI`, `--model`): a bundle directory, `models:/N
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,14 +72,25 @@ def log_bundle_model(bundle_dir: str | os.PathLike, registered_name: str | None 
 
     Returns MLflow's ModelInfo; `model_info.registered_model_version` holds the version when registered.
     """
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=MODEL_CODE,
-        artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-        registered_model_name=registered_name,
-        signature=synthesizer_signature(),
-        pip_requirements=["clipsynth"],
-    )
+    # MLflow prints its registration notes ("Registered model ... already exists", "Created version") and its
+    # artifact progress bars to stderr itself: they go to the log file, as its logger's lines do.
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed), warnings.catch_warnings():
+            # the pyfunc's signature is given; an input example would make MLflow load and run the model here
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=MODEL_CODE,
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                registered_model_name=registered_name,
+                signature=synthesizer_signature(),
+                pip_requirements=["clipsynth"],
+            )
+    finally:
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                get_logger("tracking").debug("mlflow: %s", line.strip())
 
 
 def model_version_of(model_uri: str) -> tuple[str, str]:
