@@ -102,7 +102,7 @@ def ingested(object_store, ray_cluster, tmp_path_factory):
     after = s3_request_counts()
     counts = object_store.counts.to_dict()
     object_store.set_plan(FaultPlan())
-    driver = {k: getattr(after, k) - getattr(before, k) for k in after.to_dict()}
+    driver = after.since(before).to_dict()
     return summary, counts, driver
 
 
@@ -129,11 +129,15 @@ def test_ingestion_under_faults_accounts_for_every_input_and_commits_whole_shard
     rows_in_manifests = sum(sum(m["rows"].values()) for m in manifests)
     assert rows_in_manifests == table.num_rows
     assert driver["retried"] > 0 and driver["attempts"] > driver["retried"]
+    # the summary reports the driver's own counts: all of them but what came after it (writing the summary)
+    reported = summary["runs"][-1]["s3_requests_driver"]
+    assert 0 < reported["retried"] <= driver["retried"] and 0 < reported["attempts"] <= driver["attempts"]
     record_fault(
         "s3_ingestion",
         injected={"plan": FAULTS.to_dict(), "proxy_counts": counts},
         platform={
             "driver_botocore_counts": driver,
+            "reported_in_summary": reported,
             "commits": len(manifests),
             "summary": {k: summary[k] for k in ("videos_in", "videos_ok", "videos_failed", "chunks_written")},
         },
@@ -181,7 +185,12 @@ def test_fetching_under_faults_writes_every_clip_once_and_whole(object_store, ra
     ledger = Ledger.read("s3://fetchfaults/clips")
     assert all(ledger.get(c).location == f"{c}.mp4" for c in clips)
     assert json.loads(fs.cat_file(f"fetchfaults/clips/{SUMMARY_FILE}"))["ok"] == 3
-    driver = {k: getattr(after, k) - getattr(before, k) for k in after.to_dict()}
+    driver = after.since(before).to_dict()
+    # each run's summary reports the driver's counts, which are all of them but the summary's own write
+    reported = [r.run.s3_requests_driver for r in (summary, rerun)]
+    assert all(r["attempts"] > 0 for r in reported) and sum(r["attempts"] for r in reported) <= driver["attempts"]
+    assert sum(r["retried"] for r in reported) <= driver["retried"]
+    assert json.loads(fs.cat_file(f"fetchfaults/clips/{SUMMARY_FILE}"))["run"]["s3_requests_driver"] == reported[1]
     record_fault(
         "s3_fetch",
         injected={"plan": FAULTS.to_dict(), "proxy_counts": injected},
@@ -189,6 +198,7 @@ def test_fetching_under_faults_writes_every_clip_once_and_whole(object_store, ra
             "driver_botocore_counts": driver,
             "first_run": summary.line(),
             "rerun": rerun.line(),
+            "reported_by_the_runs": reported,
         },
         lost={"clips_missing": 0, "clips_cut": 0, "downloads_repeated": 0},
         command="pytest -q tests/test_s3_faults.py -k fetching",
@@ -255,6 +265,10 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
     assert steps == [3, 6, 8]  # each once: the second run's step 6 (a replay) is not logged again
     assert client.get_model_version("test-faults", "2").run_id == run_id
+    # the worker's own S3 requests (run record, checkpoint uploads), logged with its metrics: one attempt at least
+    worker_s3 = {k: client.get_metric_history(run_id, f"s3_{k}") for k in ("attempts", "retried", "calls_given_up")}
+    assert all(worker_s3.values()) and max(m.value for m in worker_s3["attempts"]) > 0
+    worker_s3_last = {k: max(history, key=lambda m: m.step).value for k, history in worker_s3.items()}
     record_fault(
         "s3_training_and_a_checkpoint_cut_short",
         injected={
@@ -265,6 +279,7 @@ def test_training_under_faults_reads_shards_saves_and_resumes_checkpoints(ingest
         platform={
             "first_run": "6 steps: shards streamed from S3, checkpoints 3 and 6 saved to S3",
             "second_run": "skipped checkpoint 6 (not whole, said why), resumed from 3, trained to 8, registered v2",
+            "worker_botocore_counts_at_step_8": worker_s3_last,
         },
         lost={"steps": "none: 4-6 trained again from the whole checkpoint", "metric_steps_in_mlflow": steps},
         command="pytest -q tests/test_s3_faults.py -k training",

@@ -171,6 +171,25 @@ def test_a_resumed_worker_sends_what_its_checkpoint_kept_for_mlflow(reports, mon
     assert [(m.step, m.value) for m in history] == [(4, 0.5)]
 
 
+def test_the_worker_s_s3_requests_go_with_its_metrics_when_it_made_any(monkeypatch):
+    from clipsynth_platform.runtime.s3_requests import S3RequestCounts
+    from clipsynth_platform.train import loop as loop_module
+
+    cfg = HiFiGANTrainConfig(data="x", max_steps=2, log_every=1)
+    tracker = Tracker()
+    loop = StepLoop(cfg, JOB, CPU, Resumption())
+    sums = IntervalSums(("loss",), CPU.device)
+    made = [S3RequestCounts(), S3RequestCounts(attempts=12, retried=3, failed_attempts=3, calls_given_up=0)]
+    for step in loop:
+        monkeypatch.setattr(loop_module, "s3_request_counts", lambda step=step: made[step - 1])
+        sums.add({"loss": 1.0})
+        loop.finish(step)
+        loop.log(step, sums, tracker, 0.1, "", logging.getLogger("t"))
+    assert not any(k.startswith("s3_") for k in tracker.logged[1])  # local storage: no S3 metrics
+    s3 = {k: v for k, v in tracker.logged[2].items() if k.startswith("s3_")}
+    assert s3 == {"s3_attempts": 12.0, "s3_retried": 3.0, "s3_failed_attempts": 3.0, "s3_calls_given_up": 0.0}
+
+
 def test_a_spent_budget_runs_no_step():
     cfg = HiFiGANTrainConfig(data="x", max_steps=9, train_seconds=1e-9)
     loop = StepLoop(cfg, JOB, CPU, Resumption(step=4, train_seconds=5.0))

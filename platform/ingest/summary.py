@@ -90,6 +90,7 @@ def summarize(
     skipped: int,
     seconds: float,
     ray_where: str | None,
+    s3_requests: dict[str, int] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Account for every listed video from all manifests (this run's and earlier ones'); write the summary and
     the failures table. Returns (summary, failure rows)."""
@@ -119,6 +120,9 @@ def summarize(
         "chunks_written": stats.rows_written,
         "commits": stats.commits,
         "ray": ray_where,
+        # the driver's S3 requests until now (runtime/s3_requests.py): listing, labels, commits' manifests; the
+        # decode workers read the videos and write the shards, and count their own
+        "s3_requests_driver": s3_requests or {},
     }
     previous = store.read_summary()
     runs = [*(previous or {}).get("runs", [])[-20:], this_run]

@@ -24,6 +24,10 @@ class S3RequestCounts:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def since(self, earlier: S3RequestCounts) -> S3RequestCounts:
+        """The requests counted after `earlier` (a copy taken before), e.g. those of one run of a job."""
+        return S3RequestCounts(**{k: v - getattr(earlier, k) for k, v in asdict(self).items()})
+
 
 _counts = S3RequestCounts()
 _lock = threading.Lock()

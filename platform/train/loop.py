@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.runtime.s3_requests import s3_request_counts
 from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
 
 from .checkpoints import Resumption, wait_for_committed_checkpoints
@@ -189,7 +190,8 @@ class StepLoop:
         log: logging.Logger,
     ) -> dict[str, float]:
         """The interval's metrics averaged over the ranks (every rank takes part), to MLflow with a progress line
-        on rank 0: the losses, the learning rate, the time spent, the pace and the GPU's peak memory."""
+        on rank 0: the losses, the learning rate, the time spent, the pace, the GPU's peak memory and the worker's
+        S3 requests (retries included)."""
         means = sums.read({"data_wait_s_per_step": self.data_wait / max(self.waits, 1)})
         self.data_wait, self.waits = 0.0, 0
         pace = self.progress.interval(step)
@@ -202,6 +204,7 @@ class StepLoop:
                 "samples_per_s": pace["samples_per_s"],
                 "samples_per_s_per_worker": pace["samples_per_s"] / world,
                 **gpu_memory_metrics(self.place.device),
+                **s3_request_metrics(),
             }
             tracker.log_metrics(metrics, step)
             line = describe.format(**means)
@@ -229,6 +232,14 @@ def gpu_memory_metrics(device: torch.device) -> dict[str, float]:
         "gpu_mem_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
         "gpu_mem_reserved_gb": torch.cuda.max_memory_reserved(device) / 2**30,
     }
+
+
+def s3_request_metrics() -> dict[str, float]:
+    """This worker's S3 requests so far, as botocore counted them (run records, checkpoint uploads through Ray
+    Train's storage filesystem): attempts, retried attempts, failed attempts and calls given up. None when it
+    made no S3 request (local storage)."""
+    counts = s3_request_counts()
+    return {f"s3_{key}": float(value) for key, value in counts.to_dict().items()} if counts.attempts else {}
 
 
 def fault_drill(fail_at_step: int, step: int, place: WorkerPlace, storage_path: str, run_name: str) -> None:
