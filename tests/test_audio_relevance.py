@@ -82,6 +82,7 @@ def test_bad_input_is_refused_with_a_reason(tmp_path):
         read_wav(stereo)
 
 
+@pytest.mark.slow  # 20 s on 2 shared cores: out of make test-fast
 def test_vocoder_comparison_judges_the_same_mels_three_ways():
     synth = Synthesizer.untrained(SynthesizerConfig.tiny(), seed=2)
     classifier = tiny_random_classifier(("low", "high"), seed=4)

@@ -91,6 +91,7 @@ def test_worker_output_routed_line_by_line(ray_cluster, quiet_console, capsys):
     @ray.remote
     def chatty() -> int:
         print("[train] step 10/100 loss 0.5")
+        print("[fault drill] rank 1 exits at step 5")  # a component named in words is the platform's too
         print("Moving model to device: cpu")
         return 1
 
@@ -101,6 +102,7 @@ def test_worker_output_routed_line_by_line(ray_cluster, quiet_console, capsys):
         time.sleep(0.5)
         out += capsys.readouterr().out
     assert "[train] step 10/100 loss 0.5" in out.splitlines()  # without Ray's "(chatty pid=...)" prefix
+    assert "[fault drill] rank 1 exits at step 5" in out.splitlines()
     assert "Moving model to device" not in out
     deadline = time.time() + 10
     while time.time() < deadline and "Moving model to device" not in quiet_console.read_text():

@@ -184,13 +184,14 @@ def test_label_index_is_music_json_matching_the_files(corpus):
 
 def test_ingestion_label_parser_maps_each_video_to_its_class(corpus):
     from clipsynth_platform.ingest.config import DEFAULT_VIDEO_EXTENSIONS
+    from clipsynth_platform.ingest.inputs import list_inputs
     from clipsynth_platform.ingest.labels import load_label_index
     from clipsynth_platform.ingest.sources import plan_sources
 
     root = Path(corpus.root)
     labels = load_label_index(str(root / LABEL_INDEX_FILE))
     assert labels.format == "music" and not labels.conflicts
-    sources = plan_sources(str(root), DEFAULT_VIDEO_EXTENSIONS, 0.1, labels)
+    sources = plan_sources(list_inputs([str(root)], DEFAULT_VIDEO_EXTENSIONS), {}, 0.1, labels)
     # Only the videos are listed (not the MIDI/WAV renders), each with the class of its folder.
     assert sorted(s.relative_path for s in sources) == sorted(v.video for v in corpus.videos)
     assert all(s.label == s.relative_path.split("/")[0] for s in sources)
@@ -304,13 +305,14 @@ def test_interrupted_build_resumes(corpus):
 def test_split_is_stratified_and_read_by_the_ingestion_job(corpus):
     from clipsynth_platform.datasets.corpus import assign_splits, plan_videos
     from clipsynth_platform.ingest.config import DEFAULT_VIDEO_EXTENSIONS
+    from clipsynth_platform.ingest.inputs import list_inputs
     from clipsynth_platform.ingest.labels import load_label_index
     from clipsynth_platform.ingest.sources import plan_sources
 
     root = Path(corpus.root)
     labels = load_label_index(str(root / SPLIT_INDEX_FILE), input_root=str(root))
     assert labels.format == "csv" and not labels.conflicts
-    sources = plan_sources(str(root), DEFAULT_VIDEO_EXTENSIONS, 0.5, labels)
+    sources = plan_sources(list_inputs([str(root)], DEFAULT_VIDEO_EXTENSIONS), {}, 0.5, labels)
     by_split = {(s.label, s.split) for s in sources}
     # Every class is in both splits, with exactly test_per_class (default 1) test videos of its 2.
     assert by_split == {(c, split) for c in SETTINGS["classes"] for split in ("train", "test")}

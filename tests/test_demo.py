@@ -77,6 +77,29 @@ def test_demo_writes_playable_wavs_for_the_queries(demo):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(2700)
+def test_demo_console_is_readable_and_its_card_names_the_classes(demo):
+    """Issue 29: the console a person reads holds the platform's lines (a few screens), not Ray's worker chatter,
+    MLflow's notes or library tracebacks; everything else is in the log file it names first. The served card
+    names the corpus classes and offers the gap reduction the service asks for."""
+    out, log, _ = demo
+    lines = log.splitlines()
+    assert lines[0].startswith("[demo] full log: ")
+    log_file = Path(lines[0].split("full log: ", 1)[1].strip())
+    assert log_file.is_file() and log_file.stat().st_size > 0
+    assert len(lines) <= 250, f"{len(lines)} console lines"
+    for chatter in ("(pid=", "ERROR:root", "Downloading artifacts", "Registered model", "UserWarning", "Traceback"):
+        assert not any(chatter in line for line in lines), chatter
+    summary = json.loads((out / "demo_summary.json").read_text())
+    card, defaults = summary["service"]["card"], summary["service"]["defaults"]
+    classes = ["acoustic guitar", "cello", "clarinet", "flute", "trumpet", "tuba", "violin", "xylophone"]
+    named = sorted(c.replace("_", " ").removeprefix("playing ") for c in card["classes"])  # as the labels spell them
+    assert named == classes, card["classes"]
+    assert "prior" in card["gap_methods"] and defaults["gap_reduction"] == "prior"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(2700)
 def test_demo_served_audio_sounds_like_its_query(demo, expected_clip_kind):
     """The service's wav files, re-analysed into mels and classified: each should be heard as its query's class."""
     out, _, _ = demo

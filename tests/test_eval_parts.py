@@ -330,6 +330,7 @@ def test_random_backbones_only_by_name_and_tagged(dataset, bundle):
     assert tags["fad_backbone"].startswith("tiny-random") and tags["fid_backbone"].startswith("tiny-random")
 
 
+@pytest.mark.slow  # 7 s on 2 shared cores: out of make test-fast
 def test_reference_statistics_are_keyed_by_backbone_versions(dataset, bundle, tmp_path, monkeypatch):
     data = tmp_path / "data"
     shutil.copytree(dataset, data)

@@ -97,6 +97,7 @@ def test_http_429_is_retried_with_backoff(site, downloader):
     assert "HTTP Error 429" in done.failure.message
 
 
+@pytest.mark.slow  # 8 s on 2 shared cores: out of make test-fast
 def test_a_hang_past_the_timeout_is_stopped_and_the_next_clip_still_works(site, tmp_path):
     site.hang.add("stall.mp4")
     process = _downloader(tmp_path)

@@ -3,6 +3,7 @@ eps_u + (1 + w) (eps_c - eps_u) with the variance channels of the conditional pa
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from clipsynth_core import GaussianDiffusion, Synthesizer, SynthesizerConfig
@@ -27,6 +28,7 @@ def test_guided_output_matches_the_formula_per_example():
     torch.testing.assert_close(plain, model(x, t, cond, None))
 
 
+@pytest.mark.slow  # 10 s on 2 shared cores: out of make test-fast
 def test_guidance_zero_is_the_unguided_sampler_exactly():
     config = SynthesizerConfig.tiny(diffusion=DiffusionConfig(num_steps=100, cond_drop_prob=0.1))
     synth = Synthesizer.untrained(config)

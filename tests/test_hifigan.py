@@ -53,6 +53,7 @@ def test_discriminators_and_losses():
     assert float(feature_matching_loss(f, g)) == pytest.approx(1.0 + 2.0)
 
 
+@pytest.mark.slow  # 41 s on 2 shared cores: out of make test-fast
 def test_training_steps_reduce_mel_l1():
     torch.manual_seed(0)
     cfg = hifigan_config("tiny")
@@ -87,6 +88,7 @@ def _numpy_ln_mel(wave: np.ndarray, basis: np.ndarray, n_fft: int = 2048, hop: i
     return np.log(np.maximum(magnitude @ basis.T, 1e-5))  # [T, mels]
 
 
+@pytest.mark.slow  # 11 s on 2 shared cores: out of make test-fast
 def test_generator_loss_terms_match_a_hand_computation():
     torch.manual_seed(3)
     cfg = hifigan_config("tiny")

@@ -65,6 +65,7 @@ def test_weights_url_is_pytorch_fids():
     assert FID_INCEPTION_URL.endswith("/" + FID_INCEPTION_FILE)
 
 
+@pytest.mark.slow  # 14 s on 2 shared cores: out of make test-fast
 def test_the_network_is_pytorch_fids_fid_inception(tmp_path, monkeypatch):
     state = random_inception_state()
     # Architecture: pytorch-fid's own fid_inception_v3 (its download replaced) strict-loads the state dict of

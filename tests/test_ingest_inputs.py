@@ -7,6 +7,7 @@ import io
 import json
 import math
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,8 @@ def test_labels_join_by_clip_id_index_first_then_the_members_own(tmp_path):
 
 def test_coverage_counts_expected_found_and_ok_per_split_and_class(tmp_path):
     labels, sources = _vggsound_sources(tmp_path)
-    assert len(labels.entries) == 9 and len(distinct_clips(labels)) == 5  # aliases x_0 / x_10 / x_5 / d_0 count once
+    # each clip once: unpadded spellings (x_10 for x_000010) are matched by lookup, not stored as more entries
+    assert len(labels.entries) == 5 and len(distinct_clips(labels)) == 5
     ok_ids = {"a_000000", "c_000005"}
     status = {s.uri: "ok" if s.clip_id in ok_ids and s.kind != "video" else "failed" for s in sources}
     report = coverage_report(labels, "vgg.csv", sources, status).to_dict()
@@ -354,7 +356,7 @@ def test_container_indexes_are_kept_in_the_output_and_listed_again_only_when_cha
 
 
 def test_clips_of_one_video_share_a_hashed_split_and_index_splits_that_leak_are_reported(tmp_path):
-    from clipsynth_platform.ingest.coverage import split_leaks
+    from clipsynth_platform.ingest.coverage import index_split_leaks, split_leaks
     from clipsynth_platform.ingest.sources import hashed_split, source_video_of
 
     assert source_video_of("-4MWWoKUzKQ_000030") == "-4MWWoKUzKQ" and source_video_of("abc") == "abc"
@@ -369,16 +371,28 @@ def test_clips_of_one_video_share_a_hashed_split_and_index_splits_that_leak_are_
     assert all(splits == {hashed_split(v, 0.3)} for v, splits in by_video.items())
     assert {next(iter(s)) for s in by_video.values()} == {"train", "test"}  # both splits are used
     assert split_leaks(sources, {s.uri: "ok" for s in sources})["videos_in_both_splits"] == 0
-    # An index that puts one video's clips in both splits: reported, counting kept clips only.
+    # An index that puts one video's clips in both splits: the manifest keeps them all in test (and names the
+    # leak); a clip it does not list (vid01-yt_000020) follows its video's split, not the hash.
     labels = parse_vggsound_csv(
         "vid00-yt,0,dog,train\nvid00-yt,10,dog,test\nvid00-yt,20,dog,test\nvid01-yt,0,cat,train\nvid01-yt,10,cat,test\n"
     )
-    sources = plan_sources(list_inputs([str(tmp_path)], EXT), {}, 0.3, labels)
-    status = {s.uri: "failed" if s.clip_id == "vid01-yt_000010" else "ok" for s in sources}
-    # vid01-yt: clip 0 train (kept), clip 10 test (failed: not counted), clip 20 unlisted, hashed by its video
-    vid01_leaks = hashed_split("vid01-yt", 0.3) == "test"
-    assert split_leaks(sources, status) == {
-        "videos_in_both_splits": 1 + vid01_leaks,
-        "their_clips": 3 + 2 * vid01_leaks,
-        "examples": ["vid00-yt", "vid01-yt"][: 1 + vid01_leaks],
+    leaks = index_split_leaks(labels)
+    assert leaks["videos"] == 2 and [e["video_id"] for e in leaks["examples"]] == ["vid00-yt", "vid01-yt"]
+    assert leaks["examples"][1] == {
+        "video_id": "vid01-yt",
+        "train_clips": ["vid01-yt_000000"],
+        "test_clips": ["vid01-yt_000010"],
+        "kept_in": "test",
     }
+    assert index_split_leaks(None) == {"videos": 0, "examples": []}
+    sources = plan_sources(list_inputs([str(tmp_path)], EXT), {}, 0.3, labels)
+    split_of = {s.clip_id: (s.split, s.split_from) for s in sources}
+    for clip in ("vid00-yt_000000", "vid00-yt_000010", "vid00-yt_000020", "vid01-yt_000000", "vid01-yt_000010"):
+        assert split_of[clip] == ("test", FROM_INDEX), clip
+    assert split_of["vid01-yt_000020"] == ("test", FROM_INDEX)  # unlisted: its video's split
+    assert split_leaks(sources, {s.uri: "ok" for s in sources})["videos_in_both_splits"] == 0
+    # What split_leaks reports when the splits do straddle a video (an index built without the manifest's rule):
+    # kept clips only, each video once.
+    straddling = [replace(s, split="train") if s.clip_id == "vid00-yt_000000" else s for s in sources]
+    status = {s.uri: "failed" if s.clip_id == "vid00-yt_000010" else "ok" for s in straddling}
+    assert split_leaks(straddling, status) == {"videos_in_both_splits": 1, "their_clips": 2, "examples": ["vid00-yt"]}

@@ -46,6 +46,7 @@ def _source(uri: str, vid: str, split: str = "train") -> dict:
     return {"uri": uri, "video_id": vid, "split": split, "label": None}
 
 
+@pytest.mark.slow  # 12 s on 2 shared cores: out of make test-fast
 def test_a_native_crash_fails_one_video_and_the_task_goes_on(video, tmp_path):
     crash = tmp_path / "x__segfault__.mp4"
     crash.write_bytes(Path(video).read_bytes())

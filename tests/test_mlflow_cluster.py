@@ -47,10 +47,15 @@ def test_a_resumed_run_logs_each_step_once(tracking, tmp_path):
     first = RunTracker(tracking, "exp", "r", record, {"kind": "diffusion"})
     for step in (10, 20, 30):  # the first attempt logs through step 30, then dies; its checkpoint is at 20
         first.log_metrics({"loss": 1.0 / step, "lr": 1e-3}, step)
+    assert first.flush(60)  # sent from a background thread: MLflow has them once the outbox is empty
+    first.outbox.abandon()
     again = RunTracker(tracking, "exp", "r", record, {"kind": "diffusion"})
-    assert again.resumed and again.run_id == first.run_id and again.logged_through == {"loss": 30, "lr": 30}
+    assert again.resumed and again.run_id == first.run_id
+    # the tracker's own metrics (time in the tracker, CPU time) go with each log
+    assert again.logged_through == dict.fromkeys(("loss", "lr", "tracking_seconds", "process_cpu_seconds"), 30)
     for step in (30, 40):  # the restart replays step 30 from the checkpoint at 20, then goes on
         again.log_metrics({"loss": 2.0 / step, "lr": 1e-3}, step)
+    assert again.finish()
     history = mlflow.MlflowClient().get_metric_history(first.run_id, "loss")
     assert [m.step for m in sorted(history, key=lambda m: m.step)] == [10, 20, 30, 40]
     assert {m.step: m.value for m in history}[30] == pytest.approx(1.0 / 30)  # the first value stands

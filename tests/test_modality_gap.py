@@ -51,6 +51,7 @@ def test_none_is_the_identity_and_unknown_methods_are_refused():
     assert check_gap_method("prior") == "prior"
 
 
+@pytest.mark.slow  # 73 s on 2 shared cores: out of make test-fast
 def test_prior_maps_each_text_near_its_class_frames_and_beats_the_shift():
     text, image, cls = _two_cones()
     prior, info = train_prior(text, image, PriorConfig(steps=400, hidden=64, seed=0))

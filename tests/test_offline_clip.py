@@ -90,6 +90,7 @@ def test_training_reads_fresh_pictures_zero_shot():
     assert zero_shot_accuracy(encoder, encoder.encode_image(pictures), targets, FIVE) >= 0.7
 
 
+@pytest.mark.slow  # 7 s on 2 shared cores: out of make test-fast
 def test_cache_trains_once_and_reloads_the_same_encoder(tmp_path):
     config = OfflineClipConfig(classes=("flute", "tuba"), pictures_per_class=4, steps=2, heldout_per_class=2)
     first = offline_clip(config, root=tmp_path, log=lambda _: None)

@@ -44,6 +44,7 @@ def test_the_denoiser_runs_its_convolutions_in_bf16_and_returns_float32():
     assert 0 < relative < 0.05
 
 
+@pytest.mark.slow  # 9 s on 2 shared cores: out of make test-fast
 def test_bf16_samples_stay_close_to_fp32_samples_of_the_same_seeds():
     config = SynthesizerConfig.tiny(diffusion=DiffusionConfig(num_steps=100), sampling=SamplingDefaults(steps=4))
     synth = Synthesizer.untrained(config, weight_noise=0.02)

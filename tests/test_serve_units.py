@@ -218,6 +218,7 @@ def test_group_indices_keeps_order_of_first_appearance():
     assert group_indices([]) == []
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_parts_loaded_separately_reproduce_the_whole_synthesizer(bundle):
     whole = Synthesizer.load(bundle)
     config = load_bundle_config(bundle)
@@ -240,6 +241,7 @@ def test_parts_loaded_separately_reproduce_the_whole_synthesizer(bundle):
     assert info["identity"] == whole.identity and info["trained_steps"] == 100 and not info["guidance_allowed"]
 
 
+@pytest.mark.slow  # 12 s on 2 shared cores: out of make test-fast
 def test_a_mixed_batch_gives_each_request_what_it_gets_alone(bundle):
     sampler = load_mel_sampler(bundle)
     encoder = load_query_encoder(bundle)
@@ -298,6 +300,7 @@ def test_checked_in_serve_config_is_what_serve_build_writes_for_the_app():
     assert all(d["max_queued_requests"] > 0 for d in app["deployments"])  # every queue is bounded
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_guided_and_unguided_requests_never_share_a_sampling_loop():
     synth = Synthesizer.untrained(tiny_config(cond_drop_prob=0.1), seed=1)
     conds = synth.encode(["flute", "flute", "drum"])

@@ -51,6 +51,7 @@ def test_tiny_config_and_untrained_weights_are_seeded():
     assert zero_at_init and all(float(a[k].abs().max()) > 0 for k in zero_at_init)
 
 
+@pytest.mark.slow  # 14 s on 2 shared cores: out of make test-fast
 def test_synthesize_shapes_and_durations(synth):
     wave = synth.synthesize(["violin", "cello"], steps=2, seed=0)
     # A mel of T frames describes (T - 1) * hop + n_fft samples: 66,560 for the paper's 4.16 s.
@@ -66,6 +67,7 @@ def test_synthesize_shapes_and_durations(synth):
 SHORT_S = 1.04
 
 
+@pytest.mark.slow  # 35 s on 2 shared cores: out of make test-fast
 def test_seeded_and_independent_of_batch_mates(synth):
     a = synth.synthesize(["violin", "cello"], steps=4, seed=[11, 12], seconds=SHORT_S)
     b = synth.synthesize(["violin", "cello"], steps=4, seed=[11, 12], seconds=SHORT_S)
@@ -76,6 +78,7 @@ def test_seeded_and_independent_of_batch_mates(synth):
     assert not torch.allclose(other[1], a[1])
 
 
+@pytest.mark.slow  # 8 s on 2 shared cores: out of make test-fast
 def test_a_compiled_sampler_gives_the_eager_samples(synth):
     """compile_unet (what serving.load_mel_sampler's compile_unet turns on) samples through torch.compile's
     module, which shares the U-Net's weights: the same mels (the eager backend: no kernel build in a test)."""
@@ -97,6 +100,7 @@ def test_text_and_image_queries_use_one_space(synth):
     assert synth.synthesize(imgs, steps=2, seed=1, sampler="ddim").shape == (2, 66_560)
 
 
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
 def test_bundle_round_trip_is_exact(synth, tmp_path):
     synth.config.metadata["variant"] = "image"
     path = synth.save(tmp_path / "bundle")
@@ -129,6 +133,7 @@ def test_bundle_errors(tmp_path):
         Synthesizer.load(tmp_path)
 
 
+@pytest.mark.slow  # 10 s on 2 shared cores: out of make test-fast
 def test_guidance_needs_condition_dropout(synth):
     with pytest.raises(ValueError, match="cond_drop_prob"):
         synth.synthesize(["x"], steps=2, seed=0, guidance=3.0)

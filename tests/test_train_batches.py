@@ -97,6 +97,7 @@ def _one_step(microbatch: int, ddp: bool) -> tuple[dict[str, torch.Tensor], list
     return terms, grads, len(passes)
 
 
+@pytest.mark.slow  # 11 s on 2 shared cores: out of make test-fast
 def test_micro_batches_give_the_whole_batchs_gradient(one_process_group):
     whole, whole_grads, whole_passes = _one_step(0, ddp=False)
     micro, micro_grads, micro_passes = _one_step(2, ddp=True)  # 4 passes of 2, under DDP's no_sync but the last

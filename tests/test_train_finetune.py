@@ -60,6 +60,7 @@ def other_data(tmp_path_factory, tiny_clip) -> str:
     return str(root)
 
 
+@pytest.mark.slow  # 17 s on 2 shared cores: out of make test-fast
 def test_the_bundle_must_match_the_runs_variant_and_clip(other_data, tmp_path):
     base = {"data": other_data, "storage_path": str(tmp_path / "runs"), "model_size": "paper"}
     text_model = _trained_bundle(tmp_path / "text", variant="text")

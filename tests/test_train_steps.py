@@ -15,9 +15,12 @@ import pytest
 import torch
 
 from clipsynth_core import EMA, state_digest
-from clipsynth_platform.train.checkpoints import Resumption, TrainingState, save_checkpoint
+from clipsynth_platform.tracking.outbox import PENDING_DIR
+from clipsynth_platform.train.checkpoints import Resumption, TrainingState, resume, save_checkpoint
 from clipsynth_platform.train.config import HiFiGANTrainConfig
-from clipsynth_platform.train.loop import IntervalSums, StepLoop
+from clipsynth_platform.train.loop import IntervalSums, StepLoop, start_tracking
+from clipsynth_platform.train.tracking import RUN_RECORD
+from clipsynth_platform.train.whole_checkpoints import MANIFEST_FILE, check_whole
 from clipsynth_platform.train.worker import WorkerPlace
 
 CPU = WorkerPlace(rank=0, world=1, device=torch.device("cpu"))
@@ -29,9 +32,16 @@ class Tracker:
 
     def __init__(self) -> None:
         self.logged: dict[int, dict[str, float]] = {}
+        self.pending_saves = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.logged[step] = metrics
+
+    def save_pending(self, directory: Path) -> int:
+        self.pending_saves += 1
+        (directory / PENDING_DIR).mkdir()
+        (directory / PENDING_DIR / "ops.jsonl").write_text(f"save {self.pending_saves}\n")
+        return 1
 
 
 def linear_state(seed: int) -> TrainingState:
@@ -93,6 +103,7 @@ def test_a_loop_of_the_shared_pieces_logs_samples_and_checkpoints(reports):
                 fields={**loop.checkpoint_fields(tracker, "test"), "note": "mine"},
                 rank_info=start.rank_info,
                 files=lambda d, step=step: (d / "extra.txt").write_text(str(step)),
+                tracker=tracker,
             )
 
     assert loop.last_step == 7 and len(losses) == 7
@@ -105,6 +116,11 @@ def test_a_loop_of_the_shared_pieces_logs_samples_and_checkpoints(reports):
     assert sampled == [4, 7]
     # checkpoints at every 5th step and the last: the last step's loss, the digests, the resumed info
     assert [r["dir"].name for r in reports] == ["checkpoint_000000005", "checkpoint_000000007"]
+    # what MLflow has not taken is kept in each (rank 0's tracker), and the manifest, written last, lists it
+    assert [(r["dir"] / PENDING_DIR / "ops.jsonl").read_text() for r in reports] == ["save 1\n", "save 2\n"]
+    for r in reports:
+        assert check_whole(r["dir"]).whole
+        assert f"{PENDING_DIR}/ops.jsonl" in json.loads((r["dir"] / MANIFEST_FILE).read_text())["files"]
     last = reports[-1]
     assert last["metrics"] == {"step": 7, "loss": losses[-1]}
     rank_file = json.loads((last["dir"] / "rank_0.json").read_text())
@@ -121,6 +137,57 @@ def test_a_loop_of_the_shared_pieces_logs_samples_and_checkpoints(reports):
     assert fresh.load(last["dir"], CPU.device)["step"] == 7
     assert fresh.digests() == state.digests()
     assert state_digest(fresh.model) == rank_file["model_digest"]
+
+
+@pytest.mark.slow  # 6 s on 2 shared cores: out of make test-fast
+def test_a_resumed_worker_sends_what_its_checkpoint_kept_for_mlflow(reports, monkeypatch, tmp_path):
+    """An attempt whose MLflow went away keeps its unsent operations in the checkpoint; the worker that resumes
+    from it gets them out of the checkpoint (resume) into its tracker (start_tracking), which sends them once and
+    removes the copy resume made."""
+    import mlflow
+    import pyarrow.fs as pafs
+    import ray.train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = {**JOB, "run_name": "r", "tracking_uri": uri, "record_uri": str(tmp_path / "r" / RUN_RECORD)}
+    job |= {"tags": {}, "params": {"lr": "0.1"}, "batch": {"per_worker": 2, "global": 2, "microbatch": 2}}
+    cfg = HiFiGANTrainConfig(data="x", max_steps=10)
+    log = logging.getLogger("t")
+    first = start_tracking(cfg, job, Resumption(), 1, log)
+    assert first.flush(60)
+    first.outbox.abandon()  # the server is away from here on: what the attempt logs waits
+    first.log_metrics({"loss": 0.5}, 4)
+    save_checkpoint(4, linear_state(0), 0, metrics={"step": 4}, fields={}, rank_info={}, tracker=first)
+    kept = reports[-1]["dir"]
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint(str(kept), pafs.LocalFileSystem()))
+
+    start = resume(linear_state(1), CPU.device, 0, log)
+    assert start.step == 4 and start.tracking_pending is not None
+    assert (start.tracking_pending / "ops.jsonl").read_text() == (kept / PENDING_DIR / "ops.jsonl").read_text()
+    again = start_tracking(cfg, job, start, 1, log)
+    assert not start.tracking_pending.exists()
+    assert again.run_id == first.run_id and again.finish()
+    history = mlflow.MlflowClient(uri).get_metric_history(again.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(4, 0.5)]
+
+
+def test_the_worker_s_s3_requests_go_with_its_metrics_when_it_made_any(monkeypatch):
+    from clipsynth_platform.runtime.s3_requests import S3RequestCounts
+    from clipsynth_platform.train import loop as loop_module
+
+    cfg = HiFiGANTrainConfig(data="x", max_steps=2, log_every=1)
+    tracker = Tracker()
+    loop = StepLoop(cfg, JOB, CPU, Resumption())
+    sums = IntervalSums(("loss",), CPU.device)
+    made = [S3RequestCounts(), S3RequestCounts(attempts=12, retried=3, failed_attempts=3, calls_given_up=0)]
+    for step in loop:
+        monkeypatch.setattr(loop_module, "s3_request_counts", lambda step=step: made[step - 1])
+        sums.add({"loss": 1.0})
+        loop.finish(step)
+        loop.log(step, sums, tracker, 0.1, "", logging.getLogger("t"))
+    assert not any(k.startswith("s3_") for k in tracker.logged[1])  # local storage: no S3 metrics
+    s3 = {k: v for k, v in tracker.logged[2].items() if k.startswith("s3_")}
+    assert s3 == {"s3_attempts": 12.0, "s3_retried": 3.0, "s3_failed_attempts": 3.0, "s3_calls_given_up": 0.0}
 
 
 def test_a_spent_budget_runs_no_step():

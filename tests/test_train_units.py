@@ -302,12 +302,15 @@ def test_run_tracker_continues_one_run(tmp_path):
     first = RunTracker(uri, "exp", "r1", record, {"variant": "image"})
     first.log_params({"max_steps": "10", "lr": "0.1"})
     first.log_metrics({"loss": 1.0, "nan": float("nan")}, step=1)
+    assert first.finish()  # sent from a background thread: all in MLflow once it finished
     again = RunTracker(uri, "exp", "r1", record, {"variant": "image"})
     assert again.resumed and again.run_id == first.run_id
     again.log_params({"max_steps": "20", "lr": "0.1", "seed": "0"})  # a longer re-run
+    assert again.finish()
     run = mlflow.tracking.MlflowClient(uri).get_run(first.run_id)
     assert run.data.params == {"max_steps": "10", "lr": "0.1", "seed": "0"}
-    assert run.data.tags["resumed_with.max_steps"] == "20" and run.data.metrics == {"loss": 1.0}
+    assert run.data.tags["resumed_with.max_steps"] == "20" and run.data.metrics["loss"] == 1.0
+    assert set(run.data.metrics) == {"loss", "tracking_seconds", "process_cpu_seconds"}  # not the NaN
     assert read_run_record(record)["mlflow_run_id"] == first.run_id
     assert len(mlflow.tracking.MlflowClient(uri).search_runs([first.experiment_id])) == 1
 

@@ -72,6 +72,7 @@ def test_hifigan_vocoder_and_the_bundle_choice():
         build_vocoder("hifigan")
 
 
+@pytest.mark.slow  # 7 s on 2 shared cores: out of make test-fast
 def test_bundle_records_which_vocoder_serves_and_keeps_the_hifigan(tmp_path):
     config = SynthesizerConfig.tiny()
     config.serving_vocoder = "griffin-lim"

@@ -20,6 +20,7 @@ from clipsynth_platform.datasets.manifest.load import read_source
 from clipsynth_platform.runtime.console import progress_bar
 from clipsynth_platform.runtime.logs import LogFn, progress
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
+from clipsynth_platform.runtime.s3_requests import s3_request_counts
 from clipsynth_platform.runtime.uri import exists, join, makedirs, write_atomically
 
 from .attempts import ClipRequest
@@ -150,7 +151,7 @@ def run_fetch(config: FetchConfig, worker_env: dict[str, str] | None = None, log
     `worker_env`: environment variables for the download actors (a cluster whose workers lack the driver's)."""
     log = log or progress("fetch")
     config.validate()
-    t_start = time.perf_counter()
+    t_start, s3_start = time.perf_counter(), s3_request_counts()
     manifest = load_manifest(config.manifest, config.format)
     if not manifest.clips:
         raise ValueError(f"the manifest {config.manifest} lists no clips")
@@ -216,6 +217,7 @@ def run_fetch(config: FetchConfig, worker_env: dict[str, str] | None = None, log
         attempts=recorder.attempts,
         bytes=recorder.bytes,
         seconds=round(time.perf_counter() - t_fetch, 3),
+        s3_requests_driver=s3_request_counts().since(s3_start).to_dict(),
     )
     summary = summarize(manifest, ledger, counts, config.output, config.output_format, TOOL)
     write_atomically(join(config.output, SUMMARY_FILE), json.dumps(summary.to_dict(), indent=2).encode())

@@ -4,7 +4,7 @@ clips in), failures by class, what this run did, and the coverage per split and 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from clipsynth_platform.datasets.manifest import Manifest
 
@@ -28,6 +28,9 @@ class RunCounts:
     attempts: int
     bytes: int
     seconds: float
+    # the driver's S3 requests during the run (runtime/s3_requests.py): the manifest, the ledger, WebDataset
+    # shards; the download actors write the clip files and count their own
+    s3_requests_driver: dict[str, int] = field(default_factory=dict)
 
     @property
     def clips_per_second(self) -> float | None:

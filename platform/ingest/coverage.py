@@ -98,7 +98,8 @@ def coverage_report(
     """Expected (the index), found (inputs the index labels) and ok (their clips kept), per split and class."""
     report = CoverageReport(index_uri)
     for entry in distinct_clips(labels).values():
-        report.add(entry.split or ANY_SPLIT, entry.label, "expected")
+        if entry.label is not None:  # an unlabelled listing is never "found" either (it has no class)
+            report.add(entry.split or ANY_SPLIT, entry.label, "expected")
     found: dict[tuple[str, str, str], bool] = {}  # (split, label, clip id) -> kept by any input that holds it
     for s in sources:
         if s.label_from != FROM_INDEX or s.label is None:
@@ -131,3 +132,10 @@ def split_leaks(sources: Iterable[VideoSource], status_by_uri: Mapping[str, str]
         "their_clips": sum(clips[v] for v in leaked),
         "examples": leaked[:examples],
     }
+
+
+def index_split_leaks(labels: LabelIndex | None, examples: int = 20) -> dict:
+    """The videos the label index listed in both splits. The manifest keeps all clips of each in one split
+    (test), so they never straddle the splits here; the summary names them, since the index's own split changed."""
+    leaks = labels.manifest.leaks if labels is not None and labels.manifest is not None else []
+    return {"videos": len(leaks), "examples": [leak.to_dict() for leak in leaks[:examples]]}

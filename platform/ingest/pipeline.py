@@ -23,6 +23,7 @@ from clipsynth_platform.runtime.logs import LogFn, get_logger, progress
 from clipsynth_platform.runtime.options import fields_from
 from clipsynth_platform.runtime.preflight import ClusterView, require_shared_locations
 from clipsynth_platform.runtime.ray_cluster import LocalRay, connect_ray
+from clipsynth_platform.runtime.s3_requests import s3_request_counts
 
 from .commit import Committer, RunStats
 from .config import IngestConfig
@@ -222,7 +223,7 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
     from clipsynth_platform.runtime.origin import require_consistent_origin
 
     log = log or progress("ingest")
-    t_start = time.perf_counter()
+    t_start, s3_start = time.perf_counter(), s3_request_counts()
     config.validate()
     if config.address or os.environ.get("RAY_ADDRESS"):  # on a cluster: refuse driver-only paths before any write
         ensure_ray(config)
@@ -285,7 +286,15 @@ def run_ingest(config: IngestConfig, worker_env: dict[str, str] | None = None, l
         committer.maybe_commit(final=True)
 
     summary, failures = summarize(
-        config, store, inputs, labels, stats, len(sources) - len(pending), time.perf_counter() - t_start, ray_where
+        config,
+        store,
+        inputs,
+        labels,
+        stats,
+        len(sources) - len(pending),
+        time.perf_counter() - t_start,
+        ray_where,
+        s3_requests=s3_request_counts().since(s3_start).to_dict(),
     )
     hygiene, coverage = summary["hygiene"]["rejected"], summary["coverage"]
     log(

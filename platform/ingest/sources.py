@@ -84,16 +84,28 @@ def label_of(
     return None, None
 
 
-def _source(uri: str, rel: str, test_fraction: float, labels: LabelIndex | None, **where) -> VideoSource:
+def video_splits(labels: LabelIndex | None) -> dict[str, str]:
+    """The index's split of each source video ({ytid} of {ytid}_{start:06d}). The manifest has resolved split
+    leaks (all clips of one video in one split), so each video has one."""
+    if labels is None:
+        return {}
+    return {source_video_of(key): e.split for key, e in labels.entries.items() if e.split}
+
+
+def _source(
+    uri: str, rel: str, test_fraction: float, labels: LabelIndex | None, by_video: Mapping[str, str], **where
+) -> VideoSource:
     vid = video_id_of(uri)
     entry, origin = label_of(labels, uri, rel, where.get("member"))
     label = entry.label if entry is not None else None
     source = VideoSource(uri, rel, vid, "", label, label_from=origin, **where)
     if origin is not None and entry is not None and entry.split:
         return replace(source, split=entry.split, split_from=origin)
-    # Hashed by the video a clip was cut from, so that clips of one YouTube video never straddle the splits.
     clip = source.clip_id
     key = source_video_of(clip) if source_video_of(clip) != clip else vid
+    if key in by_video:  # a clip the index does not list, of a video it does: that video's split
+        return replace(source, split=by_video[key], split_from=FROM_INDEX)
+    # Hashed by the video a clip was cut from, so that clips of one YouTube video never straddle the splits.
     return replace(source, split=hashed_split(key, test_fraction))
 
 
@@ -106,16 +118,26 @@ def plan_sources(
 ) -> list[VideoSource]:
     """Every input video (files, and the members of each container's index) with its id, split and label."""
     sources: list[VideoSource] = []
+    by_video = video_splits(labels)
     for item in inputs:
         if limit is not None and len(sources) >= limit:
             break
         if item.kind == KIND_VIDEO:
-            sources.append(_source(item.uri, item.relative_path, test_fraction, labels))
+            sources.append(_source(item.uri, item.relative_path, test_fraction, labels, by_video))
             continue
         index = indexes.get(item.uri)
         for m in index.members if index is not None else ():
             rel = f"{item.relative_path}/{m.name}"
             sources.append(
-                _source(m.uri_in(item.uri), rel, test_fraction, labels, kind=item.kind, container=item.uri, member=m)
+                _source(
+                    m.uri_in(item.uri),
+                    rel,
+                    test_fraction,
+                    labels,
+                    by_video,
+                    kind=item.kind,
+                    container=item.uri,
+                    member=m,
+                )
             )
     return sources[:limit] if limit is not None else sources

@@ -13,7 +13,7 @@ from clipsynth_platform.datasets.schema import SCHEMA_VERSION
 from .commit import LOST_REASON, RunStats
 from .config import IngestConfig
 from .containers import ContainerIndex
-from .coverage import coverage_report, split_leaks
+from .coverage import coverage_report, index_split_leaks, split_leaks
 from .inputs import KIND_VIDEO, InputFile
 from .labels import LabelIndex
 from .records import CRASHED_REASON, STAGE_CONTAINER, STATUS_OK
@@ -90,6 +90,7 @@ def summarize(
     skipped: int,
     seconds: float,
     ray_where: str | None,
+    s3_requests: dict[str, int] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Account for every listed video from all manifests (this run's and earlier ones'); write the summary and
     the failures table. Returns (summary, failure rows)."""
@@ -119,6 +120,9 @@ def summarize(
         "chunks_written": stats.rows_written,
         "commits": stats.commits,
         "ray": ray_where,
+        # the driver's S3 requests until now (runtime/s3_requests.py): listing, labels, commits' manifests; the
+        # decode workers read the videos and write the shards, and count their own
+        "s3_requests_driver": s3_requests or {},
     }
     previous = store.read_summary()
     runs = [*(previous or {}).get("runs", [])[-20:], this_run]
@@ -150,6 +154,7 @@ def summarize(
             "format": labels.format if labels else None,
             "entries": len(labels.entries) if labels else 0,
             "conflicts": len(labels.conflicts) if labels else 0,
+            "index_split_leaks": index_split_leaks(labels),
             "videos_labelled": sum(e["label"] is not None for e in ok),
             "videos_unlabelled": sum(e["label"] is None for e in ok),
         },

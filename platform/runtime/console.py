@@ -36,7 +36,7 @@ from .logs import ROOT, LogFn, configure_logging, get_logger
 VERBOSE_ENV = "CLIPSYNTH_VERBOSE"
 LOG_DIR_ENV = "CLIPSYNTH_LOG_DIR"
 # The platform's own lines, as _ComponentFormatter writes them (also from Ray workers): shown on the console.
-PLATFORM_LINE = re.compile(r"^\[[\w.-]+\] ")
+PLATFORM_LINE = re.compile(r"^\[[\w. -]+\] ")  # "[train] ...", "[fault drill] ..."
 NON_TTY_INTERVAL_S = 30.0
 # Libraries whose INFO lines are chatter to a person at the terminal; their errors still reach it.
 QUIETED_LOGGERS = ("ray", "ray.data", "ray.train", "ray.serve", "mlflow", "alembic", "urllib3", "py.warnings")

@@ -93,6 +93,12 @@ class TrainConfig:
     )
     seed: int = opt(0, "seed of the model initialisation and of the training noise")
     tracking_uri: str = opt("", "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    tracking_wait_seconds: float = opt(
+        120.0,
+        "at the end of a run, how long to wait for an unreachable MLflow to take what is still buffered (and, for "
+        "the diffusion job, between attempts to register the bundle); what it did not take is kept in storage "
+        "with the command that sends it",
+    )
     ray_address: str = opt(
         "", "Ray cluster to join (default: $RAY_ADDRESS as set by `ray job submit`, else a new local Ray)"
     )
@@ -149,6 +155,8 @@ class TrainConfig:
             raise ValueError("--train-seconds must be >= 0 (0: no time limit)")
         if not self.cpus_per_worker > 0:
             raise ValueError("--cpus-per-worker must be > 0")
+        if self.tracking_wait_seconds < 0:
+            raise ValueError("--tracking-wait-seconds must be >= 0")
         if self.max_failures < -1:
             raise ValueError("--max-failures must be -1 (no limit) or >= 0")
         self.batch_plan()

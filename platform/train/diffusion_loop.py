@@ -46,12 +46,12 @@ from clipsynth_core.synthesizer import bundles_clip_weights
 from clipsynth_core.training import DiffusionStep, adamw, resolve_bf16, scheduled_lr
 from clipsynth_platform.runtime.logs import get_logger
 from clipsynth_platform.runtime.uri import fsspec_filesystem, strip_scheme
-from clipsynth_platform.tracking.registry import log_bundle_model, set_alias
 
 from .checkpoints import TrainingState, resume, save_checkpoint
 from .config import DiffusionTrainConfig
 from .data import diffusion_examples, training_batches
 from .loop import IntervalSums, StepLoop, start_tracking
+from .registration import BundleRegistration, register_bundle
 from .tracking import RunTracker, log_samples
 from .vocoder import load_hifigan
 from .worker import RankStreams, WorkerPlace, configure_device, prepare_model, run_worker
@@ -238,6 +238,7 @@ def _train_diffusion_worker(cfg: DiffusionTrainConfig, job: dict, place: WorkerP
                 metrics={"step": step, "loss": float(terms["loss"])},
                 fields=loop.checkpoint_fields(tracker, "diffusion"),
                 rank_info=start.rank_info,
+                tracker=tracker,
             )
 
     if tracker is not None:
@@ -297,8 +298,6 @@ def _finish(
     final_step: int,
 ) -> None:
     """Rank 0 at the end: the synthesizer bundle (EMA weights) as an MLflow model, registered when asked."""
-    import mlflow
-
     done = tracker.record.get("bundle_step")
     if done is not None and int(done) >= final_step:
         log.info(f"already finished: the bundle of step {done} is logged (run {tracker.run_id})")
@@ -333,21 +332,11 @@ def _finish(
             metadata=metadata,
             serving_vocoder=cfg.serving_vocoder,
         )
-        with mlflow.start_run(run_id=tracker.run_id):
-            info = log_bundle_model(Path(tmp) / "bundle", registered_name=cfg.register_as or None)
-    version = getattr(info, "registered_model_version", None)
-    alias_uri = None
-    if version is not None and cfg.register_alias:
-        alias_uri = set_alias(f"models:/{cfg.register_as}/{version}", cfg.register_alias)
-    tracker.set_tags({"bundle_vocoder": vocoder_note, "model_uri": info.model_uri, "model_alias": alias_uri or ""})
-    tracker.update_record(
-        bundle_step=final_step,
-        model_uri=info.model_uri,
-        registered_model=cfg.register_as or None,
-        registered_version=int(version) if version is not None else None,
-        registered_alias=alias_uri,
-    )
-    where = f"models:/{cfg.register_as}/{version}" if version is not None else info.model_uri
-    where += f" = {alias_uri}" if alias_uri else ""
-    log.info(f"finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
+        # Retried; kept in storage with the command that registers it when MLflow does not take it (registration.py)
+        what = BundleRegistration(final_step, cfg.register_as, cfg.register_alias, vocoder_note)
+        result = register_bundle(tracker, Path(tmp) / "bundle", what)
+    if result.model_uri is not None:
+        where = f"models:/{cfg.register_as}/{result.version}" if result.version is not None else result.model_uri
+        where += f" = {result.alias_uri}" if result.alias_uri else ""
+        log.info(f"finished at step {final_step}; synthesizer bundle: {where} (MLflow run {tracker.run_id})")
     tracker.finish()

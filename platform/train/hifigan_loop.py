@@ -150,6 +150,7 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
                 },
                 rank_info=start.rank_info,
                 files=partial(vocoder_file, step),
+                tracker=tracker,
             )
     final_step = loop.last_step
 

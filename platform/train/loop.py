@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.runtime.s3_requests import s3_request_counts
 from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
 
 from .checkpoints import Resumption, wait_for_committed_checkpoints
@@ -188,7 +190,8 @@ class StepLoop:
         log: logging.Logger,
     ) -> dict[str, float]:
         """The interval's metrics averaged over the ranks (every rank takes part), to MLflow with a progress line
-        on rank 0: the losses, the learning rate, the time spent, the pace and the GPU's peak memory."""
+        on rank 0: the losses, the learning rate, the time spent, the pace, the GPU's peak memory and the worker's
+        S3 requests (retries included)."""
         means = sums.read({"data_wait_s_per_step": self.data_wait / max(self.waits, 1)})
         self.data_wait, self.waits = 0.0, 0
         pace = self.progress.interval(step)
@@ -201,6 +204,7 @@ class StepLoop:
                 "samples_per_s": pace["samples_per_s"],
                 "samples_per_s_per_worker": pace["samples_per_s"] / world,
                 **gpu_memory_metrics(self.place.device),
+                **s3_request_metrics(),
             }
             tracker.log_metrics(metrics, step)
             line = describe.format(**means)
@@ -230,6 +234,14 @@ def gpu_memory_metrics(device: torch.device) -> dict[str, float]:
     }
 
 
+def s3_request_metrics() -> dict[str, float]:
+    """This worker's S3 requests so far, as botocore counted them (run records, checkpoint uploads through Ray
+    Train's storage filesystem): attempts, retried attempts, failed attempts and calls given up. None when it
+    made no S3 request (local storage)."""
+    counts = s3_request_counts()
+    return {f"s3_{key}": float(value) for key, value in counts.to_dict().items()} if counts.attempts else {}
+
+
 def fault_drill(fail_at_step: int, step: int, place: WorkerPlace, storage_path: str, run_name: str) -> None:
     """Test hook: rank 1 (rank 0 when alone) exits hard when it reaches `fail_at_step`, once per run.
 
@@ -256,7 +268,17 @@ def start_tracking(cfg: TrainConfig, job: dict, start: Resumption, world: int, l
     """Rank 0's MLflow run (created, or continued after a restart) with the job's parameters, and the start line."""
     from .tracking import RunTracker
 
-    tracker = RunTracker(job["tracking_uri"], cfg.experiment, job["run_name"], job["record_uri"], job["tags"])
+    tracker = RunTracker(
+        job["tracking_uri"],
+        cfg.experiment,
+        job["run_name"],
+        job["record_uri"],
+        job["tags"],
+        previous=start.tracking_pending,  # what the attempt that wrote the checkpoint had not sent
+        wait_seconds=cfg.tracking_wait_seconds,
+    )
+    if start.tracking_pending is not None:  # queued by the tracker (artifacts copied to its spool): the copy goes
+        shutil.rmtree(start.tracking_pending, ignore_errors=True)
     tracker.log_params(job["params"])
     if start.step < cfg.max_steps:
         batch = job["batch"]

@@ -1,7 +1,8 @@
-"""MLflow for training runs, written by rank 0 only: one run per job that survives restarts.
+"""MLflow for training runs, written by rank 0 only: one run per job that survives restarts and outages.
 
 The run id lives in `<storage_path>/<run name>/clipsynth_run.json` (and in every checkpoint's state.json),
-so a worker restarted by Ray Train, or the same command run again, continues the same MLflow run.
+so a worker restarted by Ray Train, or the same command run again, continues the same MLflow run. What the run
+logs is sent from a background thread (RunTracker), so a tracking server that goes away never stops training.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import time
@@ -17,14 +19,22 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from clipsynth_platform.runtime.uri import fsspec_filesystem, join, strip_scheme
+from clipsynth_platform.runtime.logs import get_logger
+from clipsynth_platform.runtime.uri import fsspec_filesystem, is_s3, join, strip_scheme
+from clipsynth_platform.tracking.outbox import (
+    PENDING_DIR,
+    MetricsOp,
+    OutboxLimits,
+    TrackingOutbox,
+    is_permanent,
+    metric_steps_logged,
+)
 from clipsynth_platform.tracking.registry import default_tracking_uri, ensure_experiment
 
 RUN_RECORD = "clipsynth_run.json"
-MLFLOW_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch request
+logger = get_logger("tracking")
 
 
 def resolve_tracking_uri(explicit: str = "") -> str:
@@ -92,41 +102,104 @@ def write_run_record(uri: str, record: dict) -> None:
 
 
 class RunTracker:
-    """The job's MLflow run: created on first start, continued after any restart."""
+    """The job's MLflow run: created on first start, continued after any restart.
+
+    Everything a running loop logs goes through a TrackingOutbox (clipsynth_platform.tracking.outbox): a
+    background thread sends it, so an MLflow server that is slow or gone never stops or fails the step loop.
+    What it has not sent yet goes into every checkpoint (`save_pending`) and is sent by the attempt that
+    resumes from it; what it has not sent when the run ends (`finish`) is kept in the run's folder in storage,
+    sent by the next attempt or by `python jobs/finish_tracking.py`. Only a run that does not exist yet needs
+    the server at start (to create it); a resumed run goes on from the run record when the server is away.
+    """
 
     def __init__(
-        self, tracking_uri: str, experiment: str, run_name: str, record_uri: str, tags: dict[str, str]
+        self,
+        tracking_uri: str,
+        experiment: str,
+        run_name: str,
+        record_uri: str,
+        tags: dict[str, str],
+        previous: Path | None = None,
+        wait_seconds: float = 120.0,
+        limits: OutboxLimits | None = None,
     ) -> None:
         mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.record_uri = record_uri
-        self.experiment_id = ensure_experiment(experiment)
+        self.run_dir = record_uri.rsplit("/", 1)[0]
+        self.wait_seconds = wait_seconds
         record = read_run_record(record_uri) or {}
         run_id = record.get("mlflow_run_id")
         self.resumed = False
+        logged_through = None
         if run_id:
-            try:
-                self.client.get_run(run_id)
-                self.resumed = True
-            except mlflow.exceptions.MlflowException:
+            self.resumed, logged_through = self._continue(run_id)
+            if not self.resumed:
                 run_id = None  # the record points at another tracking store: start a new run
         if not run_id:
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+            experiment_id = ensure_experiment(experiment)
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
             run_id = run.info.run_id
-            record = {"mlflow_run_id": run_id, "experiment_id": self.experiment_id, "run_name": run_name}
+            record = {"mlflow_run_id": run_id, "experiment_id": experiment_id, "run_name": run_name}
             write_run_record(record_uri, record)
         self.run_id = run_id
         self.record = record
-        # Per metric, the last step already in MLflow: a restart from the last checkpoint replays the steps
-        # after it, whose values the first attempt logged; they are not logged twice (one value per step).
-        self.logged_through: dict[str, int] = {}
+        self.experiment_id = record.get("experiment_id")
+        self.outbox = TrackingOutbox(self.client, run_id, limits, logged_through)
         if self.resumed:
-            self.client.update_run(run_id, status="RUNNING")
-            self.set_tags(tags)
-            for key in self.client.get_run(run_id).data.metrics:
-                history = self.client.get_metric_history(run_id, key)
-                self.logged_through[key] = max((m.step for m in history), default=-1)
+            self.outbox.set_status("RUNNING")
+            self.outbox.set_tags(tags)
+        self._previous_run_folder = False
+        self._queue_previous(previous)
+        self._caller_seconds = 0.0
+        self._cpu_at_last_log = time.process_time()
+
+    def _continue(self, run_id: str) -> tuple[bool, dict[str, int] | None]:
+        """(whether the recorded run goes on, per metric the last step MLflow holds when it could be asked)."""
+        if not server_reachable(self.tracking_uri):
+            logger.warning(
+                f"MLflow at {self.tracking_uri} is not reachable; run {run_id} goes on from the run record "
+                "and what it logs waits until the server is back"
+            )
+            return True, None
+        try:
+            self.client.get_run(run_id)
+            # Per metric, the last step already in MLflow: a restart from the last checkpoint replays the steps
+            # after it, whose values the first attempt logged; they are not logged twice (one value per step).
+            return True, metric_steps_logged(self.client, run_id)
+        except mlflow.exceptions.MlflowException as exc:
+            if is_permanent(exc):
+                return False, None
+            logger.warning(f"MLflow did not answer for run {run_id} ({exc}); it goes on from the run record")
+            return True, None
+
+    def _queue_previous(self, checkpoint_pending: Path | None) -> None:
+        """Queue what earlier attempts could not send: from the checkpoint this attempt resumes from, and from
+        the run's folder (an attempt that ended while MLflow was away)."""
+        if checkpoint_pending is not None:
+            self._announce(self.outbox.load_pending(checkpoint_pending, statuses=False), "the checkpoint")
+        folder = join(self.run_dir, PENDING_DIR)
+        fs = fsspec_filesystem(folder)
+        if fs.exists(strip_scheme(folder)):
+            with tempfile.TemporaryDirectory(prefix="clipsynth-pending-") as tmp:
+                fs.get(strip_scheme(folder).rstrip("/") + "/", tmp, recursive=True)
+                self._announce(self.outbox.load_pending(tmp, statuses=False), folder)
+            self._previous_run_folder = True
+
+    def _announce(self, ops: list, where: str) -> None:
+        if ops:
+            steps = [op.step for op in ops if isinstance(op, MetricsOp)]
+            span = f", metrics of steps {min(steps)}-{max(steps)}" if steps else ""
+            logger.warning(
+                f"{len(ops)} operations an earlier attempt could not send to MLflow{span}, kept in "
+                f"{where}: sending them now"
+            )
+
+    @property
+    def logged_through(self) -> dict[str, int]:
+        """Per metric key, the last step MLflow holds (as far as this attempt knows)."""
+        return dict(self.outbox.logged_through or {})
 
     def update_record(self, **values) -> None:
         self.record.update(values)
@@ -134,34 +207,88 @@ class RunTracker:
 
     def log_params(self, params: dict[str, str]) -> None:
         """Log params once; a resumed run whose value changed (e.g. a larger --max-steps) gets a tag instead."""
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
-        changed = {f"resumed_with.{k}": v for k, v in params.items() if k in existing and existing[k] != v[:6000]}
-        for i in range(0, len(new), MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, params=new[i : i + MLFLOW_BATCH])
-        if changed:
-            self.set_tags(changed)
+        self.outbox.log_params(params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), MLFLOW_BATCH):
-            self.client.log_batch(self.run_id, tags=items[i : i + MLFLOW_BATCH])
+        self.outbox.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        ts = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), ts, int(step))
-            for k, v in metrics.items()
-            if math.isfinite(float(v)) and int(step) > self.logged_through.get(k, -1)
-        ]
-        if items:
-            self.client.log_batch(self.run_id, metrics=items)
+        """Queue the step's metrics, with two of the tracker's own since the previous call: `tracking_seconds`
+        (what the caller spent in this tracker: near 0 when MLflow is away too) and `process_cpu_seconds` (this
+        process's CPU time: a pace that falls while it stays put means the machine, not the loop, slowed)."""
+        t0 = time.perf_counter()
+        cpu = time.process_time()
+        own = {"tracking_seconds": self._caller_seconds, "process_cpu_seconds": cpu - self._cpu_at_last_log}
+        values = {k: float(v) for k, v in {**metrics, **own}.items() if math.isfinite(float(v))}
+        self.outbox.log_metrics(values, int(step))
+        self._cpu_at_last_log = cpu
+        self._caller_seconds = time.perf_counter() - t0
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str) -> None:
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        t0 = time.perf_counter()
+        self.outbox.log_artifacts(local_dir, artifact_path)
+        self._caller_seconds += time.perf_counter() - t0
 
-    def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until MLflow has taken everything logged so far (True), or `timeout_s` passes (False)."""
+        return self.outbox.flush(timeout_s)
+
+    def save_pending(self, directory: Path) -> int:
+        """Into a checkpoint directory: what MLflow has not taken yet (PENDING_DIR), for the attempt that resumes
+        from it. Returns how many operations."""
+        t0 = time.perf_counter()
+        n = self.outbox.save_pending(directory / PENDING_DIR)
+        self._caller_seconds += time.perf_counter() - t0
+        if n:
+            logger.warning(f"{n} operations MLflow has not taken yet are kept in the checkpoint")
+        return n
+
+    def finish(self, status: str = "FINISHED") -> bool:
+        """End the run: wait up to `wait_seconds` for MLflow to take everything; what it did not take is kept in
+        the run's folder in storage, with the command that sends it. Returns whether everything was sent."""
+        self.outbox.set_status(status)
+        sent = self.outbox.close(self.wait_seconds)
+        folder = join(self.run_dir, PENDING_DIR)
+        fs = fsspec_filesystem(folder)
+        if sent:
+            if self._previous_run_folder and fs.exists(strip_scheme(folder)):
+                fs.rm(strip_scheme(folder), recursive=True)
+            return True
+        with tempfile.TemporaryDirectory(prefix="clipsynth-pending-") as tmp:
+            n = self.outbox.save_pending(tmp)
+            self.outbox.discard()
+            if fs.exists(strip_scheme(folder)):
+                fs.rm(strip_scheme(folder), recursive=True)
+            if not is_s3(folder):
+                os.makedirs(strip_scheme(folder), exist_ok=True)
+            fs.put(tmp.rstrip("/") + "/", strip_scheme(folder), recursive=True)
+        logger.warning(
+            f"MLflow at {self.tracking_uri} did not take {n} operations within {self.wait_seconds:.0f} s; "
+            f"they are kept in {folder} and sent by the next attempt of this run, or now with:\n"
+            f"  {finish_command(self.run_dir, self.tracking_uri)}"
+        )
+        return False
+
+
+def server_reachable(tracking_uri: str, timeout_s: float = 5.0) -> bool:
+    """One quick request to an MLflow server's /health (no retries); other stores (SQLite, files) are local."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    import requests
+
+    try:
+        return requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def finish_command(run_dir: str, tracking_uri: str) -> str:
+    """The command that sends what a run kept in storage to MLflow and registers its bundle."""
+    storage, _, run_name = run_dir.rstrip("/").rpartition("/")
+    return (
+        f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} python jobs/finish_tracking.py "
+        f"--storage-path {shlex.quote(storage)} --run-name {shlex.quote(run_name)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- samples
