@@ -13,10 +13,11 @@ from .clip_encoder import ClipConfig, ClipQueryEncoder, ClipWeightsError
 from .diffusion import DiffusionConfig, GaussianDiffusion, cosine_betas, space_timesteps
 from .ema import EMA
 from .hifigan import HiFiGANConfig, HiFiGANDiscriminator, HiFiGANGenerator, hifigan_config
+from .hifigan_step import HiFiGANStep
 from .mel import MelConfig, MelFrontend, random_segment
 from .retriever import ClipRetriever
 from .synthesizer import SamplingDefaults, Synthesizer, SynthesizerConfig, frames_for_seconds
-from .training import HiFiGANStep, OptimConfig, diffusion_losses
+from .training import OptimConfig, diffusion_losses
 from .unet import ConditionalUNet, UNetConfig, unet_config
 from .vocoder import VOCODERS, GriffinLimVocoder, HiFiGANVocoder, build_vocoder
 

@@ -17,6 +17,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from .model_presets import config_from_preset
@@ -135,6 +136,19 @@ class HiFiGANGenerator(nn.Module):
             x = _mean_of([b(x) for b in cast(nn.ModuleList, blocks)])
         x = torch.tanh(self.conv_post(F.leaky_relu(x)))
         return x.squeeze(1)
+
+    def remove_weight_norm(self) -> HiFiGANGenerator:
+        """Fold every weight norm into a plain weight (g * v / ||v||, computed once), for inference: the same
+        outputs without recomputing the norm at every forward. Training needs the norm; a folded generator's
+        state dict has plain `weight` keys and no longer loads into, or saves as, a trainable one."""
+        for module in self.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        return self
+
+    @property
+    def weight_norm_removed(self) -> bool:
+        return not any(parametrize.is_parametrized(m, "weight") for m in self.modules())
 
 
 class PeriodDiscriminator(nn.Module):

@@ -291,13 +291,15 @@ class Synthesizer:
 
     @property
     def identity(self) -> dict:
+        """The bundle's parts and its scalar metadata; the parts win over metadata of the same name (the training
+        jobs' metadata "vocoder" notes where the HiFi-GAN came from, not which vocoder serves)."""
         return {
+            **{k: v for k, v in self.config.metadata.items() if isinstance(v, (str, int, float, bool))},
             "format": BUNDLE_FORMAT,
             "clip": self.config.clip.identity,
             "unet_channels": self.config.unet.model_channels,
             "vocoder": self.config.serving_vocoder,
             "diffusion_steps": self.config.diffusion.num_steps,
-            **{k: v for k, v in self.config.metadata.items() if isinstance(v, (str, int, float, bool))},
         }
 
 
@@ -343,8 +345,9 @@ def load_bundle_hifigan(path: str | os.PathLike, config: SynthesizerConfig) -> H
 
 
 def load_bundle_vocoder(path: str | os.PathLike, config: SynthesizerConfig) -> torch.nn.Module:
-    """The serving vocoder of the bundle (config.serving_vocoder): mels -> whole clips."""
-    generator = load_bundle_hifigan(path, config) if config.serving_vocoder == "hifigan" else None
+    """The serving vocoder of the bundle (config.serving_vocoder): mels -> whole clips. A served HiFi-GAN has its
+    weight norm folded into its weights (the same outputs; no norm recomputed at every request)."""
+    generator = load_bundle_hifigan(path, config).remove_weight_norm() if config.serving_vocoder == "hifigan" else None
     return build_vocoder(config.serving_vocoder, generator, config.mel).eval()
 
 

@@ -8,18 +8,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diffusion import GaussianDiffusion
 from .ema import EMA
-from .hifigan import (
-    HiFiGANConfig,
-    discriminator_loss,
-    feature_matching_loss,
-    generator_adv_loss,
-)
-from .mel import MelFrontend
 
 
 @dataclass(frozen=True)
@@ -233,71 +225,3 @@ class DiffusionStep:
         if self.ema is not None:
             self.ema.update(self.model, step)
         return {**totals, "grad_norm": grad_norm.detach()}
-
-
-class HiFiGANStep:
-    """One HiFi-GAN update (discriminator, then generator) on (mel segment, waveform segment) pairs.
-
-    The mel loss is the L1 distance of the natural-log mels (the project's filterbank, clamped at 1e-5, not
-    the [-1, 1] normalised mels) of the generated and the real waveform, with the weight of the original
-    paper (45), which was chosen for ln-mels.
-    """
-
-    def __init__(
-        self,
-        generator: nn.Module,
-        discriminator: nn.Module,
-        mel_frontend: MelFrontend,
-        config: HiFiGANConfig,
-        opt_g: torch.optim.Optimizer,
-        opt_d: torch.optim.Optimizer,
-        grad_clip: float | None = None,
-    ) -> None:
-        self.g, self.d, self.mel, self.cfg = generator, discriminator, mel_frontend, config
-        self.opt_g, self.opt_d, self.grad_clip = opt_g, opt_d, grad_clip
-
-    def _aligned(self, wave: Tensor) -> Tensor:
-        # Pad by n_fft - hop so that N = T * hop samples give exactly T frames, matching the input mel.
-        c = self.mel.config
-        pad = c.n_fft - c.hop_length
-        return F.pad(wave, (pad // 2, pad - pad // 2), mode="reflect")
-
-    def mel_of(self, wave: Tensor) -> Tensor:
-        """The generator's input: the normalised mel [B, n_mels, T] of T * hop samples."""
-        return self.mel(self._aligned(wave))
-
-    def log_mel_of(self, wave: Tensor) -> Tensor:
-        """The mel loss's view: the ln-mel [B, n_mels, T] of T * hop samples, frame for frame as `mel_of`."""
-        return self.mel.log_mel(self._aligned(wave))
-
-    def __call__(self, mel: Tensor, wave: Tensor) -> dict[str, float]:
-        fake = self.g(mel)
-        if fake.shape != wave.shape:
-            raise ValueError(f"generator gave {tuple(fake.shape)}, the target waveform is {tuple(wave.shape)}")
-        # Discriminator
-        real_s, _ = self.d(wave)
-        fake_s, _ = self.d(fake.detach())
-        loss_d = discriminator_loss(real_s, fake_s)
-        loss_d.backward()
-        clip_and_step(self.d.parameters(), self.opt_d, self.grad_clip)
-        # Generator
-        real_s, real_f = self.d(wave)
-        fake_s, fake_f = self.d(fake)
-        loss_adv = generator_adv_loss(fake_s)
-        loss_fm = feature_matching_loss(real_f, fake_f)
-        loss_mel = F.l1_loss(self.log_mel_of(fake), self.log_mel_of(wave))
-        loss_g = loss_adv + self.cfg.lambda_fm * loss_fm + self.cfg.lambda_mel * loss_mel
-        self.opt_d.zero_grad(set_to_none=True)  # the generator pass left gradients in D
-        loss_g.backward()
-        clip_and_step(self.g.parameters(), self.opt_g, self.grad_clip)
-        self.opt_d.zero_grad(set_to_none=True)
-        return {
-            k: float(v.detach())
-            for k, v in {
-                "loss_d": loss_d,
-                "loss_g": loss_g,
-                "loss_adv": loss_adv,
-                "loss_fm": loss_fm,
-                "loss_mel": loss_mel,
-            }.items()
-        }

@@ -88,6 +88,23 @@ DEMO = Preset(
     },
 )
 
+# make vocoder: the demo's HiFi-GAN trained to the CPU recipe (platform/demo/vocoder.py); the recipe's knobs are
+# CpuRunConfig's, its time budget the job's.
+VOCODER = Preset(
+    "vocoder",
+    "make vocoder: the demo's HiFi-GAN for the recipe's 20 CPU minutes, then its bundle, measured and registered",
+    {
+        "HiFiGANTrainConfig": {
+            "run_name": "demo-vocoder",
+            "num_workers": 1,
+            "max_steps": 1_000_000,  # the time budget ends the run
+            "checkpoint_every": 2_000,
+            "log_every": 100,
+            "sample_every": 1_000_000,  # samples at the final step only
+        },
+    },
+)
+
 TABLE1 = Preset(
     "table1",
     "make table1: the three variants on one step budget, the HiFi-GAN once, then evaluation and the table",
@@ -125,7 +142,7 @@ TINY = Preset(
     },
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (MUSIC, VGGSOUND, DEMO, TABLE1, TINY)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (MUSIC, VGGSOUND, DEMO, VOCODER, TABLE1, TINY)}
 
 
 def preset(name: str) -> Preset:

@@ -168,4 +168,10 @@ class Vocoder:
         return await self._vocode_batch(mel)
 
     def info(self) -> dict:
-        return {"hop_length": self.config.mel.hop_length, "vocoder": self.config.serving_vocoder}
+        hifigan = self.config.serving_vocoder == "hifigan"
+        return {
+            "hop_length": self.config.mel.hop_length,
+            "vocoder": self.config.serving_vocoder,
+            # the served HiFi-GAN's training steps, when its bundle records them (None for Griffin-Lim)
+            "vocoder_trained_steps": self.config.metadata.get("vocoder_step") if hifigan else None,
+        }

@@ -321,6 +321,7 @@ class SynthesizerIngress:
             },
             "sampler_stats": {k: sampler[k] for k in ("batches", "requests", "largest_batch")},
             "vocoder_hop_length": vocoder["hop_length"],
+            "vocoder": {"name": vocoder["vocoder"], "trained_steps": vocoder.get("vocoder_trained_steps")},
         }
         return JSONResponse(self._health_view(self._health, details))
 

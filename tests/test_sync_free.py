@@ -1,5 +1,6 @@
-"""The diffusion hot paths never synchronise with the host: one training step (forward, backward through micro-
-batches, clipping, AdamW, EMA, the loop's device metric sums) and one guided sampling step run with the model on
+"""The hot paths never synchronise with the host: one diffusion training step (forward, backward through micro-
+batches, clipping, AdamW, EMA, the loop's device metric sums), one HiFi-GAN step (in its mel-only warm-up and with
+the discriminators) and one guided sampling step run with the model on
 the meta device under tests/sync_guard.py's HostSyncGuard, which fails on any tensor copied between the host and
 the device, any CPU tensor mixed in, any value read back and any CPU generator drawing on the device. The guard
 itself is shown to catch each of those."""
@@ -17,11 +18,17 @@ from clipsynth_core import (
     ConditionalUNet,
     DiffusionConfig,
     GaussianDiffusion,
+    HiFiGANDiscriminator,
+    HiFiGANGenerator,
+    HiFiGANStep,
+    MelFrontend,
     Synthesizer,
     SynthesizerConfig,
+    hifigan_config,
     unet_config,
 )
 from clipsynth_core.diffusion import guided_model
+from clipsynth_core.hifigan_step import LOSS_KEYS
 from clipsynth_core.noise import device_generator, example_keys
 from clipsynth_core.training import DiffusionStep, adamw
 from clipsynth_platform.train.loop import IntervalSums
@@ -118,3 +125,28 @@ def test_the_guard_catches_each_kind_of_host_sync():
     with HostSyncGuard() as guard:
         torch.ones(2).add_(1)
     assert guard.host_ops == 2 and guard.device_ops == 0 and guard.violations == []
+
+
+@pytest.mark.parametrize("step_number", [1, 3])  # in the mel-only warm-up, and with the discriminators
+def test_a_hifigan_step_never_touches_the_host(step_number):
+    torch.manual_seed(0)
+    cfg = hifigan_config("tiny")
+    gen, disc = HiFiGANGenerator(cfg).to(META), HiFiGANDiscriminator(cfg).to(META)
+    # SGD keeps no step counter (AdamW's sits on the CPU unless fused or capturable, which meta lacks)
+    step = HiFiGANStep(
+        gen,
+        disc,
+        MelFrontend().to(META),
+        cfg,
+        torch.optim.SGD(gen.parameters(), 1e-3, momentum=0.9),
+        torch.optim.SGD(disc.parameters(), 1e-3, momentum=0.9),
+        warmup_steps=2,
+    )
+    wave = torch.empty(2, 8 * 1024, device=META)  # the batch is on the device before the step, as in the loop
+    mel = step.mel_of(wave)
+    sums = IntervalSums(LOSS_KEYS, META)
+    with HostSyncGuard() as guard:
+        losses = step(mel, wave, step_number)
+        sums.add(losses)
+    assert guard.device_ops > 100  # the generator's forward, backward and update ran under it
+    assert {k: (v.device, v.shape) for k, v in losses.items()} == {k: (META, torch.Size([])) for k in LOSS_KEYS}

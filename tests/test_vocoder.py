@@ -90,3 +90,55 @@ def test_bundle_records_which_vocoder_serves_and_keeps_the_hifigan(tmp_path):
     config.serving_vocoder = "vocos"
     with pytest.raises(ValueError, match="serving_vocoder"):
         config.check()
+
+
+def test_removing_weight_norm_keeps_the_generators_output():
+    torch.manual_seed(4)
+    generator = HiFiGANGenerator(hifigan_config("tiny"))
+    with torch.no_grad():  # away from the initialisation, where g = ||v|| and the norm would be a no-op
+        for p in generator.parameters():
+            p.mul_(1.0 + 0.3 * torch.rand_like(p))
+    mel = torch.rand(2, 64, 16) * 2 - 1
+    with torch.no_grad():
+        before = generator(mel)
+    assert not generator.weight_norm_removed
+    generator.remove_weight_norm()
+    assert generator.weight_norm_removed
+    keys = generator.state_dict().keys()
+    assert not any("parametrizations" in k for k in keys) and "conv_pre.weight" in keys
+    with torch.no_grad():
+        torch.testing.assert_close(generator(mel), before, rtol=1e-5, atol=1e-6)
+
+
+def test_switching_a_bundle_to_a_trained_hifigan_serves_it_with_its_weight_norm_folded(tmp_path):
+    from clipsynth_platform.train.vocoder import bundle_with_vocoder, save_vocoder
+
+    config = SynthesizerConfig.tiny()
+    config.serving_vocoder = "griffin-lim"
+    Synthesizer.untrained(config, seed=3).save(tmp_path / "demo")
+    torch.manual_seed(7)
+    trained = HiFiGANGenerator(hifigan_config("tiny", upsample_initial_channel=16))  # another size than the bundle's
+    save_vocoder(tmp_path / "voc", trained, trained.config, step=1234)
+
+    bundle = bundle_with_vocoder(tmp_path / "demo", tmp_path / "hifigan", "hifigan", tmp_path / "voc")
+    served_config = read_bundle_config(bundle)
+    assert served_config.serving_vocoder == "hifigan" and served_config.vocoder == trained.config
+    assert served_config.metadata["vocoder_step"] == 1234
+    served = load_bundle_vocoder(bundle, served_config)
+    assert isinstance(served, HiFiGANVocoder) and served.generator.weight_norm_removed
+    mel = torch.rand(2, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = HiFiGANVocoder(trained.eval())(mel)
+        torch.testing.assert_close(served(mel), expected, rtol=1e-5, atol=1e-6)
+    # The synthesizer keeps the trainable generator (weight norm intact) and the same audio
+    loaded = Synthesizer.load(bundle)
+    assert loaded.identity["vocoder"] == "hifigan" and not loaded.hifigan.weight_norm_removed
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.vocode(mel), expected, rtol=1e-5, atol=1e-6)
+    # and back: the same bundle serving Griffin-Lim keeps the trained HiFi-GAN's weights
+    back = bundle_with_vocoder(bundle, tmp_path / "gl", "griffin-lim")
+    assert isinstance(load_bundle_vocoder(back, read_bundle_config(back)), GriffinLimVocoder)
+    assert Synthesizer.load(back).hifigan.config == trained.config
+    with pytest.raises(ValueError, match="serving_vocoder"):
+        bundle_with_vocoder(bundle, tmp_path / "bad", "wavenet")
+    assert not (tmp_path / "bad").exists()  # nothing written for a bad choice

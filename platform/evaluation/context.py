@@ -80,7 +80,7 @@ class EvalContext:
             bundle_dir=Path(bundle_dir),
             synth=synth,
             metadata=metadata,
-            vocoder_id=f"sha256:{file_sha256(Path(bundle_dir) / 'vocoder.safetensors')[:16]}",
+            vocoder_id=vocoder_identity(Path(bundle_dir), synth.config.serving_vocoder),
             training_run_id=training_run_of(config.model, metadata),
             train_query_type=resolve_train_query_type(config, metadata),
             data=canonical_uri(config.data),
@@ -101,6 +101,14 @@ class EvalContext:
         if self.workdir is not None:
             self.workdir.cleanup()
             self.workdir = None
+
+
+def vocoder_identity(bundle_dir: Path, serving_vocoder: str) -> str:
+    """What turns the bundle's mels into audio, for the statistics cache: Griffin-Lim, or its HiFi-GAN's weights
+    (a bundle that carries a HiFi-GAN and serves Griffin-Lim is keyed as Griffin-Lim, not by those weights)."""
+    if serving_vocoder == "griffin-lim":
+        return "griffin-lim"
+    return f"{serving_vocoder}:sha256:{file_sha256(bundle_dir / 'vocoder.safetensors')[:16]}"
 
 
 def resolve_train_query_type(config: EvalConfig, metadata: Mapping[str, Any]) -> str:

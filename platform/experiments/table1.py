@@ -53,6 +53,12 @@ class Table1Config(CpuRunConfig):
     )
     cond_drop_prob: float = opt(0.1, "condition dropout (every variant can be guided)")
     vocoder_train_steps: int = opt(60, "HiFi-GAN step budget (trained once, shared by every variant's bundle)")
+    vocoder: str = opt(
+        "",
+        "a trained HiFi-GAN instead (a vocoder or checkpoint directory, a bundle, or an MLflow URI; make vocoder's: "
+        "demo_output/bundles/hifigan): every bundle carries it, and the table gets its 'HiFi-GAN reconstructions' row "
+        "beside Griffin-Lim's",
+    )
     gap_methods: tuple[str, ...] = opt(("shift", "prior"), "modality-gap reductions tabled for the image model")
     prior_steps: int = opt(600, "optimizer steps of the gap prior")
     fad_backbone: str = opt("auto", "VGGish when its weights are here, else fad_melclf (jobs/evaluate.py --help)")
@@ -120,6 +126,7 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
     from clipsynth_platform.train.config import DiffusionTrainConfig, HiFiGANTrainConfig
     from clipsynth_platform.train.modality_gap import GapFitJobConfig, fit_gap_job
     from clipsynth_platform.train.runner import run_hifigan_training
+    from clipsynth_platform.train.vocoder import bundle_with_vocoder
 
     from .demo import Stages, use_local_tracking
 
@@ -149,7 +156,10 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         checkpoint_every=config.vocoder_train_steps,
         sample_every=config.vocoder_train_steps,
     )
-    voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
+    if config.vocoder:  # a HiFi-GAN trained elsewhere (make vocoder): no 60-step one
+        voc = {"checkpoint_path": config.vocoder}
+    else:
+        voc = stages.run("train_hifigan", asdict(voc_cfg), lambda: run_hifigan_training(voc_cfg).to_dict())
 
     models: dict[str, str] = {}
     for variant in config.variants:
@@ -221,6 +231,10 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
             EvalConfig(model=first, queries="text", retriever=True, **base),
             EvalConfig(model=first, hifigan_recon=True, model_name=RECON_ROWS[config.serving_vocoder], **base),
         ]
+        if config.vocoder:  # the trained HiFi-GAN's reconstructions too, whichever vocoder the bundles serve
+            other = "hifigan" if config.serving_vocoder == "griffin-lim" else "griffin-lim"
+            copy = bundle_with_vocoder(first, root / "bundles" / f"recon-{other}", other)
+            plans.append(EvalConfig(model=str(copy), hifigan_recon=True, model_name=RECON_ROWS[other], **base))
         out = {}
         for plan in plans:
             for r in run_evaluation(plan, **stage_log):
@@ -229,6 +243,7 @@ def run_table1(config: Table1Config, log: LogFn | None = None) -> dict:
         return out
 
     settings = {
+        **({"vocoder": config.vocoder} if config.vocoder else {}),  # (keys of earlier runs without one unchanged)
         "bundles": bundles,
         "samples": config.eval_samples,
         "steps": config.eval_steps,

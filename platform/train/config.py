@@ -324,7 +324,9 @@ class HiFiGANTrainConfig(TrainConfig):
     """HiFi-GAN from scratch on the dataset's audio: random aligned (mel, waveform) segments."""
 
     experiment: str = opt("clipsynth-hifigan", "MLflow experiment name")
-    model_size: str = opt("paper", "HiFi-GAN size: paper (V1), small, tiny (tests)", choices=MODEL_SIZES)
+    model_size: str = opt(
+        "paper", "HiFi-GAN size: paper (V1), small, cpu and tiny (benchmarks/vocoder)", choices=MODEL_SIZES
+    )
     max_steps: int = opt(500_000, "optimizer steps (paper: 500K)")
     lr: float = opt(2e-4, "AdamW learning rate of generator and discriminator (HiFi-GAN V1)")
     adam_b1: float = opt(0.8, "AdamW beta1 (HiFi-GAN V1)")
@@ -332,6 +334,14 @@ class HiFiGANTrainConfig(TrainConfig):
     weight_decay: float = opt(0.01, "AdamW weight decay (AdamW's default, which HiFi-GAN keeps)")
     lr_decay: float = opt(0.999, "learning-rate decay per epoch (a pass over the training chunks)")
     segment_frames: int = opt(32, "mel frames per training segment (x 1024 samples)")
+    warmup_steps: int = opt(
+        0, "first steps on the mel L1 alone, before the discriminators join (0: adversarial from the start, as V1)"
+    )
+    bf16: str = opt(
+        "auto",
+        "bf16 autocast of generator and discriminators: on, off, or auto (GPUs, and CPUs with native bf16)",
+        choices=BF16_SETTINGS,
+    )
     num_samples: int = opt(2, "fixed reference segments reconstructed at each sample interval")
 
     PAPER_GLOBAL_BATCH: ClassVar[int] = 16  # HiFi-GAN V1's batch
@@ -340,6 +350,8 @@ class HiFiGANTrainConfig(TrainConfig):
         super().check()
         if self.segment_frames < 4:
             raise ValueError("--segment-frames must be >= 4")
+        if self.warmup_steps < 0:
+            raise ValueError("--warmup-steps must be >= 0")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ValueError("--lr-decay must lie in (0, 1]")
         if not (0.0 <= self.adam_b1 < 1.0 and 0.0 <= self.adam_b2 < 1.0):

@@ -3,9 +3,13 @@
 Per step: a batch of random waveform segments (segment_frames x 1024 samples) from this worker's shard;
 their mels are computed on the worker's device with the platform's mel function, padded as core
 HiFiGANStep.mel_of pads, so a segment of T x 1024 samples gives exactly T frames; then one discriminator
-and one generator update (core HiFiGANStep) through DDP. The learning rates decay by `lr_decay` per epoch
-(a pass over the training chunks), as in HiFi-GAN. At the end rank 0 logs the generator as the MLflow
-artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion jobs accepts as runs:/RUN_ID/vocoder.
+and one generator update (core HiFiGANStep) through DDP (the generator's alone during --warmup-steps). The
+learning rates decay by `lr_decay` per epoch (a pass over the training chunks), as in HiFi-GAN. At the end
+rank 0 logs the generator as the MLflow artifact "vocoder" (see vocoder.py), which --vocoder of the diffusion
+jobs accepts as runs:/RUN_ID/vocoder.
+
+On a GPU: bf16 autocast (--bf16 auto), cudnn.benchmark (the segments have one shape), fused AdamW; the loss
+sums stay on the device and are read at log intervals only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from clipsynth_core import (
     MelConfig,
     MelFrontend,
 )
+from clipsynth_core.hifigan_step import LOSS_KEYS
+from clipsynth_core.training import adamw, resolve_bf16
 from clipsynth_platform.runtime.logs import get_logger
 from clipsynth_platform.tracking.registry import VOCODER_ARTIFACT
 
@@ -39,7 +45,6 @@ from .vocoder import VOCODER_FILE, save_vocoder, vocoder_manifest
 from .worker import RankStreams, WorkerPlace, configure_device, prepare_model, run_worker
 
 log = get_logger("hifigan")
-LOSS_KEYS = ("loss_d", "loss_g", "loss_adv", "loss_fm", "loss_mel")
 
 
 def _segments(rows: dict, seed: int, *, segment_samples: int) -> dict[str, np.ndarray]:
@@ -59,12 +64,14 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     configure_device(device, cfg.tf32)
     hcfg = HiFiGANConfig.from_dict(job["hifigan"])
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: the fastest kernels, once found
     torch.manual_seed(cfg.seed)
     generator = HiFiGANGenerator(hcfg).to(device)
     discriminator = HiFiGANDiscriminator(hcfg).to(device)
     adam: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.adam_b1, cfg.adam_b2), "weight_decay": cfg.weight_decay}
-    opt_g = torch.optim.AdamW(generator.parameters(), **adam)
-    opt_d = torch.optim.AdamW(discriminator.parameters(), **adam)
+    opt_g = adamw(generator.parameters(), device, **adam)  # the fused kernel on CUDA and CPU
+    opt_d = adamw(discriminator.parameters(), device, **adam)
     sched_g = torch.optim.lr_scheduler.ExponentialLR(opt_g, gamma=cfg.lr_decay)
     sched_d = torch.optim.lr_scheduler.ExponentialLR(opt_d, gamma=cfg.lr_decay)
 
@@ -81,7 +88,17 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
     g_ddp = prepare_model(generator, broadcast_buffers=True)
     d_ddp = prepare_model(discriminator, broadcast_buffers=True)
     mel_frontend = MelFrontend(MelConfig()).to(device)
-    step_fn = HiFiGANStep(g_ddp, d_ddp, mel_frontend, hcfg, opt_g, opt_d, grad_clip=None)
+    step_fn = HiFiGANStep(
+        g_ddp,
+        d_ddp,
+        mel_frontend,
+        hcfg,
+        opt_g,
+        opt_d,
+        grad_clip=None,
+        bf16=resolve_bf16(cfg.bf16, device),
+        warmup_steps=cfg.warmup_steps,
+    )
     batches = training_batches(
         ray.train.get_dataset_shard("train"),
         cached=job["cache_in_worker"],
@@ -101,14 +118,14 @@ def _train_hifigan_worker(cfg: HiFiGANTrainConfig, job: dict, place: WorkerPlace
         (d / VOCODER_FILE).write_text(json.dumps(vocoder_manifest(hcfg, MelConfig(), "model.safetensors", step)))
 
     loop = StepLoop(cfg, job, place, start)
-    sums = IntervalSums(LOSS_KEYS, device)
+    sums = IntervalSums(LOSS_KEYS, device)  # on the device: read at log intervals only
     g_ddp.train()
     d_ddp.train()
     for step in loop:
         wave = loop.next_batch(batches)["audio"].float()
         with torch.no_grad():
             mel = step_fn.mel_of(wave)
-        losses = step_fn(mel, wave)
+        losses = step_fn(mel, wave, step)
         sums.add(losses)
         if step % steps_per_epoch == 0:
             sched_g.step()

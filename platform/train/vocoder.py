@@ -6,12 +6,16 @@ A vocoder directory (what the HiFi-GAN job logs as the MLflow artifact "vocoder"
     vocoder.safetensors    the generator's weights
 Every HiFi-GAN training checkpoint carries the same vocoder.json (weights: model.safetensors), so a
 checkpoint directory is a vocoder directory too; a synthesizer bundle also holds one.
+
+`bundle_with_vocoder` makes a copy of a synthesizer bundle that carries another HiFi-GAN and serves with the
+vocoder asked for (jobs/vocoder.py: the demo's bundle with the HiFi-GAN trained to the CPU recipe).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipsynth_core import HiFiGANConfig, HiFiGANGenerator, MelConfig
+from clipsynth_core.synthesizer import read_bundle_config
 
 VOCODER_FORMAT = "clipsynth-vocoder/1"
 VOCODER_FILE = "vocoder.json"
@@ -71,3 +76,26 @@ def load_hifigan(uri: str, dst: str | os.PathLike | None = None) -> tuple[HiFiGA
     from clipsynth_platform.tracking.registry import resolve_vocoder_dir
 
     return load_hifigan_dir(resolve_vocoder_dir(uri, dst))
+
+
+def bundle_with_vocoder(
+    bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, serving: str, vocoder_dir: str | os.PathLike = ""
+) -> Path:
+    """A copy of the bundle at `out_dir` (replaced) that serves with `serving` ("hifigan" or "griffin-lim") and,
+    when `vocoder_dir` is given, carries its HiFi-GAN (config, weights, and its step in the metadata)."""
+    src, dst = Path(bundle_dir), Path(out_dir)
+    config = read_bundle_config(src)
+    config.serving_vocoder = serving
+    generator, manifest = load_hifigan_dir(vocoder_dir) if vocoder_dir else (None, {})
+    if generator is not None:
+        config.vocoder = generator.config
+        config.metadata = {**config.metadata, "vocoder_step": manifest.get("step"), "vocoder_source": str(vocoder_dir)}
+    config.check()  # before anything is written
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    if generator is not None:
+        save_vocoder(dst, generator, generator.config, int(manifest.get("step") or 0))
+        (dst / VOCODER_FILE).unlink()  # a bundle describes its vocoder in bundle.json
+    (dst / "bundle.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return dst
