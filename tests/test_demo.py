@@ -37,6 +37,7 @@ def demo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     cmd = [sys.executable, "jobs/demo.py", "--out", str(out), "--serve-port", str(free_port())]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    (out / "console.txt").write_text(first.stdout + first.stderr)  # what a person saw: kept with the outputs
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
     second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
