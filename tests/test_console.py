@@ -59,12 +59,14 @@ def test_close_console_restores_every_logger(tmp_path, monkeypatch, capsys):
 
 
 def test_verbose_writes_no_file_and_filters_nothing(tmp_path, monkeypatch):
-    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    # setenv, not delenv: monkeypatch then removes the variable that -v sets below when the test ends, so later
+    # tests (and the jobs they start, such as the demo's) do not run verbose
+    monkeypatch.setenv(console.VERBOSE_ENV, "0")
     build_parser(type("Empty", (), {"__dataclass_fields__": {}}), None).parse_args(["-v"])
     assert console.verbose()
     assert console.open_console("unit", tmp_path) is None
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setenv(console.VERBOSE_ENV, "0")
+    console.set_verbose(False)
     assert not console.verbose()
 
 

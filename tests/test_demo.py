@@ -34,7 +34,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    # the console as a user sees it by default (not -v, whatever this session's environment holds)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "CLIPSYNTH_VERBOSE")}
     cmd = [sys.executable, "jobs/demo.py", "--out", str(out), "--serve-port", str(free_port())]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     (out / "console.txt").write_text(first.stdout + first.stderr)  # what a person saw: kept with the outputs
