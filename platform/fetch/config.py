@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from clipsynth_platform.datasets.manifest import FORMATS
-from clipsynth_platform.runtime.options import check_choices, opt
+from clipsynth_platform.runtime.options import check_all, check_choices, opt
 
 OUTPUT_FORMATS = ("files", "webdataset")
 YOUTUBE_WATCH = "https://www.youtube.com/watch?v={id}"
@@ -142,9 +142,7 @@ class FetchConfig:
             (self.ledger_flush_seconds > 0, "--ledger-flush-seconds must be > 0"),
             (bool(self.extractors), "--extractors needs at least one name ('default' for all)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check_all(checks)
 
     def check(self) -> None:
         self.validate()

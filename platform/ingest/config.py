@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from clipsynth_core import ClipConfig, MelConfig
-from clipsynth_platform.runtime.options import check_choices, internal, opt
+from clipsynth_platform.runtime.options import check_all, check_choices, internal, opt
 
 # Containers FFmpeg reads that in-the-wild video corpora use; anything else in the input tree is ignored.
 DEFAULT_VIDEO_EXTENSIONS = (
@@ -167,9 +167,7 @@ class IngestConfig:
             (-200.0 <= self.silence_db <= 0.0, "--silence-db must be in [-200, 0] (dBFS)"),
             (bool(self.parquet_video_column), "--parquet-video-column must name a column"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check_all(checks)
 
     def check(self) -> None:
         """What clipsynth_platform.runtime.options runs after parsing (a bad value exits with the usage line)."""

@@ -96,6 +96,14 @@ def check_choices(config: Any) -> None:
             raise ValueError(f"{field_flag(f)} must be one of {tuple(choices)}, got {value!r}")
 
 
+def check_all(checks: Sequence[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first (condition, message) pair whose condition is false: a
+    config's `validate` lists its bounds as data, one line each."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, defaults: Mapping[str, Any] | None = None
 ) -> None:
