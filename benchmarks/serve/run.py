@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -165,6 +167,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def local_service(
+    bundle: Path,
+    ray_cpus: float,
+    app: str,
+    steps: int,
+    max_batch_size: int,
+    batch_wait_s: float,
+    extra: dict[str, str] | None = None,
+) -> Iterator[str]:
+    """The Serve app of `bundle` on a local Ray of `ray_cpus` CPUs at a free port; yields its base URL and stops
+    Serve and Ray on exit. The sampler batches up to `max_batch_size`; `extra`: more builder arguments."""
+    import ray
+    from ray import serve
+
+    from serve import app_builder
+
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "model_uri": str(bundle),
+        "default_steps": str(steps),
+        "sampler_max_batch_size": str(max_batch_size),
+        "sampler_batch_wait_s": str(batch_wait_s),
+        "sampler.max_ongoing_requests": str(2 * max_batch_size),
+        **{f"{part}.num_cpus": "0.5" for part in ("encoder", "vocoder", "ingress")},
+        **(extra or {}),
+    }
+    serve.run(app_builder(args), name=app, route_prefix="/", blocking=False)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def main() -> None:
     cfg = parse_args()
     print(json.dumps({"config": asdict(cfg)}), flush=True)
@@ -180,31 +219,12 @@ def main() -> None:
         name: direct_baseline(bundle, steps, s, cfg.direct_requests, threads) for name, (s, steps) in configs.items()
     }
 
-    import ray
-    from ray import serve
-
-    from serve import app_builder
-
-    ray.init(num_cpus=cfg.ray_cpus, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    args = {
-        "model_uri": str(bundle),
-        "default_steps": str(cfg.fast_steps),
-        "sampler_max_batch_size": str(cfg.max_batch_size),
-        "sampler_batch_wait_s": str(cfg.batch_wait_s),
-        "sampler.max_ongoing_requests": str(2 * cfg.max_batch_size),
-        "sampler.max_queued_requests": str(4 * max(cfg.concurrency)),
-        "sampler.num_cpus": str(cfg.sampler_cpus),
-        "encoder.num_cpus": "0.5",
-        "vocoder.num_cpus": "0.5",
-        "ingress.num_cpus": "0.5",
-    }
-    serve.run(app_builder(args), name="bench", route_prefix="/", blocking=False)
     served: dict[str, list[dict]] = {}
     candidates: dict[str, dict] = {}
-    try:
+    extra = {"sampler.max_queued_requests": str(4 * max(cfg.concurrency)), "sampler.num_cpus": str(cfg.sampler_cpus)}
+    with local_service(
+        bundle, cfg.ray_cpus, "bench", cfg.fast_steps, cfg.max_batch_size, cfg.batch_wait_s, extra
+    ) as base:
         for name, (sampler, steps) in configs.items():
             asyncio.run(closed_loop(base, 1, 1, 2, sampler))  # warm up every deployment (2 steps: cheap)
             served[name] = []
@@ -216,9 +236,6 @@ def main() -> None:
         for cand in cfg.candidates:
             sampler, steps = cand.split(":")
             candidates[cand] = asyncio.run(closed_loop(base, 1, 2, int(steps), sampler))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     def level(name: str, c: int) -> dict:
         return next(x for x in served[name] if x["concurrency"] == c)

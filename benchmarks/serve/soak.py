@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run.py, next to this file
-from run import MODELS, REPO, build_bundle, free_port, pct
+from run import MODELS, REPO, build_bundle, local_service, pct
 
 APP = "soak"
 BAD_REQUESTS = [  # (path, keyword arguments of httpx's post, the status it must get)
@@ -279,30 +279,9 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     bundle = build_bundle(cfg.model, Path(tempfile.mkdtemp(prefix="clipsynth-serve-soak-")))
 
-    import ray
-    from ray import serve
-
-    from serve import app_builder
-
-    ray.init(num_cpus=cfg.ray_cpus, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
-    args = {
-        "model_uri": str(bundle),
-        "default_steps": str(cfg.steps),
-        "sampler_max_batch_size": str(cfg.max_batch_size),
-        "sampler_batch_wait_s": str(cfg.batch_wait_s),
-        "sampler.max_ongoing_requests": str(2 * cfg.max_batch_size),
-        **{f"{part}.num_cpus": "0.5" for part in ("encoder", "vocoder", "ingress")},
-    }
-    serve.run(app_builder(args), name=APP, route_prefix="/", blocking=False)
-    try:
+    with local_service(bundle, cfg.ray_cpus, APP, cfg.steps, cfg.max_batch_size, cfg.batch_wait_s) as base:
         t0 = time.monotonic()
         windows = asyncio.run(soak(base, cfg, t0))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     full = [w for w in windows if not w["partial"]] or windows
     latencies_p99 = [w["p99_s"] for w in full if w["p99_s"] is not None]
